@@ -1,0 +1,3 @@
+from rnnsweep.cli import main
+
+main()

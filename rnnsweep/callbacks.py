@@ -1,0 +1,41 @@
+"""Hydra callback that gives every multirun one MLflow parent run."""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
+
+from rnnsweep import sweep_summary
+from rnnsweep.tracking import PARENT_RUN_ENV, ROLE_TAG, Tracker
+
+
+class SweepRunCallback(Callback):
+    def __init__(self) -> None:
+        self._started = 0.0
+        self._tracker: Tracker | None = None
+        self._parent: str | None = None
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self._started = time.time()
+        self._tracker = Tracker(config.tracking.uri, config.tracking.experiment)
+        # HydraConfig is not set yet when a multirun starts; the config carries it.
+        name = config.hydra.runtime.choices.get("sweep") or "sweep"
+        overrides = list(config.hydra.overrides.task)
+        params = OmegaConf.to_container(config.hydra.sweeper.params or {}) or {}
+        tags = {ROLE_TAG: "sweep", "rnnsweep.sweep": name,
+                "rnnsweep.overrides": " ".join(overrides)[:4000]}
+        self._parent = self._tracker.start_run(name, tags=tags)
+        self._tracker.log(self._parent, params={f"sweep.{k}": str(v) for k, v in params.items()})
+        os.environ[PARENT_RUN_ENV] = self._parent
+        print(f"rnnsweep: sweep '{name}' -> MLflow parent run {self._parent} "
+              f"(experiment '{config.tracking.experiment}' at {self._tracker.uri})")
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        if self._tracker is None or self._parent is None:
+            return
+        sweep_summary.finish_sweep(self._tracker, self._parent, time.time() - self._started)
+        os.environ.pop(PARENT_RUN_ENV, None)

@@ -1,0 +1,153 @@
+"""Structured config schema: the dataclasses behind the YAML files in ``conf/``.
+
+Every key a user can override is declared here with its type, so a typo or a wrong
+type fails when Hydra composes the config, before any trial starts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+
+class Cell(StrEnum):
+    lstm = "lstm"
+    gru = "gru"
+    rnn = "rnn"
+
+
+class Impl(StrEnum):
+    fused = "fused"
+    loop = "loop"
+
+
+class Device(StrEnum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+class Optimizer(StrEnum):
+    adam = "adam"
+    sgd = "sgd"
+
+
+class TaskName(StrEnum):
+    regression = "regression"
+    adding = "adding"
+
+
+@dataclass
+class ModelConfig:
+    cell: Cell = Cell.lstm
+    input_size: int = 128
+    hidden_size: int = 256
+    num_layers: int = 1
+    impl: Impl = Impl.fused
+    # Multiplies the recurrent weights at initialisation (3.0 gives exploding gradients).
+    recurrent_init_scale: float = 1.0
+
+
+@dataclass
+class PrecisionConfig:
+    name: str = "fp32"
+    autocast_dtype: str | None = None  # "float16" | "bfloat16"; None runs in fp32
+    grad_scaler: bool = False
+
+
+@dataclass
+class ClippingConfig:
+    max_norm: float | None = None  # None: measure the norm, do not clip
+
+
+@dataclass
+class HardwareConfig:
+    device: Device = Device.auto
+    # None: the whole node's CPUs for trials that measure time, one CPU otherwise.
+    num_cpus: float | None = None
+    num_gpus: float = 0.0
+    # None: timed trials get their device to themselves, training-only trials pack.
+    exclusive: bool | None = None
+
+
+@dataclass
+class TaskConfig:
+    name: TaskName = TaskName.regression
+    optimizer: Optimizer = Optimizer.adam
+    lr: float = 1e-3
+
+
+@dataclass
+class WorkloadConfig:
+    train: bool = True  # guarded training steps (per-step metrics)
+    bench: bool = True  # forward-pass latency benchmark (summary metrics)
+    deploy: bool = False  # streaming inference and export
+    compare_impl: bool = False  # also time the other implementation (fused vs loop)
+
+
+@dataclass
+class GuardConfig:
+    explode_threshold: float = 100.0  # grad norm above this counts as exploding
+    vanish_threshold: float = 1e-6  # grad norm below this counts as vanishing
+    saturation_level: float = 0.99  # |h| above this counts as a saturated activation
+    # Steps whose input is poisoned with NaN: exercises the guard end to end.
+    inject_nan_steps: list[int] = field(default_factory=list)
+
+
+@dataclass
+class TrackingConfig:
+    uri: str = "sqlite:///mlflow.db"  # relative paths resolve against the launch directory
+    experiment: str = "rnnsweep"
+
+
+@dataclass
+class RayConfig:
+    address: str | None = None  # None: $RAY_ADDRESS, else an embedded local Ray
+    max_retries: int = 2  # retries of a trial whose worker process died
+    rerun: bool = False  # run trials even when an identical config already finished
+
+
+@dataclass
+class RnnsweepConfig:
+    model: ModelConfig = MISSING
+    precision: PrecisionConfig = MISSING
+    clipping: ClippingConfig = MISSING
+    hardware: HardwareConfig = MISSING
+    task: TaskConfig = MISSING
+    workload: WorkloadConfig = MISSING
+    guard: GuardConfig = field(default_factory=GuardConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
+    batch: int = 32
+    seq_len: int = 100
+    steps: int = 20  # guarded training steps
+    seed: int = 0
+    warmup: int = 3  # untimed calls before any measurement
+    min_run_time: float = 1.0  # seconds of timed forward calls; the median is reported
+    repeats: int = 20  # timed streams and exported-model calls (deploy workload)
+    chunk_len: int = 25  # streaming chunk length (deploy workload)
+
+
+def register() -> None:
+    ConfigStore.instance().store(name="rnnsweep_schema", node=RnnsweepConfig)
+
+
+def conf_dir() -> Path:
+    """``conf/`` ships inside the wheel; in a source checkout it sits beside the package."""
+    return _resource_dir("conf")
+
+
+def sweeps_dir() -> Path:
+    return _resource_dir("sweeps")
+
+
+def _resource_dir(name: str) -> Path:
+    package = Path(__file__).resolve().parent
+    for candidate in (package / name, package.parent / name):
+        if candidate.is_dir():
+            return candidate
+    raise FileNotFoundError(f"rnnsweep: cannot find its {name}/ directory near {package}")

@@ -1,0 +1,109 @@
+"""Recurrent models: the library's fused kernel or the matching cell stepped in Python.
+
+Both implementations hold the same weights (the loop copies them from a fused module
+built with the same seed), so they compute the same function and can be compared.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+FUSED = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}
+CELLS = {"lstm": nn.LSTMCell, "gru": nn.GRUCell, "rnn": nn.RNNCell}
+
+State = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
+
+
+class RecurrentNet(nn.Module):
+    """A stack of recurrent layers (batch first) followed by a linear head per timestep.
+
+    ``forward(x, state)`` returns ``(y, hidden, state)``: the head's output, the last
+    layer's hidden sequence and the recurrent state in the library's layout (``(h, c)``
+    for LSTM, ``h`` otherwise, each ``(num_layers, batch, hidden)``), so a caller can
+    carry state across chunks of a stream.
+    """
+
+    def __init__(
+        self,
+        cell: str,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int = 1,
+        impl: str = "fused",
+        output_size: int = 1,
+        recurrent_init_scale: float = 1.0,
+    ) -> None:
+        super().__init__()
+        self.cell, self.impl = cell, impl
+        self.num_layers, self.hidden_size = num_layers, hidden_size
+        fused = FUSED[cell](input_size, hidden_size, num_layers=num_layers, batch_first=True)
+        if recurrent_init_scale != 1.0:
+            # Scaling W_hh pushes its spectral radius above 1: the classic exploding setup.
+            with torch.no_grad():
+                for layer in range(num_layers):
+                    getattr(fused, f"weight_hh_l{layer}").mul_(recurrent_init_scale)
+        # The head is built before the cells so both implementations draw the same
+        # random numbers for it from the seeded generator.
+        self.head = nn.Linear(hidden_size, output_size)
+        if impl == "fused":
+            self.rnn = fused
+        else:
+            self.cells = nn.ModuleList(_cells_from(fused, cell))
+
+    def forward(
+        self, x: torch.Tensor, state: State | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, State]:
+        if self.impl == "fused":
+            hidden, state = self.rnn(x, state)
+        else:
+            hidden, state = self._step_cells(x, state)
+        return self.head(hidden), hidden, state
+
+    def _step_cells(self, x: torch.Tensor, state: State | None) -> tuple[torch.Tensor, State]:
+        batch, steps, _ = x.shape
+        lstm = self.cell == "lstm"
+        if state is None:
+            zeros = x.new_zeros(self.num_layers, batch, self.hidden_size)
+            state = (zeros, zeros) if lstm else zeros
+        h0, c0 = state if lstm else (state, None)
+        layer_in, last_h, last_c = x, [], []
+        for layer, cell in enumerate(self.cells):
+            h = h0[layer]
+            c = c0[layer] if lstm else None
+            outputs = []
+            for t in range(steps):
+                if lstm:
+                    h, c = cell(layer_in[:, t], (h, c))
+                else:
+                    h = cell(layer_in[:, t], h)
+                outputs.append(h)
+            layer_in = torch.stack(outputs, dim=1)
+            last_h.append(h)
+            last_c.append(c)
+        h_n = torch.stack(last_h)
+        return layer_in, ((h_n, torch.stack(last_c)) if lstm else h_n)
+
+
+def _cells_from(fused: nn.RNNBase, cell: str) -> list[nn.Module]:
+    cells = []
+    for layer in range(fused.num_layers):
+        in_size = fused.input_size if layer == 0 else fused.hidden_size
+        kwargs = {"nonlinearity": fused.nonlinearity} if cell == "rnn" else {}
+        step = CELLS[cell](in_size, fused.hidden_size, **kwargs)
+        with torch.no_grad():
+            for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
+                getattr(step, name).copy_(getattr(fused, f"{name}_l{layer}"))
+        cells.append(step)
+    return cells
+
+
+def forward_flops_per_sequence(cell: str, input_size: int, hidden_size: int,
+                               num_layers: int, seq_len: int) -> int:
+    """Multiply-add FLOPs of the recurrent layers for one sequence (EXPERIMENTS.md)."""
+    gates = {"rnn": 1, "gru": 3, "lstm": 4}[cell]
+    total, in_size = 0, input_size
+    for _ in range(num_layers):
+        total += 2 * gates * hidden_size * (in_size + hidden_size)
+        in_size = hidden_size
+    return total * seq_len

@@ -1,0 +1,44 @@
+"""Honest timings: warm-up, device synchronisation, repeated blocks, median.
+
+``torch.utils.benchmark.Timer`` synchronises CUDA around each block and pins the thread
+count, which is what a fair side-by-side comparison needs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch.utils import benchmark
+
+
+@dataclass
+class Timing:
+    median_s: float
+    iqr_s: float
+    blocks: int
+
+    @property
+    def median_ms(self) -> float:
+        return self.median_s * 1e3
+
+
+def time_call(fn: Callable[[], object], device: torch.device, num_threads: int,
+              warmup: int, min_run_time: float) -> Timing:
+    for _ in range(warmup):
+        fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    timer = benchmark.Timer(stmt="fn()", globals={"fn": fn}, num_threads=num_threads)
+    measurement = timer.blocked_autorange(min_run_time=min_run_time)
+    return Timing(measurement.median, measurement.iqr, len(measurement.times))
+
+
+def matmul_gflops(device: torch.device, num_threads: int, size: int = 1024,
+                  min_run_time: float = 0.3) -> float:
+    """The machine's dense fp32 matmul rate: the ceiling achieved FLOP/s is compared to."""
+    a = torch.randn(size, size, device=device)
+    b = torch.randn(size, size, device=device)
+    timing = time_call(lambda: a @ b, device, num_threads, warmup=2, min_run_time=min_run_time)
+    return 2 * size**3 / timing.median_s / 1e9

@@ -1,0 +1,205 @@
+"""One trial: build the model, run the guarded training steps and the benchmarks.
+
+Pure trial logic: it knows nothing of Ray or MLflow. It returns a ``TrialRecord`` and
+never raises for a problem inside the trial; the problem is the record's outcome.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import traceback
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from rnnsweep import environment, tasks, timing, training
+from rnnsweep.models import RecurrentNet, forward_flops_per_sequence
+from rnnsweep.record import FAILED, UNSUPPORTED, TrialRecord, config_hash, flatten
+
+LOGGED_SERIES = ("loss", "grad_norm", "grad_norm_clipped", "saturation", "grad_scale")
+
+
+class Unsupported(Exception):
+    """This combination cannot run on this device; the reason is recorded, not raised."""
+
+
+def run_trial(cfg: DictConfig, num_threads: int | None = None) -> TrialRecord:
+    container = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+    record = TrialRecord(params=flatten(container))
+    record.tags["rnnsweep.config_hash"] = config_hash(record.params)
+    record.artifacts["config.yaml"] = OmegaConf.to_yaml(container).encode()
+    try:
+        _run(cfg, record, num_threads or _default_threads(cfg))
+    except Unsupported as exc:
+        record.outcome, record.reason = UNSUPPORTED, str(exc)
+    except Exception as exc:  # a trial's failure is its record, never the sweep's crash
+        record.outcome, record.reason = FAILED, f"{type(exc).__name__}: {exc}"
+        record.artifacts["error.txt"] = traceback.format_exc().encode()
+    record.tags["rnnsweep.outcome"] = record.outcome
+    if record.reason:
+        record.tags["rnnsweep.reason"] = record.reason[:4000]
+    return record
+
+
+def resolve_device(requested: str) -> torch.device:
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("hardware.device=cuda but this worker has no CUDA device")
+    return torch.device(requested)
+
+
+def build_model(cfg: DictConfig, impl: str | None = None) -> RecurrentNet:
+    torch.manual_seed(cfg.seed)  # same seed, same weights: fused and loop stay comparable
+    m = cfg.model
+    return RecurrentNet(_name(m.cell), m.input_size, m.hidden_size, m.num_layers,
+                        impl or _name(m.impl), output_size=1,
+                        recurrent_init_scale=m.recurrent_init_scale)
+
+
+def _run(cfg: DictConfig, record: TrialRecord, num_threads: int) -> None:
+    torch.set_num_threads(num_threads)
+    device = resolve_device(_name(cfg.hardware.device))
+    record.tags.update(environment.device_tags(device))
+    environment.reset_peak_memory(device)
+    model = build_model(cfg).to(device)
+    amp_dtype = _check_precision(cfg, model, device)
+    metrics = record.metrics
+    seq_flops = forward_flops_per_sequence(_name(cfg.model.cell), cfg.model.input_size,
+                                           cfg.model.hidden_size, cfg.model.num_layers,
+                                           cfg.seq_len)
+    if cfg.workload.train:
+        _train(cfg, model, device, amp_dtype, record, seq_flops)
+    if cfg.workload.bench:
+        _bench(cfg, model, device, amp_dtype, num_threads, metrics, seq_flops)
+    if cfg.workload.deploy:
+        _deploy(cfg, model, device, record)
+    metrics["peak_mem_mb"], kind = environment.peak_memory_mb(device)
+    record.tags["rnnsweep.peak_mem_kind"] = kind
+
+
+def _check_precision(cfg: DictConfig, model: RecurrentNet,
+                     device: torch.device) -> torch.dtype | None:
+    name = cfg.precision.autocast_dtype
+    if name is None:
+        return None
+    dtype = getattr(torch, name)
+    if cfg.precision.grad_scaler and device.type != "cuda":
+        raise Unsupported(f"precision={cfg.precision.name} (autocast + GradScaler) needs CUDA; "
+                          f"this trial runs on {device.type}. Use precision=bf16 on CPU.")
+    if dtype == torch.bfloat16 and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise Unsupported(f"precision=bf16: {torch.cuda.get_device_name(device)} lacks bf16")
+    # A silent fp32 run under a reduced-precision label would be a lie: probe what autocast
+    # really does to this recurrent layer on this device.
+    probe = torch.zeros(1, 2, cfg.model.input_size, device=device)
+    try:
+        with torch.inference_mode(), training.autocast(device, dtype):
+            _, hidden, _ = model(probe)
+    except RuntimeError as exc:  # e.g. oneDNN has no bf16 LSTM without AVX512-BF16/AMX
+        raise Unsupported(f"precision={cfg.precision.name}: {_name(cfg.model.cell)} under "
+                          f"autocast fails on {device.type}: {str(exc).splitlines()[0]}") from exc
+    if hidden.dtype != dtype:
+        raise Unsupported(f"precision={cfg.precision.name}: autocast on {device.type} runs "
+                          f"{_name(cfg.model.cell)} in {hidden.dtype}, not {dtype}")
+    return dtype
+
+
+def _train(cfg: DictConfig, model: RecurrentNet, device: torch.device,
+           amp_dtype: torch.dtype | None, record: TrialRecord, seq_flops: int) -> None:
+    task = _name(cfg.task.name)
+    batch_at = tasks.batches(task, cfg.batch, cfg.seq_len, cfg.model.input_size, 1, device,
+                             cfg.seed)
+    guard = training.GuardSettings(
+        max_norm=cfg.clipping.max_norm,
+        explode_threshold=cfg.guard.explode_threshold,
+        vanish_threshold=cfg.guard.vanish_threshold,
+        saturation_level=cfg.guard.saturation_level,
+        inject_nan_steps=frozenset(cfg.guard.inject_nan_steps),
+    )
+    optimizer = training.make_optimizer(_name(cfg.task.optimizer), model.parameters(),
+                                        cfg.task.lr)
+    result = training.train(model, batch_at, cfg.steps, optimizer, device, amp_dtype,
+                            cfg.precision.grad_scaler, guard,
+                            select=lambda pred: tasks.select_output(task, pred))
+    record.step_metrics.update({k: v for k, v in result.series.items() if k in LOGGED_SERIES})
+    metrics = record.metrics
+    metrics.update({k: float(v) for k, v in result.counts.items()})
+    if cfg.steps:
+        losses = result.series["loss"]
+        norms = result.series["grad_norm"]
+        metrics["final_loss"] = losses[-1]
+        metrics["max_grad_norm"] = max(norms)
+        metrics["max_grad_norm_clipped"] = max(result.series["grad_norm_clipped"])
+        metrics["step_time_ms"] = result.step_time_ms
+        metrics["train_seq_per_s"] = cfg.batch / (result.step_time_ms / 1e3)
+        # A training step costs about three forward passes (EXPERIMENTS.md).
+        metrics["train_gflops"] = 3 * seq_flops * cfg.batch / (result.step_time_ms / 1e3) / 1e9
+        record.tags["rnnsweep.output_dtype"] = result.output_dtype
+        if "grad_scale" in result.series:
+            metrics["final_grad_scale"] = result.series["grad_scale"][-1]
+
+
+def _bench(cfg: DictConfig, model: RecurrentNet, device: torch.device,
+           amp_dtype: torch.dtype | None, num_threads: int, metrics: dict[str, float],
+           seq_flops: int) -> None:
+    torch.manual_seed(cfg.seed + 1)
+    x = torch.randn(cfg.batch, cfg.seq_len, cfg.model.input_size, device=device)
+    model.eval()
+    forward = _forward_fn(model, x, device, amp_dtype)
+    own = timing.time_call(forward, device, num_threads, cfg.warmup, cfg.min_run_time)
+    metrics["latency_ms"] = own.median_ms
+    metrics["latency_iqr_ms"] = own.iqr_s * 1e3
+    metrics["latency_ms_per_seq"] = own.median_ms / cfg.batch
+    metrics["throughput_seq_per_s"] = cfg.batch / own.median_s
+    metrics["throughput_tok_per_s"] = cfg.batch * cfg.seq_len / own.median_s
+    metrics["gflops"] = seq_flops * cfg.batch / own.median_s / 1e9
+    metrics["matmul_gflops"] = timing.matmul_gflops(device, num_threads)
+    metrics["flop_utilization"] = metrics["gflops"] / metrics["matmul_gflops"]
+    if cfg.workload.compare_impl:
+        other_impl = "loop" if model.impl == "fused" else "fused"
+        other = build_model(cfg, other_impl).to(device).eval()
+        other_forward = _forward_fn(other, x, device, amp_dtype)
+        theirs = timing.time_call(other_forward, device, num_threads, cfg.warmup,
+                                  cfg.min_run_time)
+        with torch.inference_mode():
+            diff = (forward()[0].float() - other_forward()[0].float()).abs().max().item()
+        times = {model.impl: own.median_ms, other_impl: theirs.median_ms}
+        metrics["latency_ms_fused"] = times["fused"]
+        metrics["latency_ms_loop"] = times["loop"]
+        metrics["fused_speedup"] = times["loop"] / times["fused"]
+        metrics["impl_max_abs_diff"] = diff
+
+
+def _forward_fn(model: RecurrentNet, x: torch.Tensor, device: torch.device,
+                amp_dtype: torch.dtype | None):
+    def forward():
+        with torch.inference_mode(), training.autocast(device, amp_dtype):
+            return model(x)
+    return forward
+
+
+def _deploy(cfg: DictConfig, model: RecurrentNet, device: torch.device,
+            record: TrialRecord) -> None:
+    from rnnsweep.deployment import run_deployment  # export libraries are an optional extra
+
+    with tempfile.TemporaryDirectory(prefix="rnnsweep-export-") as tmp:
+        out_dir = Path(tmp)
+        result = run_deployment(model, input_size=cfg.model.input_size, batch=cfg.batch,
+                                seq_len=cfg.seq_len, chunk_len=cfg.chunk_len, out_dir=out_dir,
+                                device=device, warmup=cfg.warmup, repeats=cfg.repeats)
+        record.metrics.update(result.metrics)
+        record.tags.update(result.tags)
+        for path in result.files:
+            record.artifacts[f"export/{path.relative_to(out_dir)}"] = path.read_bytes()
+
+
+def _default_threads(cfg: DictConfig) -> int:
+    cpus = cfg.hardware.num_cpus
+    return max(1, int(cpus)) if cpus else len(os.sched_getaffinity(0))
+
+
+def _name(value) -> str:
+    """Enum-typed config values as plain strings (model code takes no config types)."""
+    return str(value)
