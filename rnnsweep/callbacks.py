@@ -25,7 +25,8 @@ class SweepRunCallback(Callback):
         # HydraConfig is not set yet when a multirun starts; the config carries it.
         name = config.hydra.runtime.choices.get("sweep") or "sweep"
         overrides = list(config.hydra.overrides.task)
-        params = OmegaConf.to_container(config.hydra.sweeper.params or {}) or {}
+        params = config.hydra.sweeper.params
+        params = OmegaConf.to_container(params) if params else {}
         tags = {ROLE_TAG: "sweep", "rnnsweep.sweep": name,
                 "rnnsweep.overrides": " ".join(overrides)[:4000]}
         self._parent = self._tracker.start_run(name, tags=tags)

@@ -48,7 +48,11 @@ from rnnsweep.streaming import (
 )
 
 FORMATS = ("torchscript", "torchscript_optimized", "onnx")
-SUFFIXES = {"torchscript": ".pt", "torchscript_optimized": ".pt", "onnx": ".onnx"}
+FILENAMES = {
+    "torchscript": "model.torchscript.pt",
+    "torchscript_optimized": "model.torchscript_optimized.pt",
+    "onnx": "model.onnx",
+}
 ONNX_MODULES = ("onnx", "onnxscript", "onnxruntime")
 
 
@@ -121,6 +125,15 @@ def export_onnx(model: RecurrentNet, example: Tensors, path: pathlib.Path) -> st
     dynamic_shapes = ({0: batch, 1: seq}, *({1: batch},) * spec.state_count)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", (DeprecationWarning, FutureWarning))
+        # Known-benign exporter chatter: nn.RNNBase re-assigns its flat weights in forward,
+        # x and the states share the batch symbol on purpose, and the legacy exporter's
+        # RNN batch-size advice is about initial states that are already inputs here.
+        for message in (
+            "The tensor attributes .* were assigned during export",
+            "# The axis name: batch will not be used",
+            "Exporting a model to ONNX with a batch_size other than 1",
+        ):
+            warnings.filterwarnings("ignore", message=message, category=UserWarning)
         program = torch.onnx.export(
             wrapper, example, dynamo=True, dynamic_shapes=dynamic_shapes, verbose=False, **names
         )
@@ -134,7 +147,7 @@ def export_onnx(model: RecurrentNet, example: Tensors, path: pathlib.Path) -> st
                 wrapper, example, str(path), dynamo=False, dynamic_axes=axes, **names
             )
             proto = onnx.load(str(path))
-            exporter = f"torchscript (the dynamo exporter fixed {fixed})"
+            exporter = f"torchscript (the dynamo exporter fixed {', '.join(fixed)})"
     _declare_dynamic_output(proto)
     entry = proto.metadata_props.add()
     entry.key, entry.value = METADATA_KEY, spec.to_json()
@@ -189,7 +202,7 @@ def export_and_verify(
         f"verified at batch={batch} seq={seq_len}"
     )
     for fmt in formats:
-        path = out_dir / f"model.{fmt}{SUFFIXES[fmt]}"
+        path = out_dir / FILENAMES[fmt]
         try:
             if fmt == "onnx":
                 _require_onnx()
@@ -247,8 +260,11 @@ def _static_axes(proto) -> list[str]:
 
 
 def _declare_dynamic_output(proto) -> None:
-    # The dynamo exporter declares y's sequence axis with the example length, and
-    # onnxruntime warns on every run whose length differs; declare x's symbols instead.
+    # The dynamo exporter annotates y and the intermediates after nn.LSTM/GRU with the
+    # example sequence length, and onnxruntime warns on every run whose length differs.
+    # Intermediate annotations are optional (onnxruntime infers its own), so drop them and
+    # give y the symbols of x.
+    del proto.graph.value_info[:]
     x = next(i for i in proto.graph.input if i.name == "x").type.tensor_type.shape.dim
     y = next(o for o in proto.graph.output if o.name == "y").type.tensor_type.shape.dim
     for axis in (0, 1):

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import pathlib
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 
@@ -124,7 +125,10 @@ def load_torchscript(path: str | pathlib.Path) -> StreamingSession:
     path = _existing(path)
     extra = {METADATA_KEY: ""}
     try:
-        module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
+        with warnings.catch_warnings():
+            # torch.jit is deprecated upstream; loading TorchScript is this function's purpose.
+            warnings.simplefilter("ignore", DeprecationWarning)
+            module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
     except Exception as exc:  # torch reports corrupt archives as a bare RuntimeError
         raise ExportedModelError(
             f"{path}: not a readable TorchScript file ({error_summary(exc)})"
@@ -140,8 +144,11 @@ def load_onnx(path: str | pathlib.Path) -> StreamingSession:
     except ImportError as exc:
         raise ImportError(f"onnxruntime is not importable: {INSTALL_HINT}") from exc
     options = onnxruntime.SessionOptions()
-    # Same thread count as torch, so latencies against eager compare like with like.
+    # Same thread count as torch, so latencies against eager compare like with like; no
+    # spinning, because idle onnxruntime threads that spin starve torch's threads when both
+    # share the cores of one process.
     options.intra_op_num_threads = torch.get_num_threads()
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     try:
         session = onnxruntime.InferenceSession(
             str(path), options, providers=["CPUExecutionProvider"]

@@ -1,0 +1,45 @@
+"""Hydra launcher plugin shim: ``hydra/launcher=rnnsweep_ray``. The work is in
+``rnnsweep.launcher``, imported lazily so that loading Hydra's plugins stays cheap."""
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from hydra.core.config_store import ConfigStore
+from hydra.core.utils import JobReturn
+from hydra.plugins.launcher import Launcher
+from hydra.types import HydraContext, TaskFunction
+from omegaconf import DictConfig
+
+
+@dataclass
+class RnnsweepRayLauncherConf:
+    _target_: str = "hydra_plugins.rnnsweep_launcher.rnnsweep_launcher.RnnsweepRayLauncher"
+    # Size of the embedded local Ray; None: this machine's CPUs and GPUs.
+    num_cpus: int | None = None
+    num_gpus: int | None = None
+    # The Ray dashboard is off by default; when on, it binds to loopback unless told.
+    dashboard: bool = False
+    dashboard_host: str = "127.0.0.1"
+    poll_s: float = 0.5  # how often the progress line refreshes
+
+
+ConfigStore.instance().store(group="hydra/launcher", name="rnnsweep_ray",
+                             node=RnnsweepRayLauncherConf, provider="rnnsweep")
+
+
+class RnnsweepRayLauncher(Launcher):
+    def __init__(self, **settings) -> None:
+        self.settings = RnnsweepRayLauncherConf(**settings)
+        self.config: DictConfig | None = None
+        self.hydra_context: HydraContext | None = None
+        self.task_function: TaskFunction | None = None
+
+    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction,
+              config: DictConfig) -> None:
+        self.config, self.hydra_context, self.task_function = config, hydra_context, task_function
+
+    def launch(self, job_overrides: Sequence[Sequence[str]],
+               initial_job_idx: int) -> Sequence[JobReturn]:
+        from rnnsweep.launcher import launch
+
+        return launch(self, job_overrides, initial_job_idx)

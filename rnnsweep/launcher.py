@@ -1,0 +1,333 @@
+"""Runs a Hydra sweep's jobs as Ray tasks: the core behind ``hydra/launcher=rnnsweep_ray``.
+
+Unlike the upstream Ray launcher, each trial asks for the resources of its own composed
+``hardware`` config, results are written and printed as each trial finishes, and one
+failed or killed trial never takes the others down. Trial records travel back through
+Ray and the driver writes them to MLflow, so workers need neither the driver's
+filesystem nor access to the tracking store.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+import socket
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import ray
+from hydra.core.singleton import Singleton
+from hydra.core.utils import (
+    JobReturn,
+    JobStatus,
+    configure_log,
+    filter_overrides,
+    run_job,
+    setup_globals,
+)
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from rnnsweep.app import RECORDS_TO_DRIVER_ENV, summary_line
+from rnnsweep.record import FAILED, TrialRecord, config_hash, flatten
+from rnnsweep.resources import InfeasibleRequest, Node, Request, check_feasible, plan
+from rnnsweep.tracking import Tracker, current_parent_run
+
+log = logging.getLogger(__name__)
+
+
+class LaunchError(RuntimeError):
+    pass
+
+
+@dataclass
+class Job:
+    idx: int
+    overrides: list[str]
+    config: DictConfig
+    name: str
+    request: Request | None = None
+    run_id: str | None = None
+    ref: Any = None
+    state: str = "pending"  # pending | running | done | failed | skipped | killed
+    info: dict[str, Any] = field(default_factory=dict)
+    result: JobReturn | None = None
+    summary: str = ""
+
+
+def launch(launcher, job_overrides: Sequence[Sequence[str]],
+           initial_job_idx: int) -> list[JobReturn]:
+    setup_globals()
+    config = launcher.config
+    configure_log(config.hydra.hydra_logging, config.hydra.verbose)
+    Path(str(config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
+    jobs = [_compose(launcher, initial_job_idx + i, list(o)) for i, o in enumerate(job_overrides)]
+    tracker = _tracker(config)
+    parent = current_parent_run()
+    try:
+        with ray_session(config, launcher.settings) as nodes:
+            _plan(jobs, nodes)
+            return _run(launcher, jobs, nodes, tracker, parent)
+    except (LaunchError, InfeasibleRequest) as exc:
+        print(f"rnnsweep: error: {exc}", file=sys.stderr)
+        if tracker and parent:
+            tracker.fail_run(parent, str(exc))
+        raise SystemExit(2) from None
+
+
+@contextmanager
+def ray_session(config: DictConfig, settings) -> Iterator[list[Node]]:
+    """Connects to the named cluster (starting nothing), or starts an embedded local Ray
+    bound to loopback and shuts it down at the end. An existing connection (a test's
+    cluster, a notebook's) is used as it is and left running."""
+    if ray.is_initialized():
+        yield _nodes()
+        return
+    address = OmegaConf.select(config, "ray.address") or os.environ.get("RAY_ADDRESS")
+    if address:
+        _check_reachable(address)
+        try:
+            ray.init(address=address, log_to_driver=False, configure_logging=False)
+        except Exception as exc:  # Ray raises several types for a bad address
+            raise LaunchError(f"cannot connect to the Ray cluster at {address}: {exc}") from None
+    else:
+        ray.init(num_cpus=settings.num_cpus, num_gpus=settings.num_gpus,
+                 include_dashboard=settings.dashboard, dashboard_host=settings.dashboard_host,
+                 _node_ip_address="127.0.0.1", log_to_driver=False, configure_logging=False)
+    try:
+        yield _nodes()
+    finally:
+        ray.shutdown()
+
+
+def _check_reachable(address: str) -> None:
+    """Ray retries a dead address for a long time; a plain TCP probe answers at once."""
+    if address in ("auto", "local") or address.startswith("ray://"):
+        return
+    host, _, port = address.rpartition(":")
+    try:
+        socket.create_connection((host or "127.0.0.1", int(port)), timeout=5).close()
+    except (OSError, ValueError) as exc:
+        raise LaunchError(f"cannot reach the Ray cluster at {address}: {exc}") from None
+
+
+def _nodes() -> list[Node]:
+    return [Node(n["NodeID"], n.get("NodeManagerAddress", "?"), n["Resources"].get("CPU", 0.0),
+                 n["Resources"].get("GPU", 0.0)) for n in ray.nodes() if n.get("Alive")]
+
+
+def _compose(launcher, idx: int, overrides: list[str]) -> Job:
+    config = launcher.hydra_context.config_loader.load_sweep_config(launcher.config, overrides)
+    with open_dict(config):
+        config.hydra.job.id = idx
+        config.hydra.job.num = idx
+    name = ",".join(o for o in filter_overrides(overrides) if not o.startswith("+sweep="))
+    return Job(idx, overrides, config, name or f"job{idx}")
+
+
+def _tracker(config: DictConfig) -> Tracker | None:
+    """Only rnnsweep trials are recorded; any other Hydra app just gets its jobs run."""
+    if OmegaConf.select(config, "tracking") is None:
+        return None
+    return Tracker(config.tracking.uri, config.tracking.experiment)
+
+
+def _plan(jobs: list[Job], nodes: list[Node]) -> None:
+    for job in jobs:
+        job.request = plan(job.config, nodes)
+    check_feasible({j.idx: j.request for j in jobs}, nodes, {j.idx: j.name for j in jobs})
+    for job in jobs:
+        if OmegaConf.select(job.config, "hardware") is not None:
+            # The trial sizes its threads from this, and its params show what it was given.
+            with open_dict(job.config):
+                job.config.hardware.device = job.request.device
+                job.config.hardware.num_cpus = job.request.num_cpus
+                job.config.hardware.num_gpus = job.request.num_gpus
+                job.config.hardware.exclusive = job.request.exclusive
+
+
+def _run(launcher, jobs: list[Job], nodes: list[Node], tracker: Tracker | None,
+         parent: str | None) -> list[JobReturn]:
+    config = launcher.config
+    retries = int(OmegaConf.select(config, "ray.max_retries", default=2))
+    finished = ({} if tracker is None or OmegaConf.select(config, "ray.rerun", default=False)
+                else tracker.finished_configs())
+    progress = _Progress.remote()
+    execute = ray.remote(_execute)
+    state = Singleton.get_state()
+    print(f"rnnsweep: launching {len(jobs)} trials on Ray ({len(nodes)} node(s), "
+          f"{sum(n.cpus for n in nodes):g} CPUs, {sum(n.gpus for n in nodes):g} GPUs)", flush=True)
+    for job in jobs:
+        digest = _hash(job.config) if tracker else None
+        if digest in finished:
+            _skip(job, finished[digest])
+            continue
+        if tracker:
+            tags = {"rnnsweep.config_hash": digest,
+                    "rnnsweep.ray.request": job.request.describe()}
+            job.run_id = tracker.start_run(job.name, tags=tags, parent_run_id=parent)
+        job.ref = execute.options(
+            num_cpus=job.request.num_cpus, num_gpus=job.request.num_gpus,
+            max_retries=retries, retry_exceptions=False, name=f"rnnsweep-trial-{job.idx}",
+        ).remote(launcher.hydra_context, launcher.task_function, job.config, state, progress,
+                 job.idx)
+    try:
+        _collect(jobs, nodes, progress, tracker, launcher.settings.poll_s, retries)
+    except KeyboardInterrupt:
+        _cancel(jobs, tracker, parent)
+        raise SystemExit(130) from None
+    _print_table(jobs)
+    return [job.result for job in jobs]
+
+
+def _execute(hydra_context, task_function, config: DictConfig, singleton_state, progress,
+             idx: int) -> tuple[JobReturn, dict[str, Any]]:
+    """Runs in a Ray worker: one Hydra job, exactly as the basic launcher would run it."""
+    setup_globals()
+    Singleton.set_state(singleton_state)
+    os.environ[RECORDS_TO_DRIVER_ENV] = "1"
+    info = {"node_id": ray.get_runtime_context().get_node_id(), "host": socket.gethostname(),
+            "pid": os.getpid(), "started": time.time()}
+    progress.start.remote(idx, info["started"])
+    ret = run_job(hydra_context=hydra_context, task_function=task_function, config=config,
+                  job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir")
+    info["finished"] = time.time()
+    return ret, info
+
+
+@ray.remote(num_cpus=0)
+class _Progress:
+    """Workers report when they really start, so 'running' is not a guess."""
+
+    def __init__(self) -> None:
+        self.started: dict[int, float] = {}
+
+    def start(self, idx: int, at: float) -> None:
+        self.started[idx] = at
+
+    def snapshot(self) -> dict[int, float]:
+        return dict(self.started)
+
+
+def _collect(jobs: list[Job], nodes: list[Node], progress, tracker: Tracker | None,
+             poll_s: float, retries: int) -> None:
+    pending = {job.ref: job for job in jobs if job.ref is not None}
+    last_line = ""
+    while pending:
+        ready, _ = ray.wait(list(pending), num_returns=1, timeout=poll_s)
+        started = ray.get(progress.snapshot.remote())
+        for job in pending.values():
+            if job.idx in started and job.state == "pending":
+                job.state = "running"
+        for ref in ready:
+            job = pending.pop(ref)
+            _finish(job, jobs, nodes, started, tracker, retries)
+            print(f"  #{job.idx} {job.summary}", flush=True)
+        line = _progress_line(jobs)
+        if line != last_line:
+            print(line, flush=True)
+            last_line = line
+
+
+def _finish(job: Job, jobs: list[Job], nodes: list[Node], started: dict[int, float],
+            tracker: Tracker | None, retries: int) -> None:
+    try:
+        ret, job.info = ray.get(job.ref)
+    except ray.exceptions.RayError as exc:
+        # The worker died (SIGKILL, OOM, node loss) and Ray's retries ran out.
+        reason = f"{type(exc).__name__} after {retries} retries: {str(exc).splitlines()[0]}"
+        ret = _failed_return(job, reason, as_record=tracker is not None)
+        job.info = {"started": started.get(job.idx), "finished": time.time()}
+    job.result = ret
+    record = ret._return_value
+    if not isinstance(record, TrialRecord):
+        job.state = "done" if ret.status == JobStatus.COMPLETED else "failed"
+        job.summary = f"[{job.state}] {job.name}"
+        if tracker and job.run_id and ret.status != JobStatus.COMPLETED:
+            tracker.fail_run(job.run_id, f"{type(record).__name__}: {record}")
+        return
+    job.state = "failed" if record.outcome == FAILED else "done"
+    job.info["node_ip"] = next((n.address for n in nodes if n.node_id == job.info.get("node_id")),
+                               "?")
+    record.tags.update(_placement_tags(job, jobs, started))
+    if tracker and job.run_id:
+        tracker.write_record(job.run_id, record)
+    job.summary = f"{summary_line(job.name, record)}  @ {job.info.get('node_ip', '?')}"
+
+
+def _failed_return(job: Job, reason: str, as_record: bool) -> JobReturn:
+    ret = JobReturn(overrides=job.overrides, cfg=job.config, status=JobStatus.FAILED,
+                    _return_value=LaunchError(reason))
+    if as_record:
+        # A dead worker is this trial's failure, recorded on its run; Hydra's sweeper
+        # would abort the whole multirun on a FAILED job.
+        record = TrialRecord(params={}, outcome=FAILED, reason=reason)
+        record.tags = {"rnnsweep.outcome": FAILED, "rnnsweep.reason": reason[:4000]}
+        ret.status, ret._return_value = JobStatus.COMPLETED, record
+    return ret
+
+
+def _placement_tags(job: Job, jobs: list[Job], started: dict[int, float]) -> dict[str, str]:
+    begin = job.info.get("started") or started.get(job.idx) or 0.0
+    end = job.info.get("finished") or time.time()
+    beside = 0
+    for other in jobs:
+        if other is job or other.idx not in started:
+            continue
+        other_end = other.info.get("finished") if other.state in ("done", "failed") else None
+        if started[other.idx] < end and (other_end is None or other_end > begin):
+            beside += 1
+    return {
+        "rnnsweep.ray.node_id": str(job.info.get("node_id", "")),
+        "rnnsweep.ray.node_ip": str(job.info.get("node_ip", "")),
+        "rnnsweep.ray.host": str(job.info.get("host", "")),
+        "rnnsweep.ray.resources": job.request.describe() if job.request else "",
+        "rnnsweep.ray.exclusive": str(job.request.exclusive if job.request else ""),
+        "rnnsweep.ray.trials_beside": str(beside),
+    }
+
+
+def _skip(job: Job, run_id: str) -> None:
+    job.state = "skipped"
+    job.summary = f"[skipped] {job.name} (identical config finished as run {run_id})"
+    job.result = JobReturn(overrides=job.overrides, cfg=job.config, status=JobStatus.COMPLETED)
+    print(f"  #{job.idx} {job.summary}", flush=True)
+
+
+def _cancel(jobs: list[Job], tracker: Tracker | None, parent: str | None) -> None:
+    print("rnnsweep: interrupted; cancelling pending and running trials", file=sys.stderr)
+    for job in jobs:
+        if job.state in ("pending", "running") and job.ref is not None:
+            ray.cancel(job.ref, force=True)
+            job.state = "killed"
+            if tracker and job.run_id:
+                tracker.fail_run(job.run_id, "interrupted (SIGINT)", status="KILLED")
+    if tracker and parent:
+        tracker.fail_run(parent, "interrupted (SIGINT)", status="KILLED")
+
+
+def _hash(config: DictConfig) -> str:
+    task_cfg = copy.deepcopy(config)
+    with open_dict(task_cfg):
+        del task_cfg["hydra"]
+    return config_hash(flatten(OmegaConf.to_container(task_cfg, resolve=True,
+                                                      enum_to_str=True)))
+
+
+def _progress_line(jobs: list[Job]) -> str:
+    counts = {s: sum(j.state == s for j in jobs)
+              for s in ("done", "running", "pending", "failed", "skipped")}
+    return (f"rnnsweep: {counts['done']}/{len(jobs)} done, {counts['running']} running, "
+            f"{counts['pending']} pending, {counts['failed']} failed, "
+            f"{counts['skipped']} skipped")
+
+
+def _print_table(jobs: list[Job]) -> None:
+    print("rnnsweep: trials")
+    for job in jobs:
+        print(f"  #{job.idx:<3} {job.state:<8} {job.summary}")

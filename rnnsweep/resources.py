@@ -1,0 +1,71 @@
+"""What each trial asks Ray for, and whether any node can give it.
+
+Pure functions over a trial's config and the cluster's node list, so the policy can be
+read and tested without Ray.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from omegaconf import DictConfig, OmegaConf
+
+
+class InfeasibleRequest(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class Request:
+    device: str  # "cpu" | "cuda"
+    num_cpus: float
+    num_gpus: float
+    exclusive: bool
+
+    def describe(self) -> str:
+        return f"CPU={self.num_cpus:g}, GPU={self.num_gpus:g}"
+
+
+@dataclass(frozen=True)
+class Node:
+    node_id: str
+    address: str
+    cpus: float
+    gpus: float
+
+
+def plan(cfg: DictConfig, nodes: list[Node]) -> Request:
+    """A trial's resource request from its own ``hardware`` and ``workload`` config.
+
+    Trials that measure time get a whole device by default: every CPU of a node for CPU
+    trials, a whole GPU for GPU trials. Training-only trials pack. A trial that asks for
+    a fraction of a GPU (``hardware=shared_gpu``) has asked to share.
+    """
+    hardware = OmegaConf.select(cfg, "hardware")
+    if hardware is None:  # not an rnnsweep trial (any Hydra app can use this launcher)
+        return Request("cpu", 1.0, 0.0, False)
+    timed = bool(OmegaConf.select(cfg, "workload.bench", default=False)
+                 or OmegaConf.select(cfg, "workload.deploy", default=False))
+    exclusive = timed if hardware.exclusive is None else bool(hardware.exclusive)
+    device = str(hardware.device)
+    if device == "auto":
+        device = "cuda" if any(n.gpus > 0 for n in nodes) else "cpu"
+    if device == "cpu":
+        whole_node = max((n.cpus for n in nodes), default=1.0)
+        cpus = hardware.num_cpus or (whole_node if exclusive else 1.0)
+        return Request("cpu", float(cpus), 0.0, exclusive)
+    gpus = float(hardware.num_gpus) or 1.0
+    if exclusive:
+        gpus = max(gpus, 1.0)
+    return Request("cuda", float(hardware.num_cpus or 1.0), gpus, exclusive)
+
+
+def check_feasible(requests: dict[int, Request], nodes: list[Node],
+                   names: dict[int, str]) -> None:
+    """Fails up front rather than leaving a trial pending forever."""
+    for idx, req in requests.items():
+        if not any(n.cpus >= req.num_cpus and n.gpus >= req.num_gpus for n in nodes):
+            sizes = ", ".join(f"{n.address}: CPU={n.cpus:g} GPU={n.gpus:g}" for n in nodes)
+            raise InfeasibleRequest(
+                f"trial #{idx} ({names[idx]}) asks for {req.describe()} but no Ray node has "
+                f"that (nodes: {sizes or 'none'})")
