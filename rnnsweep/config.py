@@ -94,8 +94,10 @@ class GuardConfig:
     explode_threshold: float = 100.0  # grad norm above this counts as exploding
     vanish_threshold: float = 1e-6  # grad norm below this counts as vanishing
     saturation_level: float = 0.99  # |h| above this counts as a saturated activation
-    # Steps whose input is poisoned with NaN: exercises the guard end to end.
+    # Fault injection, to exercise the guards and the failure path end to end:
+    # steps whose input is poisoned with NaN, and a step at which the trial raises.
     inject_nan_steps: list[int] = field(default_factory=list)
+    raise_at_step: int | None = None
 
 
 @dataclass

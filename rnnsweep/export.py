@@ -105,7 +105,7 @@ def export_torchscript(
         # generalises is decided by the parity check at new shapes instead.
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         # check_trace re-traces to compare graphs; the parity check is stricter and runs anyway.
-        module = torch.jit.trace(stateful_module(model), example, check_trace=False)
+        module = torch.jit.trace(stateful_module(model), _distinct(example), check_trace=False)
         if optimize:
             module = torch.jit.optimize_for_inference(torch.jit.freeze(module))
         metadata = {METADATA_KEY: ModelSpec.of(model).to_json()}
@@ -125,6 +125,8 @@ def export_onnx(model: RecurrentNet, example: Tensors, path: pathlib.Path) -> st
     dynamic_shapes = ({0: batch, 1: seq}, *({1: batch},) * spec.state_count)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", (DeprecationWarning, FutureWarning))
+        # The legacy exporter traces, tripping the same benign TracerWarnings as above.
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
         # Known-benign exporter chatter: nn.RNNBase re-assigns its flat weights in forward,
         # x and the states share the batch symbol on purpose, and the legacy exporter's
         # RNN batch-size advice is about initial states that are already inputs here.
@@ -134,6 +136,7 @@ def export_onnx(model: RecurrentNet, example: Tensors, path: pathlib.Path) -> st
             "Exporting a model to ONNX with a batch_size other than 1",
         ):
             warnings.filterwarnings("ignore", message=message, category=UserWarning)
+        example = _distinct(example)
         program = torch.onnx.export(
             wrapper, example, dynamo=True, dynamic_shapes=dynamic_shapes, verbose=False, **names
         )
@@ -177,8 +180,9 @@ def export_and_verify(
 ) -> ExportReport:
     """Export ``model`` in each format under ``out_dir`` and check it against eager.
 
-    Exports use a CPU copy at a small example shape; each file is loaded back and run at
-    ``(batch, seq_len)`` with a random initial state. Metrics: ``export_<fmt>_max_abs_diff``
+    Switches ``model`` (or its CPU copy, when it lives elsewhere) to eval mode and traces
+    it at a small example shape. Each file is loaded back and run at ``(batch, seq_len)`` with a
+    random initial state. Metrics: ``export_<fmt>_max_abs_diff`` over y and the final state
     (whenever the outputs could be compared), ``export_<fmt>_latency_ms`` (when the export
     passed) and ``export_eager_latency_ms``, each latency the median of ``repeats`` full
     forward calls after ``warmup``. Tags: ``rnnsweep.export.<fmt>.status`` ok/failed and
@@ -281,6 +285,12 @@ def _inputs(spec: ModelSpec, batch: int, seq_len: int, generator: torch.Generato
 def _other_than(n: int, preferred: int) -> int:
     # torch.export specialises axes of size 0 or 1, so example sizes start at 2.
     return preferred if n != preferred else preferred + 1
+
+
+def _distinct(example: Tensors) -> Tensors:
+    # Passing one tensor as both h0 and c0 (say, a shared zeros) makes the dynamo exporter
+    # wire the c0 input into both places and drop h0: give every input its own storage.
+    return tuple(t.clone() for t in example)
 
 
 def _flat(result: tuple[torch.Tensor, Tensors]) -> Tensors:

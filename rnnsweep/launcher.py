@@ -96,9 +96,13 @@ def ray_session(config: DictConfig, settings) -> Iterator[list[Node]]:
         except Exception as exc:  # Ray raises several types for a bad address
             raise LaunchError(f"cannot connect to the Ray cluster at {address}: {exc}") from None
     else:
-        ray.init(num_cpus=settings.num_cpus, num_gpus=settings.num_gpus,
+        if os.environ.get("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER") != "0":
+            log.warning("the embedded Ray will listen beyond loopback: start rnnsweep through "
+                        "its CLI, or set RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 before importing ray")
+        # "local": always a fresh instance, never a cluster someone started with `ray start`.
+        ray.init(address="local", num_cpus=settings.num_cpus, num_gpus=settings.num_gpus,
                  include_dashboard=settings.dashboard, dashboard_host=settings.dashboard_host,
-                 _node_ip_address="127.0.0.1", log_to_driver=False, configure_logging=False)
+                 log_to_driver=False, configure_logging=False)
     try:
         yield _nodes()
     finally:

@@ -7,7 +7,8 @@ the concatenated chunk outputs equal one forward pass over the whole sequence;
 ``measure_streaming`` checks exactly that and times the chunks.
 
 Exported files come from ``rnnsweep.export``, which stores a ``ModelSpec`` inside each file
-so a session can build the zero state without the Python model.
+so a session can build the zero state without the Python model. Sessions over exported files
+run on CPU; a missing, corrupt or foreign file raises ``ExportedModelError``.
 """
 
 from __future__ import annotations
@@ -78,8 +79,8 @@ class ModelSpec:
 class StreamingSession:
     """Runs a model chunk by chunk, carrying the recurrent state across chunks."""
 
-    def __init__(self, forward: Forward, spec: ModelSpec, source: str) -> None:
-        self._forward, self.spec, self.source = forward, spec, source
+    def __init__(self, forward: Forward, spec: ModelSpec) -> None:
+        self._forward, self.spec = forward, spec
         self._state: Tensors | None = None
 
     @classmethod
@@ -91,7 +92,7 @@ class StreamingSession:
             y, _, new_state = model(x, state if lstm else state[0])
             return (y, *new_state) if lstm else (y, new_state)
 
-        return cls(forward, spec, f"eager {spec.cell} ({model.impl})")
+        return cls(forward, spec)
 
     def forward(self, x: torch.Tensor, state: Tensors) -> tuple[torch.Tensor, Tensors]:
         """One stateless call: the output for ``x`` and the state after it."""
@@ -122,6 +123,7 @@ class StreamingSession:
 
 
 def load_torchscript(path: str | pathlib.Path) -> StreamingSession:
+    """A session over a TorchScript file from ``rnnsweep.export`` (raises ExportedModelError)."""
     path = _existing(path)
     extra = {METADATA_KEY: ""}
     try:
@@ -134,10 +136,11 @@ def load_torchscript(path: str | pathlib.Path) -> StreamingSession:
             f"{path}: not a readable TorchScript file ({error_summary(exc)})"
         ) from exc
     spec = ModelSpec.from_json(extra[METADATA_KEY], path)
-    return StreamingSession(module, spec, f"torchscript {path.name}")
+    return StreamingSession(module, spec)
 
 
 def load_onnx(path: str | pathlib.Path) -> StreamingSession:
+    """A session over an ONNX file from ``rnnsweep.export`` run by onnxruntime on CPU."""
     path = _existing(path)
     try:
         import onnxruntime
@@ -166,7 +169,7 @@ def load_onnx(path: str | pathlib.Path) -> StreamingSession:
         feed = dict(zip(names, arrays, strict=True))
         return [torch.from_numpy(out) for out in session.run(None, feed)]
 
-    return StreamingSession(forward, spec, f"onnxruntime {path.name}")
+    return StreamingSession(forward, spec)
 
 
 def open_exported(path: str | pathlib.Path) -> StreamingSession:
@@ -207,7 +210,8 @@ def measure_streaming(
     """
     if repeats < 1:
         raise ValueError("repeats must be at least 1")
-    session = session or StreamingSession.from_model(model)
+    if session is None:
+        session = StreamingSession.from_model(model)
     with torch.inference_mode():
         reference = model(x)[0]
     chunks = x.split(chunk_len, dim=1)

@@ -26,6 +26,7 @@ class GuardSettings:
     vanish_threshold: float = 1e-6
     saturation_level: float = 0.99
     inject_nan_steps: frozenset[int] = frozenset()
+    raise_at_step: int | None = None
 
 
 @dataclass
@@ -71,6 +72,8 @@ def train(model: nn.Module, batch_at, steps: int, optimizer: torch.optim.Optimiz
     result = TrainResult(series=series, counts=counts)
     started = time.perf_counter()
     for step in range(steps):
+        if step == guard.raise_at_step:
+            raise RuntimeError(f"injected failure at step {step} (guard.raise_at_step)")
         x, target = batch_at(step)
         if step in guard.inject_nan_steps:
             x = x * nan

@@ -117,6 +117,7 @@ def _train(cfg: DictConfig, model: RecurrentNet, device: torch.device,
         vanish_threshold=cfg.guard.vanish_threshold,
         saturation_level=cfg.guard.saturation_level,
         inject_nan_steps=frozenset(cfg.guard.inject_nan_steps),
+        raise_at_step=cfg.guard.raise_at_step,
     )
     optimizer = training.make_optimizer(_name(cfg.task.optimizer), model.parameters(),
                                         cfg.task.lr)

@@ -29,8 +29,9 @@ class ConfigError(ValueError):
     """A one-line, user-facing configuration error."""
 
 
-def check_overrides(overrides: list[str], multirun: bool) -> int:
-    """Composes and checks every trial the command line describes; returns their count."""
+def check_overrides(overrides: list[str], multirun: bool) -> DictConfig:
+    """Composes and checks every trial the command line describes; returns the sweep's
+    base config (its ``hydra`` node included)."""
     try:
         parsed = _parser.parse_overrides(overrides)
     except OverrideParseException as exc:
@@ -53,7 +54,7 @@ def check_overrides(overrides: list[str], multirun: bool) -> int:
         for trial in trials:
             check_trial(_compose(list(trial)))
     GlobalHydra.instance().clear()
-    return len(trials)
+    return base
 
 
 def check_trial(cfg: DictConfig) -> None:

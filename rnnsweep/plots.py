@@ -1,0 +1,205 @@
+"""The report's PNG plots, drawn with matplotlib's object API.
+
+``matplotlib.figure.Figure`` renders through the Agg canvas without pyplot, so no global
+backend or figure state is touched: the plots can be drawn inside a Hydra callback, a Ray
+driver or a test process that has no display. Every function takes plain numbers and
+returns PNG bytes of one fixed size, with a title naming the sweep and the device.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
+# Fixed pixel size (no tight bounding box): a reader sees every plot at the same scale.
+WIDTH_IN, HEIGHT_IN, DPI = 11.0, 5.5, 100
+SIZE_PX = (int(WIDTH_IN * DPI), int(HEIGHT_IN * DPI))
+# A curve whose values span more than this factor gets a log axis (e.g. an exploding norm).
+LOG_SPAN = 20.0
+
+# Legend label -> (x, y) points, x ascending.
+Series = Mapping[str, Sequence[tuple[float, float]]]
+
+
+@dataclass(frozen=True)
+class Fit:
+    """A least-squares line ``y = slope * x + intercept``."""
+
+    slope: float
+    intercept: float
+
+
+@dataclass(frozen=True)
+class FitPanel:
+    ylabel: str
+    points: Series
+    fits: Mapping[str, Fit]  # same labels as ``points``
+
+
+def batch_scaling(throughput: Series, ms_per_seq: Series, notes: Sequence[str], *,
+                  sweep: str, device: str) -> bytes:
+    fig, (left, right) = _figure(2, f"{sweep}: batch parallelism", device)
+    for label, points in throughput.items():
+        _line(left, points, label)
+    for label, points in ms_per_seq.items():
+        _line(right, points, label)
+    for ax, series in ((left, throughput), (right, ms_per_seq)):
+        # Batch sizes are usually powers of two; base-2 log spacing puts them evenly apart.
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("batch size (sequences, log scale)")
+        _ticks_at_data(ax, [x for points in series.values() for x, _ in points])
+    wide = _wide(throughput.values())
+    if wide:
+        left.set_yscale("log")
+    else:
+        left.set_ylim(bottom=0)
+    left.set_ylabel("throughput (sequences/s" + (", log scale)" if wide else ")"))
+    left.set_title("throughput")
+    # A linear axis from 0 shows the per-sequence gain as the ratio it is.
+    right.set_ylim(bottom=0)
+    right.set_ylabel("forward latency per sequence (ms)")
+    right.set_title("time per sequence")
+    _legend(right, len(ms_per_seq))
+    _notes(right, notes)
+    return _png(fig)
+
+
+def fused_vs_loop(labels: Sequence[str], fused_ms: Sequence[float], loop_ms: Sequence[float],
+                  *, sweep: str, device: str) -> bytes:
+    fig, (ax,) = _figure(1, f"{sweep}: fused library kernel vs. per-timestep loop", device)
+    width = 0.38
+    xs = range(len(labels))
+    fused = ax.bar([x - width / 2 for x in xs], fused_ms, width, label="fused (nn.LSTM/GRU/RNN)")
+    loop = ax.bar([x + width / 2 for x in xs], loop_ms, width, label="loop (cell per timestep)")
+    ax.bar_label(fused, fmt="%.3g", padding=2)
+    ax.bar_label(loop, fmt="%.3g", padding=2)
+    for x, f, lp in zip(xs, fused_ms, loop_ms, strict=True):
+        # The speedup sits above the taller bar of its pair, where the eye compares them.
+        ax.annotate(f"fused {lp / f:.2f}x faster" if f <= lp else f"loop {f / lp:.2f}x faster",
+                    (x, max(f, lp)), xytext=(0, 16), textcoords="offset points",
+                    ha="center", fontweight="bold")
+    ax.set_xticks(list(xs), labels)
+    ax.set_xlabel("cell")
+    ax.set_ylabel("forward latency (ms per batch)")
+    ax.set_ylim(top=max([*fused_ms, *loop_ms]) * 1.25)
+    ax.legend(loc="upper left")
+    return _png(fig)
+
+
+def training_curves(loss: Series, grad_norm: Series, clipped_norm: Series,
+                    max_norms: Sequence[float], *, sweep: str, device: str) -> bytes:
+    fig, (left, right) = _figure(2, f"{sweep}: training loss and gradient norm", device)
+    loss_log = _wide(loss.values())
+    for label, points in loss.items():
+        _line(left, points, label, log_y=loss_log)
+    left.set_xlabel("training step")
+    left.set_ylabel("training loss (MSE" + (", log scale)" if loss_log else ")"))
+    left.set_title("loss")
+    _legend(left, len(loss))
+    norm_log = _wide([*grad_norm.values(), *clipped_norm.values(), [(0, m) for m in max_norms]])
+    for label, points in grad_norm.items():
+        (line,) = _line(right, points, label, log_y=norm_log)
+        after = clipped_norm.get(label, ())
+        if after and list(after) != list(points):  # after clipping: same colour, dotted
+            _line(right, after, None, log_y=norm_log, color=line.get_color(), linestyle=":")
+    for max_norm in max_norms:
+        right.axhline(max_norm, color="black", linestyle="--", linewidth=1)
+        right.annotate(f"max_norm={max_norm:g}", (0, max_norm), xycoords=("axes fraction", "data"),
+                       xytext=(4, 3), textcoords="offset points", fontsize=9)
+    right.set_xlabel("training step")
+    right.set_ylabel("global gradient L2 norm" + (" (log scale)" if norm_log else ""))
+    right.set_title("gradient norm: solid before clipping, dotted after")
+    for ax, log in ((left, loss_log), (right, norm_log)):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        if log:
+            ax.set_yscale("log")
+    return _png(fig)
+
+
+def linear_fits(panels: Sequence[FitPanel], *, xlabel: str, title: str, sweep: str,
+                device: str) -> bytes:
+    """Measured points and their fitted lines; the legend carries each slope."""
+    fig, axes = _figure(len(panels), f"{sweep}: {title}", device)
+    for ax, panel in zip(axes, panels, strict=True):
+        for label, points in panel.points.items():
+            (dots,) = ax.plot(*zip(*points, strict=True), "o", label=label or None)
+            fit = panel.fits.get(label)
+            if fit:
+                xs = [0.0, max(x for x, _ in points)]
+                ax.plot(xs, [fit.slope * x + fit.intercept for x in xs], "--",
+                        color=dots.get_color(),
+                        label=f"fit {fit.slope:.4g} ms/timestep" + (f" ({label})" if label else ""))
+        ax.set_xlim(left=0)
+        ax.set_ylim(bottom=0)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(panel.ylabel)
+        ax.legend(loc="upper left", fontsize=9)
+    return _png(fig)
+
+
+def metric_bars(labels: Sequence[str], metrics: Mapping[str, Sequence[float]], *, sweep: str,
+                device: str) -> bytes:
+    """The fallback: one panel per metric (its label with unit), one bar per trial."""
+    fig, axes = _figure(len(metrics), f"{sweep}: trials compared", device)
+    for ax, (ylabel, values) in zip(axes, metrics.items(), strict=True):
+        bars = ax.bar(range(len(labels)), values, color=[f"C{i % 10}" for i in range(len(labels))])
+        ax.bar_label(bars, fmt="%.3g", padding=2, fontsize=8)
+        ax.set_xticks(range(len(labels)), labels, rotation=30 if len(labels) > 3 else 0,
+                      ha="right" if len(labels) > 3 else "center", fontsize=8)
+        ax.set_xlabel("trial")
+        ax.set_ylabel(ylabel)
+    return _png(fig)
+
+
+def _figure(panels: int, title: str, device: str) -> tuple[Figure, list[Axes]]:
+    fig = Figure(figsize=(WIDTH_IN, HEIGHT_IN), dpi=DPI, layout="constrained")
+    axes = fig.subplots(1, panels, squeeze=False)[0]
+    fig.suptitle(f"{title}\non {device}")
+    for ax in axes:
+        ax.grid(True, which="major", alpha=0.3)
+    return fig, list(axes)
+
+
+def _line(ax: Axes, points: Sequence[tuple[float, float]], label: str | None, *,
+          log_y: bool = False, **style):
+    # NaN/inf steps (skipped by the guard) and, on a log axis, non-positive values have no
+    # place on the plot; they are left out rather than drawn as misleading clipped points.
+    kept = [(x, y) for x, y in points if math.isfinite(y) and (y > 0 or not log_y)]
+    xs, ys = (zip(*kept, strict=True) if kept else ((), ()))
+    return ax.plot(xs, ys, marker="o" if len(kept) <= 30 else None, markersize=4,
+                   label=label or None, **style)
+
+
+def _wide(series: Iterable[Sequence[tuple[float, float]]]) -> bool:
+    ys = [y for points in series for _, y in points if math.isfinite(y) and y > 0]
+    return bool(ys) and max(ys) / min(ys) > LOG_SPAN
+
+
+def _ticks_at_data(ax: Axes, xs: Sequence[float]) -> None:
+    ticks = sorted(set(xs))
+    ax.set_xticks(ticks, [f"{x:g}" for x in ticks])
+    ax.minorticks_off()
+
+
+def _legend(ax: Axes, entries: int) -> None:
+    if entries > 1:
+        ax.legend(loc="best", fontsize=9)
+
+
+def _notes(ax: Axes, notes: Sequence[str]) -> None:
+    if notes:
+        ax.text(0.98, 0.97, "\n".join(notes), transform=ax.transAxes, ha="right", va="top",
+                fontsize=10, fontweight="bold",
+                bbox={"boxstyle": "round", "facecolor": "lightyellow", "alpha": 0.9})
+
+
+def _png(fig: Figure) -> bytes:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    return buffer.getvalue()
