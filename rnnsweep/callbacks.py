@@ -23,11 +23,13 @@ class SweepRunCallback(Callback):
         self._started = time.time()
         self._tracker = Tracker(config.tracking.uri, config.tracking.experiment)
         # HydraConfig is not set yet when a multirun starts; the config carries it.
-        name = config.hydra.runtime.choices.get("sweep") or "sweep"
         overrides = list(config.hydra.overrides.task)
+        ready = config.hydra.runtime.choices.get("sweep") or ""
+        # A ready sweep is named after its file; an ad-hoc one after its overrides.
+        name = ready or " ".join(overrides) or "sweep"
         params = config.hydra.sweeper.params
         params = OmegaConf.to_container(params) if params else {}
-        tags = {ROLE_TAG: "sweep", "rnnsweep.sweep": name,
+        tags = {ROLE_TAG: "sweep", "rnnsweep.sweep": ready,
                 "rnnsweep.overrides": " ".join(overrides)[:4000]}
         self._parent = self._tracker.start_run(name, tags=tags)
         self._tracker.log(self._parent, params={f"sweep.{k}": str(v) for k, v in params.items()})

@@ -53,6 +53,7 @@ class Job:
     name: str
     request: Request | None = None
     run_id: str | None = None
+    retries: int = 0
     ref: Any = None
     state: str = "pending"  # pending | running | done | failed | skipped | killed
     info: dict[str, Any] = field(default_factory=dict)
@@ -158,7 +159,6 @@ def _plan(jobs: list[Job], nodes: list[Node]) -> None:
 def _run(launcher, jobs: list[Job], nodes: list[Node], tracker: Tracker | None,
          parent: str | None) -> list[JobReturn]:
     config = launcher.config
-    retries = int(OmegaConf.select(config, "ray.max_retries", default=2))
     finished = ({} if tracker is None or OmegaConf.select(config, "ray.rerun", default=False)
                 else tracker.finished_configs())
     progress = _Progress.remote()
@@ -175,13 +175,14 @@ def _run(launcher, jobs: list[Job], nodes: list[Node], tracker: Tracker | None,
             tags = {"rnnsweep.config_hash": digest,
                     "rnnsweep.ray.request": job.request.describe()}
             job.run_id = tracker.start_run(job.name, tags=tags, parent_run_id=parent)
+        job.retries = int(OmegaConf.select(job.config, "ray.max_retries", default=2))
         job.ref = execute.options(
             num_cpus=job.request.num_cpus, num_gpus=job.request.num_gpus,
-            max_retries=retries, retry_exceptions=False, name=f"rnnsweep-trial-{job.idx}",
+            max_retries=job.retries, retry_exceptions=False, name=f"rnnsweep-trial-{job.idx}",
         ).remote(launcher.hydra_context, launcher.task_function, job.config, state, progress,
                  job.idx)
     try:
-        _collect(jobs, nodes, progress, tracker, launcher.settings.poll_s, retries)
+        _collect(jobs, nodes, progress, tracker, launcher.settings.poll_s)
     except KeyboardInterrupt:
         _cancel(jobs, tracker, parent)
         raise SystemExit(130) from None
@@ -219,7 +220,7 @@ class _Progress:
 
 
 def _collect(jobs: list[Job], nodes: list[Node], progress, tracker: Tracker | None,
-             poll_s: float, retries: int) -> None:
+             poll_s: float) -> None:
     pending = {job.ref: job for job in jobs if job.ref is not None}
     last_line = ""
     while pending:
@@ -230,7 +231,7 @@ def _collect(jobs: list[Job], nodes: list[Node], progress, tracker: Tracker | No
                 job.state = "running"
         for ref in ready:
             job = pending.pop(ref)
-            _finish(job, jobs, nodes, started, tracker, retries)
+            _finish(job, jobs, nodes, started, tracker)
             print(f"  #{job.idx} {job.summary}", flush=True)
         line = _progress_line(jobs)
         if line != last_line:
@@ -239,12 +240,12 @@ def _collect(jobs: list[Job], nodes: list[Node], progress, tracker: Tracker | No
 
 
 def _finish(job: Job, jobs: list[Job], nodes: list[Node], started: dict[int, float],
-            tracker: Tracker | None, retries: int) -> None:
+            tracker: Tracker | None) -> None:
     try:
         ret, job.info = ray.get(job.ref)
     except ray.exceptions.RayError as exc:
         # The worker died (SIGKILL, OOM, node loss) and Ray's retries ran out.
-        reason = f"{type(exc).__name__} after {retries} retries: {str(exc).splitlines()[0]}"
+        reason = f"{type(exc).__name__} after {job.retries} retries: {str(exc).splitlines()[0]}"
         ret = _failed_return(job, reason, as_record=tracker is not None)
         job.info = {"started": started.get(job.idx), "finished": time.time()}
     job.result = ret

@@ -42,13 +42,14 @@ class FitPanel:
     fits: Mapping[str, Fit]  # same labels as ``points``
 
 
-def batch_scaling(throughput: Series, ms_per_seq: Series, notes: Sequence[str], *,
+def batch_scaling(throughput: Series, ms_per_seq: Series, speedups: Mapping[str, str], *,
                   sweep: str, device: str) -> bytes:
+    """``speedups``: series label -> its speedup, written into the time-per-sequence legend."""
     fig, (left, right) = _figure(2, f"{sweep}: batch parallelism", device)
     for label, points in throughput.items():
         _line(left, points, label)
     for label, points in ms_per_seq.items():
-        _line(right, points, label)
+        _line(right, points, ": ".join(part for part in (label, speedups.get(label)) if part))
     for ax, series in ((left, throughput), (right, ms_per_seq)):
         # Batch sizes are usually powers of two; base-2 log spacing puts them evenly apart.
         ax.set_xscale("log", base=2)
@@ -65,8 +66,8 @@ def batch_scaling(throughput: Series, ms_per_seq: Series, notes: Sequence[str], 
     right.set_ylim(bottom=0)
     right.set_ylabel("forward latency per sequence (ms)")
     right.set_title("time per sequence")
-    _legend(right, len(ms_per_seq))
-    _notes(right, notes)
+    right.legend(loc="upper right", fontsize=10)
+    _legend(left, len(throughput))
     return _png(fig)
 
 
@@ -190,13 +191,6 @@ def _ticks_at_data(ax: Axes, xs: Sequence[float]) -> None:
 def _legend(ax: Axes, entries: int) -> None:
     if entries > 1:
         ax.legend(loc="best", fontsize=9)
-
-
-def _notes(ax: Axes, notes: Sequence[str]) -> None:
-    if notes:
-        ax.text(0.98, 0.97, "\n".join(notes), transform=ax.transAxes, ha="right", va="top",
-                fontsize=10, fontweight="bold",
-                bbox={"boxstyle": "round", "facecolor": "lightyellow", "alpha": 0.9})
 
 
 def _png(fig: Figure) -> bytes:

@@ -61,7 +61,6 @@ class ReportError(Exception):
 @dataclass
 class Trial:
     run_id: str
-    status: str
     outcome: str  # OK / UNSUPPORTED / FAILED, or the run status when no trial outcome exists
     reason: str
     params: dict[str, str]
@@ -239,7 +238,7 @@ def _sections(client: MlflowClient, trials: list[Trial], axes: list[str]) -> lis
 def _batch_section(report: Report) -> None:
     throughput: dict[str, list[tuple[float, float]]] = {}
     per_seq: dict[str, list[tuple[float, float]]] = {}
-    notes = []
+    speedups = {}
     for label, group in _groups(report, "batch", "latency_ms_per_seq"):
         per_seq[label] = [(float(t.params["batch"]), t.metrics["latency_ms_per_seq"])
                           for t in group]
@@ -250,11 +249,10 @@ def _batch_section(report: Report) -> None:
         report.findings.append(Finding(
             f"per-sequence speedup, batch {large:g} over batch {small:g}{_suffix(label)}",
             speedup, "x"))
-        notes.append(f"batch {large:g} vs {small:g}: {speedup:.2f}x per sequence"
-                     + _suffix(label))
+        speedups[label] = f"batch {large:g} vs {small:g}: {speedup:.2f}x per sequence"
     if per_seq:
         report.plots["plots/batch_scaling.png"] = plots.batch_scaling(
-            throughput, per_seq, notes, sweep=report.title, device=report.device)
+            throughput, per_seq, speedups, sweep=report.title, device=report.device)
 
 
 def _fused_section(report: Report) -> None:
@@ -338,8 +336,7 @@ def _fallback_section(report: Report) -> None:
 
 def _trial(run) -> Trial:
     tags = run.data.tags
-    return Trial(run_id=run.info.run_id, status=run.info.status,
-                 outcome=tags.get("rnnsweep.outcome") or run.info.status,
+    return Trial(run_id=run.info.run_id, outcome=tags.get("rnnsweep.outcome") or run.info.status,
                  reason=tags.get("rnnsweep.reason", ""), params=dict(run.data.params),
                  metrics=dict(run.data.metrics), device=_device(tags))
 
@@ -361,9 +358,13 @@ def _history(client: MlflowClient, run_id: str, key: str) -> list[tuple[float, f
 
 def _groups(report: Report, axis: str, metric: str) -> list[tuple[str, list[Trial]]]:
     """OK trials with ``metric``, grouped by the other axes' values, each group sorted along
-    ``axis``; groups with fewer than two points on ``axis`` tell nothing and are dropped."""
-    others = [a for a in report.axes if a != axis]
-    trials = sorted(_ok(report.trials, metric), key=lambda t: _values(t, others))
+    ``axis``; groups with fewer than two points on ``axis`` tell nothing and are dropped.
+    Axes that do not vary among these trials (e.g. one whose other values all failed) do
+    not split or name the groups."""
+    trials = _ok(report.trials, metric)
+    others = [a for a in report.axes
+              if a != axis and len({t.params.get(a) for t in trials}) > 1]
+    trials.sort(key=lambda t: _values(t, others))
     groups = []
     for _, members in groupby(trials, key=lambda t: _values(t, others)):
         group = sorted(members, key=lambda t: float(t.params[axis]))

@@ -26,6 +26,10 @@ def finish_sweep(tracker: Tracker, parent: str, wall_s: float) -> dict[str, floa
     if throughputs:
         summary["best_throughput_seq_per_s"] = max(throughputs)
     tracker.log_summary(parent, summary)
+    # Imported here, not at the top: keeps matplotlib out of every CLI start.
+    from rnnsweep.report import write_report_safely
+
+    write_report_safely(tracker, parent)  # never raises: a failed report is a warning
     last_failed = summary["trials_failed"] + summary["trials_killed"]
     tracker.client.set_terminated(parent, "FAILED" if last_failed else "FINISHED")
     print(f"rnnsweep: {summary['trials_finished']}/{summary['trials']} trials finished, "

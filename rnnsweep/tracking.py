@@ -42,8 +42,8 @@ class Tracker:
         self.uri = resolve_uri(uri)
         self.client = MlflowClient(tracking_uri=self.uri)
         found = self.client.get_experiment_by_name(experiment)
-        self.experiment_id = (found.experiment_id if found
-                              else self.client.create_experiment(experiment))
+        self.experiment_id = (found.experiment_id if found else self.client.create_experiment(
+            experiment, artifact_location=_artifact_root(self.uri, experiment)))
 
     def start_run(self, name: str, tags: dict[str, str] | None = None,
                   parent_run_id: str | None = None) -> str:
@@ -114,6 +114,15 @@ class Tracker:
             token = page.token
             if not token:
                 return
+
+
+def _artifact_root(uri: str, experiment: str) -> str | None:
+    """Artifacts of a SQLite store sit beside the database file, whatever directory the
+    first sweep happened to run from, so the store and its artifacts move together."""
+    prefix = "sqlite:///"
+    if not uri.startswith(prefix):
+        return None  # a tracking server decides where artifacts go
+    return (Path(uri[len(prefix):]).parent / "mlartifacts" / experiment).as_uri()
 
 
 def current_parent_run() -> str | None:

@@ -12,8 +12,12 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
+# Ray reads this when it is imported: it keeps every server of a test cluster on loopback.
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+
 TOY = ["model.input_size=8", "model.hidden_size=16", "seq_len=10", "steps=3", "warmup=1",
        "min_run_time=0.05"]
+TRAIN_1CPU = ["workload=train", "hardware.num_cpus=1"]
 
 
 def sweep_cmd(tmp: Path, *args: str) -> list[str]:
@@ -21,17 +25,44 @@ def sweep_cmd(tmp: Path, *args: str) -> list[str]:
             f"tracking.uri=sqlite:///{tmp}/mlflow.db", f"hydra.sweep.dir={tmp}/multirun"]
 
 
-def run_sweep(tmp: Path, *args: str, timeout: float = 240) -> subprocess.CompletedProcess:
+def run_sweep(tmp: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
     return subprocess.run(sweep_cmd(tmp, *args), cwd=tmp, capture_output=True, text=True,
                           timeout=timeout)
+
+
+def start_sweep(tmp: Path, *args: str) -> subprocess.Popen:
+    return subprocess.Popen(sweep_cmd(tmp, *args), cwd=tmp, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
 
 
 def runs(tmp: Path, parents: bool = False) -> list:
     client = MlflowClient(f"sqlite:///{tmp}/mlflow.db")
     exp = client.get_experiment_by_name("rnnsweep")
+    if exp is None:
+        return []
     found = client.search_runs([exp.experiment_id], max_results=1000)
-    is_parent = [r.data.tags.get("rnnsweep.role") == "sweep" for r in found]
-    return [r for r, p in zip(found, is_parent, strict=True) if p == parents]
+    return [r for r in found if (r.data.tags.get("rnnsweep.role") == "sweep") == parents]
+
+
+def history(tmp: Path, run, key: str) -> list:
+    return MlflowClient(f"sqlite:///{tmp}/mlflow.db").get_metric_history(run.info.run_id, key)
+
+
+def wait_for(predicate, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def trial_pids(idx: int) -> list[int]:
+    """Ray titles a worker process after the task it runs (``ray::<task name>``)."""
+    found = subprocess.run(["pgrep", "-f", f"ray::rnnsweep-trial-{idx}$"], capture_output=True,
+                           text=True)
+    return [int(p) for p in found.stdout.split()]
 
 
 def test_four_trials_become_four_children_of_one_parent(tmp_path):
@@ -46,99 +77,77 @@ def test_four_trials_become_four_children_of_one_parent(tmp_path):
         assert child.info.status == "FINISHED"
         assert child.data.metrics["latency_ms"] > 0
         assert child.data.tags["rnnsweep.ray.node_ip"] == "127.0.0.1"
-        # Timed trials get the whole (2-CPU) node: none ran beside another.
+        # Timed trials get the whole node's CPUs, so none ran beside another.
         assert child.data.tags["rnnsweep.ray.trials_beside"] == "0"
-        assert child.data.params["hardware.num_cpus"] == str(float(os.cpu_count()))
+        assert float(child.data.params["hardware.num_cpus"]) == os.cpu_count()
+    assert parent.info.status == "FINISHED"
     assert parent.data.metrics["trials_finished"] == 4
     assert parent.data.metrics["best_throughput_seq_per_s"] == max(
         c.data.metrics["throughput_seq_per_s"] for c in children)
-    # Results are printed as each trial completes, then a summary table.
-    assert done.stdout.count("[OK]") >= 4 and "4/4 done" in done.stdout
+    # Each result is printed as its trial completes, before the closing table.
+    assert done.stdout.index("  #") < done.stdout.index("rnnsweep: trials")
+    assert "4/4 done" in done.stdout
 
 
-def test_failing_trial_is_recorded_and_the_others_finish(tmp_path):
-    done = run_sweep(tmp_path, "workload=train", "hardware.num_cpus=1",
-                     "guard.raise_at_step=null,1")
-    assert done.returncode == 1  # a failed trial makes the sweep's exit status non-zero
-    by_outcome = {c.data.tags["rnnsweep.outcome"]: c for c in runs(tmp_path)}
-    assert by_outcome["OK"].info.status == "FINISHED"
-    failed = by_outcome["FAILED"]
-    assert failed.info.status == "FAILED"
-    assert "injected failure at step 1" in failed.data.tags["rnnsweep.reason"]
-    assert runs(tmp_path, parents=True)[0].data.metrics["trials_failed"] == 1
+def test_failed_trials_are_recorded_and_resume_reruns_only_what_is_missing(tmp_path):
+    first = run_sweep(tmp_path, *TRAIN_1CPU, "batch=1,2", "guard.raise_at_step=null,1")
+    assert first.returncode == 1  # any failed trial makes the exit status non-zero
+    children = runs(tmp_path)
+    failed = [c for c in children if c.info.status == "FAILED"]
+    assert len(children) == 4 and len(failed) == 2
+    assert all("injected failure at step 1" in c.data.tags["rnnsweep.reason"] for c in failed)
+    assert all(c.data.tags["rnnsweep.outcome"] == "OK" for c in children if c not in failed)
+    assert runs(tmp_path, parents=True)[0].data.metrics["trials_failed"] == 2
 
+    again = run_sweep(tmp_path, *TRAIN_1CPU, "batch=1,2,3", "guard.raise_at_step=null,1")
+    assert again.stdout.count("[skipped]") == 2  # the two that finished
+    batches = sorted(int(c.data.params["batch"]) for c in runs(tmp_path))
+    assert batches == [1, 1, 1, 2, 2, 2, 3, 3]  # failed ones ran again, batch=3 is new
 
-def test_resume_skips_finished_trials_unless_forced(tmp_path):
-    assert run_sweep(tmp_path, "workload=train", "batch=1,8").returncode == 0
-    again = run_sweep(tmp_path, "workload=train", "batch=1,8,32")
-    assert again.returncode == 0, again.stderr[-3000:]
-    assert again.stdout.count("[skipped]") >= 2
-    assert sorted(int(c.data.params["batch"]) for c in runs(tmp_path)) == [1, 8, 32]
-    forced = run_sweep(tmp_path, "workload=train", "batch=1", "ray.rerun=true")
+    forced = run_sweep(tmp_path, *TRAIN_1CPU, "batch=1", "ray.rerun=true")
     assert forced.returncode == 0
-    assert sorted(int(c.data.params["batch"]) for c in runs(tmp_path)) == [1, 1, 8, 32]
+    assert "[skipped]" not in forced.stdout
+    assert len(runs(tmp_path)) == 9
 
 
 def test_infeasible_request_and_unreachable_cluster_fail_up_front(tmp_path):
     infeasible = run_sweep(tmp_path, "batch=1,8", "hardware=cpu", "hardware.num_cpus=64")
     assert infeasible.returncode == 2
-    assert "no Ray node has that" in infeasible.stderr
-    assert "CPU=64" in infeasible.stderr
+    assert "asks for CPU=64, GPU=0 but no Ray node has that" in infeasible.stderr
     assert runs(tmp_path) == []  # nothing ran
+
     unreachable = run_sweep(tmp_path, "batch=1,8", "ray.address=127.0.0.1:1", timeout=60)
     assert unreachable.returncode == 2
     assert "cannot reach the Ray cluster at 127.0.0.1:1" in unreachable.stderr
     assert "Traceback" not in unreachable.stderr
-    assert all(p.info.status == "FAILED" for p in runs(tmp_path, parents=True))
+    parents = runs(tmp_path, parents=True)
+    assert len(parents) == 2 and {p.info.status for p in parents} == {"FAILED"}
 
 
-def _wait_for(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def _trial_pids(idx: int) -> list[int]:
-    found = subprocess.run(["pgrep", "-f", f"ray::rnnsweep-trial-{idx}"], capture_output=True,
-                           text=True)
-    return [int(p) for p in found.stdout.split()]
-
-
-LONG = ["workload=train", "hardware.num_cpus=1", "steps=400", "model.hidden_size=64"]
-
-
-@pytest.mark.parametrize("retries, status", [(0, "FAILED"), (1, "FINISHED")])
-def test_killed_worker_is_retried_then_recorded(tmp_path, retries, status):
-    proc = subprocess.Popen(sweep_cmd(tmp_path, *LONG, "batch=4", f"ray.max_retries={retries}"),
-                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+def test_killed_worker_is_retried_then_recorded_as_failed(tmp_path):
+    long = [*TRAIN_1CPU, "steps=400", "model.hidden_size=64", "ray.max_retries=0,1"]
+    proc = start_sweep(tmp_path, *long)
     try:
-        pids = _wait_for(lambda: _trial_pids(0), 120, "the trial's worker")
-        os.kill(pids[0], signal.SIGKILL)
-        out, err = proc.communicate(timeout=240)
+        for idx in (0, 1):
+            os.kill(wait_for(lambda i=idx: trial_pids(i), 120, f"trial {idx}")[0],
+                    signal.SIGKILL)
+        out, err = proc.communicate(timeout=300)
     finally:
         proc.kill()
-    (child,) = runs(tmp_path)
-    assert child.info.status == status, err[-3000:]
-    if status == "FAILED":
-        assert proc.returncode == 1
-        assert "WorkerCrashedError" in child.data.tags["rnnsweep.reason"]
-    else:
-        assert proc.returncode == 0
-        assert len(MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
-                   .get_metric_history(child.info.run_id, "loss")) == 400
+    assert proc.returncode == 1, err[-3000:]
+    by_retries = {c.data.params["ray.max_retries"]: c for c in runs(tmp_path)}
+    no_retry, one_retry = by_retries["0"], by_retries["1"]
+    assert no_retry.info.status == "FAILED"
+    assert "WorkerCrashedError after 0 retries" in no_retry.data.tags["rnnsweep.reason"]
+    assert one_retry.info.status == "FINISHED"
+    assert len(history(tmp_path, one_retry, "loss")) == 400
 
 
-def test_ctrl_c_kills_running_and_pending_trials(tmp_path):
-    proc = subprocess.Popen(sweep_cmd(tmp_path, *LONG, "steps=100000", "batch=1,2,3"),
-                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+def test_ctrl_c_marks_running_and_pending_trials_killed(tmp_path):
+    proc = start_sweep(tmp_path, *TRAIN_1CPU, "steps=100000", "model.hidden_size=64",
+                       "batch=1,2,3")
     try:
-        _wait_for(lambda: _trial_pids(0) or _trial_pids(1), 120, "a running trial")
+        wait_for(lambda: trial_pids(0) or trial_pids(1), 120, "a running trial")
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=120)
     finally:
@@ -148,24 +157,55 @@ def test_ctrl_c_kills_running_and_pending_trials(tmp_path):
     assert len(children) == 3
     assert {c.info.status for c in children} == {"KILLED"}
     assert runs(tmp_path, parents=True)[0].info.status == "KILLED"
-    # The workers are gone with the local Ray.
-    assert _wait_for(lambda: not (_trial_pids(0) or _trial_pids(1) or _trial_pids(2)) or True,
-                     30, "workers to exit")
+    wait_for(lambda: not any(trial_pids(i) for i in range(3)), 30, "the workers to exit")
 
 
 def test_sixteen_trials_two_at_a_time_lose_nothing(tmp_path):
     steps = 40
-    done = run_sweep(tmp_path, "workload=train", "hardware.num_cpus=1", f"steps={steps}",
-                     "seed=range(16)", timeout=400)
+    done = run_sweep(tmp_path, *TRAIN_1CPU, f"steps={steps}", "seed=range(16)", timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "database is locked" not in done.stdout + done.stderr
     children = runs(tmp_path)
     assert sorted(int(c.data.params["seed"]) for c in children) == list(range(16))
-    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
     for child in children:
         assert child.info.status == "FINISHED"
-        for key in ("loss", "grad_norm", "grad_norm_clipped"):
-            history = client.get_metric_history(child.info.run_id, key)
-            assert sorted(m.step for m in history) == list(range(steps))
+        for key in ("loss", "grad_norm", "grad_norm_clipped", "saturation"):
+            assert sorted(m.step for m in history(tmp_path, child, key)) == list(range(steps))
     # One-CPU training trials pack two at a time on the 2-CPU machine.
+    assert max(int(c.data.tags["rnnsweep.ray.trials_beside"]) for c in children) >= 1
+
+
+def test_two_node_cluster_runs_trials_on_both_nodes(tmp_path):
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    cluster.add_node(num_cpus=1)
+    cluster.wait_for_nodes()
+    try:
+        done = run_sweep(tmp_path, *TRAIN_1CPU, "steps=60", "batch=1,2,3,4",
+                         f"ray.address={cluster.address}")
+        assert done.returncode == 0, done.stderr[-3000:]
+        children = runs(tmp_path)
+        assert len(children) == 4
+        assert len({c.data.tags["rnnsweep.ray.node_id"] for c in children}) == 2
+        assert {c.data.tags["rnnsweep.ray.node_ip"] for c in children} == {"127.0.0.1"}
+        for child in children:
+            assert len(history(tmp_path, child, "loss")) == 60
+
+        # A request that no node of this (GPU-less) cluster can meet fails before running.
+        gpu = run_sweep(tmp_path, "hardware=gpu", "batch=1,2", f"ray.address={cluster.address}")
+        assert gpu.returncode == 2
+        assert "no Ray node has that" in gpu.stderr and "GPU=1" in gpu.stderr
+        assert len(runs(tmp_path)) == 4
+    finally:
+        cluster.shutdown()
+
+
+@pytest.mark.gpu
+def test_shared_gpu_trials_pack_onto_one_device(tmp_path):
+    done = run_sweep(tmp_path, "hardware=shared_gpu", "workload=train", "steps=200",
+                     "batch=1,2,3,4")
+    assert done.returncode == 0, done.stderr[-3000:]
+    children = runs(tmp_path)
+    assert {c.data.params["hardware.num_gpus"] for c in children} == {"0.25"}
     assert max(int(c.data.tags["rnnsweep.ray.trials_beside"]) for c in children) >= 1

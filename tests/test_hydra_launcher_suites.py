@@ -1,0 +1,39 @@
+"""Hydra's shared launcher test suites, run against hydra/launcher=rnnsweep_ray."""
+
+from __future__ import annotations
+
+import os
+
+# Ray reads this when it is imported: it keeps the embedded Ray on loopback.
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+
+import pytest  # noqa: E402
+import ray  # noqa: E402
+from hydra.test_utils.launcher_common_tests import (  # noqa: E402
+    IntegrationTestSuite,
+    LauncherTestSuite,
+)
+
+# Registers the launcher's config in Hydra's ConfigStore.
+from hydra_plugins.rnnsweep_launcher import rnnsweep_launcher  # noqa: E402, F401
+
+
+@pytest.fixture(scope="module", autouse=True)
+def shared_ray():
+    """One embedded Ray for the in-process suite: the launcher uses a live connection."""
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.mark.parametrize("launcher_name, overrides", [("rnnsweep_ray", [])])
+class TestRnnsweepRayLauncher(LauncherTestSuite):
+    pass
+
+
+@pytest.mark.parametrize(
+    "task_launcher_cfg, extra_flags",
+    [({"defaults": [{"override hydra/launcher": "rnnsweep_ray"}]}, ["-m"])],
+)
+class TestRnnsweepRayLauncherIntegration(IntegrationTestSuite):
+    pass

@@ -1,0 +1,251 @@
+"""The sweep report, built from real sweeps recorded in real MLflow stores.
+
+Three toy sweeps (batch, fused vs. loop, clipping) run once per module through the CLI in
+subprocesses, concurrently, each into a SQLite store of its own. The report is then read
+back through MLflow's API only, exactly as ``python -m rnnsweep.report`` reads it.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+from matplotlib.image import imread
+
+from rnnsweep import plots
+from rnnsweep.report import (
+    Report,
+    Trial,
+    build_report,
+    main,
+    sweep_axes,
+    write_report,
+    write_report_safely,
+)
+from rnnsweep.tracking import ROLE_TAG, Tracker
+
+REPO = Path(__file__).resolve().parents[1]
+ARTIFACTS = REPO / "test-artifacts" / "report"
+SWEEP_TIMEOUT_S = 240
+CLI_TIMEOUT_S = 120
+
+# Toy sizes, Hydra's in-process launcher, one torch thread per trial: the three sweeps run
+# side by side on two cores without oversubscribing them.
+COMMON = ["hydra/launcher=basic", "hardware.num_cpus=1", "model.input_size=8",
+          "model.hidden_size=16", "warmup=1", "min_run_time=0.05"]
+SWEEPS = {
+    "batch": ["batch=1,8", "seq_len=10", "workload=bench"],
+    "fused": ["model=lstm,gru", "workload=bench", "workload.compare_impl=true", "batch=4",
+              "seq_len=10"],
+    # Experiment 4 in miniature: a tanh RNN with scaled-up recurrent weights, plain SGD.
+    "clipping": ["clipping.max_norm=null,1,5", "model=rnn", "model.recurrent_init_scale=3",
+                 "task.optimizer=sgd", "task.lr=0.01", "workload=train", "steps=8", "batch=4",
+                 "seq_len=20"],
+}
+PLOTS = {"batch": "plots/batch_scaling.png", "fused": "plots/fused_vs_loop.png",
+         "clipping": "plots/training_curves.png"}
+
+
+@dataclass
+class Sweep:
+    directory: Path
+    uri: str
+    tracker: Tracker
+    parent: str
+
+
+def subprocess_env() -> dict[str, str]:
+    """No parent run or Ray cluster leaks in from the caller, and MLflow stays offline."""
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("RNNSWEEP_PARENT_RUN_ID", "RNNSWEEP_RECORDS_TO_DRIVER", "RAY_ADDRESS")}
+    return {**env, "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true"}
+
+
+@pytest.fixture(scope="module")
+def sweeps(tmp_path_factory) -> dict[str, Sweep]:
+    started: dict[str, tuple[Path, subprocess.Popen]] = {}
+    try:
+        for name, overrides in SWEEPS.items():
+            directory = tmp_path_factory.mktemp(f"sweep-{name}")
+            uri = f"sqlite:///{directory / 'mlflow.db'}"
+            # cwd is the sweep's directory: MLflow's default artifact root (./mlruns) and
+            # Hydra's outputs land there, not in the repository.
+            command = [sys.executable, "-m", "rnnsweep", "-m", *COMMON, *overrides,
+                       f"tracking.uri={uri}", f"hydra.sweep.dir={directory / 'multirun'}"]
+            started[name] = directory, subprocess.Popen(
+                command, cwd=directory, env=subprocess_env(), stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT, text=True)
+        deadline = time.monotonic() + SWEEP_TIMEOUT_S
+        found = {}
+        for name, (directory, proc) in started.items():
+            output, _ = proc.communicate(timeout=max(1.0, deadline - time.monotonic()))
+            assert proc.returncode == 0, f"sweep {name} failed:\n{output[-4000:]}"
+            uri = f"sqlite:///{directory / 'mlflow.db'}"
+            tracker = Tracker(uri, "rnnsweep")
+            parents = tracker.client.search_runs([tracker.experiment_id],
+                                                 f"tags.`{ROLE_TAG}` = 'sweep'")
+            assert len(parents) == 1, f"sweep {name}: {len(parents)} parent runs\n{output}"
+            found[name] = Sweep(directory, uri, tracker, parents[0].info.run_id)
+        return found
+    finally:
+        for _, proc in started.values():
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def reports(sweeps) -> dict[str, Report]:
+    return {name: build_report(s.tracker, s.parent) for name, s in sweeps.items()}
+
+
+def column(report: Report, name: str) -> list[str]:
+    index = report.columns.index(name)
+    return [row[index] for row in report.rows]
+
+
+def test_batch_report_has_a_row_per_trial_and_the_per_sequence_speedup(sweeps, reports):
+    report = reports["batch"]
+    assert report.axes == ["batch"]
+    assert report.columns[:2] == ["run", "batch"] and report.columns[-1] == "outcome"
+    for metric in ("latency_ms", "latency_ms_per_seq", "throughput_seq_per_s"):
+        assert metric in report.columns
+    assert column(report, "batch") == ["1", "8"]
+    assert column(report, "outcome") == ["OK", "OK"]
+    children = {run.info.run_id: run for run in sweeps["batch"].tracker.children(
+        sweeps["batch"].parent)}
+    assert {t.run_id for t in report.trials} == set(children)
+    # The speedup is the smallest batch's time per sequence over the largest one's.
+    per_seq = {t.params["batch"]: t.metrics["latency_ms_per_seq"] for t in report.trials}
+    (finding,) = report.findings
+    assert finding.what == "per-sequence speedup, batch 8 over batch 1"
+    assert finding.value == pytest.approx(per_seq["1"] / per_seq["8"])
+    assert f"{finding.value:.2f}x" in report.markdown
+    assert "CPU" in report.device
+    assert list(report.plots) == [PLOTS["batch"]]
+
+
+def test_fused_vs_loop_sweep_gives_bars_with_each_cells_speedup(reports):
+    report = reports["fused"]
+    assert report.axes == ["model.cell"]
+    assert column(report, "model.cell") == ["gru", "lstm"]
+    assert list(report.plots) == [PLOTS["fused"]]
+    speedups = {f.what: f.value for f in report.findings}
+    for trial in report.trials:
+        cell = trial.params["model.cell"]
+        assert speedups[f"fused speedup over loop ({cell})"] == pytest.approx(
+            trial.metrics["fused_speedup"])
+        # Both implementations compute the same function (same weights).
+        assert trial.metrics["impl_max_abs_diff"] < 1e-4
+
+
+def test_clipping_sweep_gives_loss_and_grad_norm_curves(reports):
+    report = reports["clipping"]
+    assert report.axes == ["clipping.max_norm"]
+    assert column(report, "clipping.max_norm") == ["None", "1.0", "5.0"]
+    assert list(report.plots) == [PLOTS["clipping"]]
+    # Each row carries its own trial's numbers: clipped norms stay at or under max_norm.
+    for max_norm, clipped in zip(column(report, "clipping.max_norm"),
+                                 column(report, "max_grad_norm_clipped"), strict=True):
+        if max_norm != "None":
+            assert float(clipped) <= float(max_norm) * 1.001
+
+
+@pytest.mark.parametrize("sweep", list(PLOTS))
+def test_plots_are_readable_pngs_with_coloured_content(reports, sweep):
+    png = reports[sweep].plots[PLOTS[sweep]]
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    (ARTIFACTS / f"{sweep}-{Path(PLOTS[sweep]).name}").write_bytes(png)  # for a human look
+    image = imread(io.BytesIO(png), format="png")
+    width, height = plots.SIZE_PX
+    assert image.shape[:2] == (height, width)
+    rgb = image[..., :3].reshape(-1, 3)
+    packed = (rgb * 255).round().astype(np.int64) @ np.array([65536, 256, 1])
+    assert len(np.unique(packed)) > 50  # lines, text and antialiasing, not a flat fill
+    assert (rgb.min(axis=1) < 0.9).mean() > 0.01  # not a blank canvas
+    assert (np.ptp(rgb, axis=1) > 0.3).any()  # coloured data series, not only black text
+
+
+def test_write_report_logs_markdown_html_and_plots_on_the_parent(sweeps):
+    sweep = sweeps["fused"]
+    report = write_report(sweep.tracker, sweep.parent)
+    client = sweep.tracker.client
+    top = {a.path for a in client.list_artifacts(sweep.parent)}
+    assert {"report.md", "report.html", "plots"} <= top
+    assert {a.path for a in client.list_artifacts(sweep.parent, "plots")} == {PLOTS["fused"]}
+    logged = Path(client.download_artifacts(sweep.parent, "report.md", str(sweep.directory)))
+    assert logged.read_text() == report.markdown
+    # The trials are children: nothing was logged onto them.
+    for trial in report.trials:
+        assert "report.md" not in {a.path for a in client.list_artifacts(trial.run_id)}
+
+
+def test_report_failure_at_the_end_of_a_sweep_is_a_warning_not_an_exception(sweeps, capsys):
+    # A trial's run id is not a sweep's parent: it has no children, so no report.
+    sweep = sweeps["batch"]
+    trial = sweep.tracker.children(sweep.parent)[0].info.run_id
+    assert write_report_safely(sweep.tracker, trial) is None
+    assert write_report_safely(sweep.tracker, "f" * 32) is None  # no such run at all
+    warnings = capsys.readouterr().err.strip().splitlines()
+    assert len(warnings) == 2
+    assert all(w.startswith("rnnsweep: warning: no report for parent run") for w in warnings)
+    assert "report.md" not in {a.path for a in sweep.tracker.client.list_artifacts(trial)}
+
+
+def test_axes_merge_params_that_one_choice_sets_together():
+    def trial(**params: str) -> Trial:
+        return Trial("id", "OK", "", params, {}, "cpu")
+
+    # precision=fp32,bf16,fp16 x batch=1,8: three precision params move together.
+    trials = [trial(batch=b, **{"precision.name": n, "precision.autocast_dtype": d,
+                                "precision.grad_scaler": s, "tracking.uri": f"u{b}"})
+              for b in ("1", "8")
+              for n, d, s in (("fp32", "None", "False"), ("bf16", "bfloat16", "False"),
+                              ("fp16", "float16", "True"))]
+    assert sweep_axes(trials) == ["precision.name", "batch"]
+
+
+def test_cli_prints_the_table_and_logs_the_report(sweeps, tmp_path):
+    sweep = sweeps["batch"]
+    # The default store, sqlite:///mlflow.db, is resolved against the working directory.
+    result = subprocess.run(
+        [sys.executable, "-m", "rnnsweep.report", "--experiment", "rnnsweep", "--out",
+         str(tmp_path)], cwd=sweep.directory, env=subprocess_env(), capture_output=True,
+        text=True, timeout=CLI_TIMEOUT_S)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    header = next(line for line in lines if line.startswith("| run"))
+    assert [c.strip() for c in header.strip("|").split("|")][:2] == ["run", "batch"]
+    assert sum(line.startswith("| ") and line.split("|")[2].strip() in ("1", "8")
+               for line in lines) == 2
+    assert "per-sequence speedup, batch 8 over batch 1" in result.stdout
+    assert (tmp_path / "report.md").is_file() and (tmp_path / PLOTS["batch"]).is_file()
+    logged = {a.path for a in sweep.tracker.client.list_artifacts(sweep.parent, "plots")}
+    assert logged == {PLOTS["batch"]}
+
+
+def test_cli_no_log_only_prints(sweeps, capsys):
+    sweep = sweeps["clipping"]
+    client = sweep.tracker.client
+    before = [(a.path, a.file_size) for a in client.list_artifacts(sweep.parent)]
+    assert main(["--run-id", sweep.parent, "--tracking-uri", sweep.uri, "--no-log"]) == 0
+    assert "| clipping.max_norm |" in capsys.readouterr().out
+    assert [(a.path, a.file_size) for a in client.list_artifacts(sweep.parent)] == before
+
+
+def test_cli_unknown_run_id_is_a_one_line_error_and_exit_2(sweeps):
+    result = subprocess.run(
+        [sys.executable, "-m", "rnnsweep.report", "--run-id", "0" * 32, "--tracking-uri",
+         sweeps["batch"].uri], env=subprocess_env(), capture_output=True, text=True,
+        timeout=CLI_TIMEOUT_S)
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert result.stderr.strip().splitlines() == [
+        f"rnnsweep.report: error: no run '{'0' * 32}' in {sweeps['batch'].uri}"]
