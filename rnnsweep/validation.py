@@ -36,7 +36,10 @@ def check_overrides(overrides: list[str], multirun: bool) -> DictConfig:
         parsed = _parser.parse_overrides(overrides)
     except OverrideParseException as exc:
         raise ConfigError(f"cannot parse the overrides: {_first_line(str(exc))}") from None
-    fixed = [o.input_line for o in parsed if not o.is_sweep_override()]
+    # Hydra's own settings (hydra.*) are not trial config; the compose API cannot take all
+    # of them, and Hydra checks them itself.
+    fixed = [o.input_line for o in parsed
+             if not o.is_sweep_override() and not o.key_or_group.startswith("hydra.")]
     sweeps = [o.input_line for o in parsed if o.is_sweep_override()]
     if sweeps and not multirun:
         raise ConfigError(f"{sweeps[0]}: a list of values needs -m (multirun)")

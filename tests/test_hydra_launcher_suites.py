@@ -9,6 +9,7 @@ os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 import pytest  # noqa: E402
 import ray  # noqa: E402
+from hydra import version  # noqa: E402
 from hydra.test_utils.launcher_common_tests import (  # noqa: E402
     IntegrationTestSuite,
     LauncherTestSuite,
@@ -16,6 +17,14 @@ from hydra.test_utils.launcher_common_tests import (  # noqa: E402
 
 # Registers the launcher's config in Hydra's ConfigStore.
 from hydra_plugins.rnnsweep_launcher import rnnsweep_launcher  # noqa: E402, F401
+
+
+@pytest.fixture(autouse=True)
+def unspecified_version_base(hydra_restore_singletons):
+    """Other tests in this process compose with version_base="1.3", and Hydra keeps that in
+    a process-wide singleton (which the launcher ships to its workers, as Hydra's own
+    launchers do). These suites expect Hydra's unspecified default, as in a fresh process."""
+    version.VersionBase.instance().version_base = version._UNSPECIFIED_
 
 
 @pytest.fixture(scope="module", autouse=True)
