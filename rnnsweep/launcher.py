@@ -175,6 +175,8 @@ def _run(launcher, jobs: list[Job], nodes: list[Node], tracker: Tracker | None,
             tags = {"rnnsweep.config_hash": digest,
                     "rnnsweep.ray.request": job.request.describe()}
             job.run_id = tracker.start_run(job.name, tags=tags, parent_run_id=parent)
+            # Logged now, so a trial whose worker dies still shows what it was.
+            tracker.log(job.run_id, params=_params(job.config))
         job.retries = int(OmegaConf.select(job.config, "ray.max_retries", default=2))
         job.ref = execute.options(
             num_cpus=job.request.num_cpus, num_gpus=job.request.num_gpus,
@@ -316,12 +318,16 @@ def _cancel(jobs: list[Job], tracker: Tracker | None, parent: str | None) -> Non
         tracker.fail_run(parent, "interrupted (SIGINT)", status="KILLED")
 
 
-def _hash(config: DictConfig) -> str:
+def _params(config: DictConfig) -> dict[str, str]:
+    """The trial's params exactly as the trial itself flattens its config."""
     task_cfg = copy.deepcopy(config)
     with open_dict(task_cfg):
         del task_cfg["hydra"]
-    return config_hash(flatten(OmegaConf.to_container(task_cfg, resolve=True,
-                                                      enum_to_str=True)))
+    return flatten(OmegaConf.to_container(task_cfg, resolve=True, enum_to_str=True))
+
+
+def _hash(config: DictConfig) -> str:
+    return config_hash(_params(config))
 
 
 def _progress_line(jobs: list[Job]) -> str:

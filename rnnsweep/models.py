@@ -85,6 +85,33 @@ class RecurrentNet(nn.Module):
         return layer_in, ((h_n, torch.stack(last_c)) if lstm else h_n)
 
 
+def with_impl(model: RecurrentNet, impl: str) -> RecurrentNet:
+    """The same network, weights included (trained or not), in the other implementation."""
+    if impl == model.impl:
+        return model
+    fused = model.rnn if model.impl == "fused" else _fused_from(model)
+    twin = RecurrentNet(model.cell, fused.input_size, model.hidden_size, model.num_layers,
+                        impl, output_size=model.head.out_features)
+    twin.head.load_state_dict(model.head.state_dict())
+    if impl == "fused":
+        twin.rnn.load_state_dict(fused.state_dict())
+    else:
+        twin.cells = nn.ModuleList(_cells_from(fused, model.cell))
+    return twin.to(next(model.parameters()).device)
+
+
+def _fused_from(model: RecurrentNet) -> nn.RNNBase:
+    first = model.cells[0]
+    kwargs = {"nonlinearity": first.nonlinearity} if model.cell == "rnn" else {}
+    fused = FUSED[model.cell](first.input_size, model.hidden_size, num_layers=model.num_layers,
+                              batch_first=True, **kwargs)
+    with torch.no_grad():
+        for layer, step in enumerate(model.cells):
+            for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
+                getattr(fused, f"{name}_l{layer}").copy_(getattr(step, name))
+    return fused
+
+
 def _cells_from(fused: nn.RNNBase, cell: str) -> list[nn.Module]:
     cells = []
     for layer in range(fused.num_layers):

@@ -6,6 +6,7 @@ never raises for a problem inside the trial; the problem is the record's outcome
 
 from __future__ import annotations
 
+import math
 import os
 import tempfile
 import traceback
@@ -15,7 +16,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from rnnsweep import environment, tasks, timing, training
-from rnnsweep.models import RecurrentNet, forward_flops_per_sequence
+from rnnsweep.models import RecurrentNet, forward_flops_per_sequence, with_impl
 from rnnsweep.record import FAILED, UNSUPPORTED, TrialRecord, config_hash, flatten
 
 LOGGED_SERIES = ("loss", "grad_norm", "grad_norm_clipped", "saturation", "grad_scale")
@@ -128,11 +129,10 @@ def _train(cfg: DictConfig, model: RecurrentNet, device: torch.device,
     metrics = record.metrics
     metrics.update({k: float(v) for k, v in result.counts.items()})
     if cfg.steps:
-        losses = result.series["loss"]
-        norms = result.series["grad_norm"]
-        metrics["final_loss"] = losses[-1]
-        metrics["max_grad_norm"] = max(norms)
-        metrics["max_grad_norm_clipped"] = max(result.series["grad_norm_clipped"])
+        metrics["final_loss"] = result.series["loss"][-1]
+        # Skipped (non-finite) steps are counted above; the maxima describe the others.
+        metrics["max_grad_norm"] = _finite_max(result.series["grad_norm"])
+        metrics["max_grad_norm_clipped"] = _finite_max(result.series["grad_norm_clipped"])
         metrics["step_time_ms"] = result.step_time_ms
         metrics["train_seq_per_s"] = cfg.batch / (result.step_time_ms / 1e3)
         # A training step costs about three forward passes (EXPERIMENTS.md).
@@ -160,7 +160,7 @@ def _bench(cfg: DictConfig, model: RecurrentNet, device: torch.device,
     metrics["flop_utilization"] = metrics["gflops"] / metrics["matmul_gflops"]
     if cfg.workload.compare_impl:
         other_impl = "loop" if model.impl == "fused" else "fused"
-        other = build_model(cfg, other_impl).to(device).eval()
+        other = with_impl(model, other_impl).eval()  # the trained weights, if any
         other_forward = _forward_fn(other, x, device, amp_dtype)
         theirs = timing.time_call(other_forward, device, num_threads, cfg.warmup,
                                   cfg.min_run_time)
@@ -194,6 +194,10 @@ def _deploy(cfg: DictConfig, model: RecurrentNet, device: torch.device,
         record.tags.update(result.tags)
         for path in result.files:
             record.artifacts[f"export/{path.relative_to(out_dir)}"] = path.read_bytes()
+
+
+def _finite_max(values: list[float]) -> float:
+    return max((v for v in values if math.isfinite(v)), default=math.nan)
 
 
 def _default_threads(cfg: DictConfig) -> int:
