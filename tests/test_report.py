@@ -40,14 +40,12 @@ CLI_TIMEOUT_S = 120
 # side by side on two cores without oversubscribing them.
 COMMON = ["hydra/launcher=basic", "hardware.num_cpus=1", "model.input_size=8",
           "model.hidden_size=16", "warmup=1", "min_run_time=0.05"]
+# The ready sweeps from sweeps/, shrunk to toy sizes on the command line.
 SWEEPS = {
-    "batch": ["batch=1,8", "seq_len=10", "workload=bench"],
-    "fused": ["model=lstm,gru", "workload=bench", "workload.compare_impl=true", "batch=4",
-              "seq_len=10"],
+    "batch": ["+sweep=batch_scaling", "batch=1,8", "seq_len=10", "workload=bench"],
+    "fused": ["+sweep=fused_vs_loop", "model=lstm,gru", "batch=4", "seq_len=10"],
     # Experiment 4 in miniature: a tanh RNN with scaled-up recurrent weights, plain SGD.
-    "clipping": ["clipping.max_norm=null,1,5", "model=rnn", "model.recurrent_init_scale=3",
-                 "task.optimizer=sgd", "task.lr=0.01", "workload=train", "steps=8", "batch=4",
-                 "seq_len=20"],
+    "clipping": ["+sweep=clipping", "steps=8", "batch=4", "seq_len=20"],
 }
 PLOTS = {"batch": "plots/batch_scaling.png", "fused": "plots/fused_vs_loop.png",
          "clipping": "plots/training_curves.png"}
