@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import logging
 import os
+import signal
 import socket
 import sys
 import time
@@ -183,13 +184,21 @@ def _run(launcher, jobs: list[Job], nodes: list[Node], tracker: Tracker | None,
             max_retries=job.retries, retry_exceptions=False, name=f"rnnsweep-trial-{job.idx}",
         ).remote(launcher.hydra_context, launcher.task_function, job.config, state, progress,
                  job.idx)
+    # SIGTERM (a scheduler or `kill` stopping the sweep) gets the same orderly end as Ctrl-C.
+    previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
         _collect(jobs, nodes, progress, tracker, launcher.settings.poll_s)
     except KeyboardInterrupt:
         _cancel(jobs, tracker, parent)
         raise SystemExit(130) from None
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     _print_table(jobs)
     return [job.result for job in jobs]
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
 
 
 def _execute(hydra_context, task_function, config: DictConfig, singleton_state, progress,

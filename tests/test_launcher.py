@@ -144,12 +144,13 @@ def test_killed_worker_is_retried_then_recorded_as_failed(tmp_path):
     assert len(history(tmp_path, one_retry, "loss")) == 400
 
 
-def test_ctrl_c_marks_running_and_pending_trials_killed(tmp_path):
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_ctrl_c_or_sigterm_marks_running_and_pending_trials_killed(tmp_path, signum):
     proc = start_sweep(tmp_path, *TRAIN_1CPU, "steps=100000", "model.hidden_size=64",
                        "batch=1,2,3")
     try:
         wait_for(lambda: trial_pids(0) or trial_pids(1), 120, "a running trial")
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(signum)
         out, err = proc.communicate(timeout=120)
     finally:
         proc.kill()
