@@ -8,8 +8,7 @@ import sys
 import hydra
 from omegaconf import OmegaConf
 
-from rnnsweep import config, sweep_summary, sweeps
-from rnnsweep.app import task
+from rnnsweep import config, sweeps
 from rnnsweep.validation import ConfigError, check_overrides
 
 # Hydra flags after which the command does not run trials (help, config printing, ...).
@@ -30,6 +29,10 @@ def main() -> None:
             print(f"rnnsweep: error: {exc}", file=sys.stderr)
             sys.exit(2)
         keep_ray_on_loopback(OmegaConf.select(base, "ray.address"))
+    # Imported only now: torch and MLflow cost seconds that a refused command should not pay.
+    from rnnsweep import sweep_summary
+    from rnnsweep.app import task
+
     app = hydra.main(version_base="1.3", config_path=str(config.conf_dir()),
                      config_name="config")(task)
     app()
