@@ -183,7 +183,7 @@ def _run(launcher, jobs: list[Job], nodes: list[Node], tracker: Tracker | None,
             num_cpus=job.request.num_cpus, num_gpus=job.request.num_gpus,
             max_retries=job.retries, retry_exceptions=False, name=f"rnnsweep-trial-{job.idx}",
         ).remote(launcher.hydra_context, launcher.task_function, job.config, state, progress,
-                 job.idx)
+                 job.idx, os.getcwd())
     # SIGTERM (a scheduler or `kill` stopping the sweep) gets the same orderly end as Ctrl-C.
     previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
@@ -202,8 +202,12 @@ def _interrupt(signum, frame) -> None:
 
 
 def _execute(hydra_context, task_function, config: DictConfig, singleton_state, progress,
-             idx: int) -> tuple[JobReturn, dict[str, Any]]:
+             idx: int, driver_cwd: str) -> tuple[JobReturn, dict[str, Any]]:
     """Runs in a Ray worker: one Hydra job, exactly as the basic launcher would run it."""
+    # Relative paths (Hydra's output dirs, the user's files) mean what they mean to the
+    # driver, wherever the cluster was started, when this node can see that directory.
+    if os.path.isdir(driver_cwd):
+        os.chdir(driver_cwd)
     setup_globals()
     Singleton.set_state(singleton_state)
     os.environ[RECORDS_TO_DRIVER_ENV] = "1"

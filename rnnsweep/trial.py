@@ -26,13 +26,14 @@ class Unsupported(Exception):
     """This combination cannot run on this device; the reason is recorded, not raised."""
 
 
-def run_trial(cfg: DictConfig, num_threads: int | None = None) -> TrialRecord:
+def run_trial(cfg: DictConfig) -> TrialRecord:
+    """Threads follow ``hardware.num_cpus`` (set to what Ray granted, under the launcher)."""
     container = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
     record = TrialRecord(params=flatten(container))
     record.tags["rnnsweep.config_hash"] = config_hash(record.params)
     record.artifacts["config.yaml"] = OmegaConf.to_yaml(container).encode()
     try:
-        _run(cfg, record, num_threads or _default_threads(cfg))
+        _run(cfg, record, _threads(cfg))
     except Unsupported as exc:
         record.outcome, record.reason = UNSUPPORTED, str(exc)
     except Exception as exc:  # a trial's failure is its record, never the sweep's crash
@@ -52,11 +53,11 @@ def resolve_device(requested: str) -> torch.device:
     return torch.device(requested)
 
 
-def build_model(cfg: DictConfig, impl: str | None = None) -> RecurrentNet:
+def build_model(cfg: DictConfig) -> RecurrentNet:
     torch.manual_seed(cfg.seed)  # same seed, same weights: fused and loop stay comparable
     m = cfg.model
     return RecurrentNet(_name(m.cell), m.input_size, m.hidden_size, m.num_layers,
-                        impl or _name(m.impl), output_size=1,
+                        _name(m.impl), output_size=1,
                         recurrent_init_scale=m.recurrent_init_scale)
 
 
@@ -200,7 +201,7 @@ def _finite_max(values: list[float]) -> float:
     return max((v for v in values if math.isfinite(v)), default=math.nan)
 
 
-def _default_threads(cfg: DictConfig) -> int:
+def _threads(cfg: DictConfig) -> int:
     cpus = cfg.hardware.num_cpus
     return max(1, int(cpus)) if cpus else len(os.sched_getaffinity(0))
 

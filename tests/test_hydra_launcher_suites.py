@@ -29,9 +29,11 @@ def unspecified_version_base(hydra_restore_singletons):
 
 @pytest.fixture(scope="module", autouse=True)
 def shared_ray():
-    """One embedded Ray for the in-process suite: the launcher uses a live connection."""
+    """One embedded Ray for the module: the in-process suite's launches use the live
+    connection, and the integration suite's apps connect to it as to a cluster (starting
+    Ray afresh in each of their processes would cost seconds a test)."""
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
+    yield ray.get_runtime_context().gcs_address
     ray.shutdown()
 
 
@@ -45,4 +47,6 @@ class TestRnnsweepRayLauncher(LauncherTestSuite):
     [({"defaults": [{"override hydra/launcher": "rnnsweep_ray"}]}, ["-m"])],
 )
 class TestRnnsweepRayLauncherIntegration(IntegrationTestSuite):
-    pass
+    @pytest.fixture(autouse=True)
+    def cluster_address(self, shared_ray, monkeypatch):
+        monkeypatch.setenv("RAY_ADDRESS", shared_ray)
