@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
@@ -27,12 +28,13 @@ def task(cfg: DictConfig) -> TrialRecord:
     return record
 
 
-def trial_name() -> str:
+def trial_name(overrides: Sequence[str] | None = None) -> str:
     """The trial's own overrides (``batch=8,model=gru``), or ``trial`` for a plain run."""
-    try:
-        overrides = HydraConfig.get().overrides.task
-    except ValueError:  # not inside a Hydra job (called from Python)
-        return "trial"
+    if overrides is None:
+        try:
+            overrides = HydraConfig.get().overrides.task
+        except ValueError:  # not inside a Hydra job (called from Python)
+            return "trial"
     return ",".join(o for o in overrides if not o.startswith(("hydra.", "+sweep="))) or "trial"
 
 

@@ -28,13 +28,12 @@ from hydra.core.utils import (
     JobReturn,
     JobStatus,
     configure_log,
-    filter_overrides,
     run_job,
     setup_globals,
 )
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from rnnsweep.app import RECORDS_TO_DRIVER_ENV, summary_line
+from rnnsweep.app import RECORDS_TO_DRIVER_ENV, summary_line, trial_name
 from rnnsweep.record import FAILED, TrialRecord, config_hash, flatten
 from rnnsweep.resources import InfeasibleRequest, Node, Request, check_feasible, plan
 from rnnsweep.tracking import Tracker, current_parent_run
@@ -132,8 +131,7 @@ def _compose(launcher, idx: int, overrides: list[str]) -> Job:
     with open_dict(config):
         config.hydra.job.id = idx
         config.hydra.job.num = idx
-    name = ",".join(o for o in filter_overrides(overrides) if not o.startswith("+sweep="))
-    return Job(idx, overrides, config, name or f"job{idx}")
+    return Job(idx, overrides, config, trial_name(overrides))
 
 
 def _tracker(config: DictConfig) -> Tracker | None:
