@@ -9,6 +9,7 @@ import hydra
 from omegaconf import OmegaConf
 
 from rnnsweep import config, sweeps
+from rnnsweep.resources import LOCAL_ONLY_RAY_ENV
 from rnnsweep.validation import ConfigError, check_overrides
 
 # Hydra flags after which the command does not run trials (help, config printing, ...).
@@ -38,9 +39,6 @@ def main() -> None:
     app()
     if sweep_summary.last_failed:
         sys.exit(1)
-
-
-LOCAL_ONLY_RAY_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 
 
 def keep_ray_on_loopback(address: str | None) -> None:

@@ -35,7 +35,14 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from rnnsweep.app import RECORDS_TO_DRIVER_ENV, summary_line, trial_name
 from rnnsweep.record import FAILED, TrialRecord, config_hash, flatten
-from rnnsweep.resources import InfeasibleRequest, Node, Request, check_feasible, plan
+from rnnsweep.resources import (
+    LOCAL_ONLY_RAY_ENV,
+    InfeasibleRequest,
+    Node,
+    Request,
+    check_feasible,
+    plan,
+)
 from rnnsweep.tracking import Tracker, current_parent_run
 
 log = logging.getLogger(__name__)
@@ -97,9 +104,9 @@ def ray_session(config: DictConfig, settings) -> Iterator[list[Node]]:
         except Exception as exc:  # Ray raises several types for a bad address
             raise LaunchError(f"cannot connect to the Ray cluster at {address}: {exc}") from None
     else:
-        if os.environ.get("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER") != "0":
+        if os.environ.get(LOCAL_ONLY_RAY_ENV) != "0":
             log.warning("the embedded Ray will listen beyond loopback: start rnnsweep through "
-                        "its CLI, or set RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 before importing ray")
+                        f"its CLI, or set {LOCAL_ONLY_RAY_ENV}=0 before importing ray")
         # "local": always a fresh instance, never a cluster someone started with `ray start`.
         ray.init(address="local", num_cpus=settings.num_cpus, num_gpus=settings.num_gpus,
                  include_dashboard=settings.dashboard, dashboard_host=settings.dashboard_host,

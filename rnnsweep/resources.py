@@ -10,6 +10,9 @@ from dataclasses import dataclass
 
 from omegaconf import DictConfig, OmegaConf
 
+# Ray's local-only mode (read when ray is imported) keeps an embedded Ray on loopback.
+LOCAL_ONLY_RAY_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
 
 class InfeasibleRequest(ValueError):
     pass
