@@ -9,8 +9,6 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from rnnsweep.record import TrialRecord
-from rnnsweep.tracking import Tracker, current_parent_run
-from rnnsweep.trial import run_trial
 
 # Set in Ray workers: the record travels back to the driver, which writes it, so workers
 # need neither the driver's filesystem nor write access to the store.
@@ -18,9 +16,16 @@ RECORDS_TO_DRIVER_ENV = "RNNSWEEP_RECORDS_TO_DRIVER"
 
 
 def task(cfg: DictConfig) -> TrialRecord:
+    # Imported here, not at the top: a Ray worker unpickles this module before its first
+    # trial and never needs MLflow, and the Ray driver never needs torch. Each costs
+    # seconds of start-up on the sweep's critical path.
+    from rnnsweep.trial import run_trial
+
     record = run_trial(cfg)
     if os.environ.get(RECORDS_TO_DRIVER_ENV):
         return record
+    from rnnsweep.tracking import Tracker, current_parent_run
+
     tracker = Tracker(cfg.tracking.uri, cfg.tracking.experiment)
     run_id = tracker.start_run(trial_name(), parent_run_id=current_parent_run())
     tracker.write_record(run_id, record)

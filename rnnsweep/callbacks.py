@@ -4,22 +4,37 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from rnnsweep import sweep_summary
-from rnnsweep.tracking import PARENT_RUN_ENV, ROLE_TAG, Tracker
+if TYPE_CHECKING:
+    from rnnsweep.tracking import Tracker
 
 
 class SweepRunCallback(Callback):
+    """Ray workers unpickle this callback with every trial (it travels in Hydra's
+    context), so MLflow is imported only where the driver uses it, and its driver-side
+    state is not pickled."""
+
     def __init__(self) -> None:
         self._started = 0.0
         self._tracker: Tracker | None = None
         self._parent: str | None = None
 
+    def __getstate__(self) -> dict[str, Any]:
+        # Ray pickles Hydra's context, callbacks included, into every trial. Workers run
+        # no sweep-level hooks, and the driver's MLflow client would make each worker
+        # import MLflow before its first trial.
+        return {}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__()
+
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        from rnnsweep.tracking import PARENT_RUN_ENV, ROLE_TAG, Tracker
+
         self._started = time.time()
         self._tracker = Tracker(config.tracking.uri, config.tracking.experiment)
         # HydraConfig is not set yet when a multirun starts; the config carries it.
@@ -40,5 +55,8 @@ class SweepRunCallback(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         if self._tracker is None or self._parent is None:
             return
+        from rnnsweep import sweep_summary
+        from rnnsweep.tracking import PARENT_RUN_ENV
+
         sweep_summary.finish_sweep(self._tracker, self._parent, time.time() - self._started)
         os.environ.pop(PARENT_RUN_ENV, None)

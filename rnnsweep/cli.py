@@ -1,4 +1,4 @@
-"""``python -m rnnsweep``: check the command line, then hand it to Hydra."""
+"""``python -m rnnsweep``: check the command line, start Ray, then hand over to Hydra."""
 
 from __future__ import annotations
 
@@ -6,11 +6,20 @@ import os
 import sys
 
 import hydra
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
+from hydra_plugins.rnnsweep_launcher.rnnsweep_launcher import RnnsweepRayLauncherConf
 from rnnsweep import config, sweeps
-from rnnsweep.resources import LOCAL_ONLY_RAY_ENV
-from rnnsweep.validation import ConfigError, check_overrides
+from rnnsweep.app import trial_name
+from rnnsweep.resources import (
+    LOCAL_ONLY_RAY_ENV,
+    InfeasibleRequest,
+    check_feasible,
+    cluster_address,
+    concurrent_trials,
+    plan,
+)
+from rnnsweep.validation import CheckedCommand, ConfigError, check_overrides
 
 # Hydra flags after which the command does not run trials (help, config printing, ...).
 _NO_TRIAL_FLAGS = {"--help", "-h", "--hydra-help", "--info", "-i", "--cfg", "-c",
@@ -21,24 +30,55 @@ def main() -> None:
     config.register()
     sweeps.register()
     args = sys.argv[1:]
+    ray_started = False
     if not _NO_TRIAL_FLAGS.intersection(args):
         multirun = "-m" in args or "--multirun" in args
         overrides = [a for a in args if not a.startswith("-")]
         try:
-            base = check_overrides(overrides, multirun)
+            checked = check_overrides(overrides, multirun)
         except ConfigError as exc:
-            print(f"rnnsweep: error: {exc}", file=sys.stderr)
-            sys.exit(2)
-        keep_ray_on_loopback(OmegaConf.select(base, "ray.address"))
+            _refuse(exc)
+        keep_ray_on_loopback(cluster_address(checked.base))
+        if multirun and _uses_ray_launcher(checked.base):
+            ray_started = start_ray(checked)
     # Imported only now: torch and MLflow cost seconds that a refused command should not pay.
     from rnnsweep import sweep_summary
     from rnnsweep.app import task
 
     app = hydra.main(version_base="1.3", config_path=str(config.conf_dir()),
                      config_name="config")(task)
-    app()
+    try:
+        app()
+    finally:
+        if ray_started:
+            import ray
+
+            ray.shutdown()
     if sweep_summary.last_failed:
         sys.exit(1)
+
+
+def start_ray(checked: CheckedCommand) -> bool:
+    """Starts (or connects to) the sweep's Ray before Hydra runs, so that Ray's start-up
+    and the workers' imports overlap the driver's own; the launcher then finds it
+    connected. An unreachable cluster, or a trial no node can hold, is refused here,
+    before anything is recorded."""
+    from rnnsweep import ray_session
+
+    address = cluster_address(checked.base)
+    try:
+        ray_session.connect(address, checked.base.hydra.launcher)
+        nodes = ray_session.nodes()
+        requests = {i: plan(t, nodes) for i, t in enumerate(checked.trials)}
+        check_feasible(requests, nodes,
+                       {i: trial_name(o) for i, o in enumerate(checked.overrides)})
+    except (ray_session.LaunchError, InfeasibleRequest) as exc:
+        _refuse(exc)
+    if address is None:
+        # A named cluster's workers are shared with others; only warm our own, and only
+        # as many as will run trials at once (each warm-up costs seconds of CPU).
+        ray_session.prewarm(concurrent_trials(list(requests.values()), nodes))
+    return True
 
 
 def keep_ray_on_loopback(address: str | None) -> None:
@@ -49,7 +89,16 @@ def keep_ray_on_loopback(address: str | None) -> None:
     keeps them on loopback; Ray reads the switch when it is imported, hence here, before
     any Ray import. A named remote cluster is left alone.
     """
-    address = address or os.environ.get("RAY_ADDRESS")
     host = (address or "127.0.0.1").removeprefix("ray://").rpartition(":")[0] or "127.0.0.1"
     if host in ("127.0.0.1", "localhost", "::1", "[::1]"):
         os.environ.setdefault(LOCAL_ONLY_RAY_ENV, "0")
+
+
+def _uses_ray_launcher(base: DictConfig) -> bool:
+    target = OmegaConf.select(base, "hydra.launcher._target_", default="")
+    return target == RnnsweepRayLauncherConf._target_
+
+
+def _refuse(exc: Exception) -> None:
+    print(f"rnnsweep: error: {exc}", file=sys.stderr)
+    sys.exit(2)

@@ -10,14 +10,11 @@ filesystem nor access to the tracking store.
 from __future__ import annotations
 
 import copy
-import logging
 import os
 import signal
-import socket
 import sys
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,28 +25,16 @@ from hydra.core.utils import (
     JobReturn,
     JobStatus,
     configure_log,
-    run_job,
     setup_globals,
 )
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from rnnsweep.app import RECORDS_TO_DRIVER_ENV, summary_line, trial_name
+from rnnsweep import ray_task
+from rnnsweep.app import summary_line, trial_name
+from rnnsweep.ray_session import LaunchError, ray_session
 from rnnsweep.record import FAILED, TrialRecord, config_hash, flatten
-from rnnsweep.resources import (
-    LOCAL_ONLY_RAY_ENV,
-    InfeasibleRequest,
-    Node,
-    Request,
-    check_feasible,
-    plan,
-)
+from rnnsweep.resources import InfeasibleRequest, Node, Request, check_feasible, plan
 from rnnsweep.tracking import Tracker, current_parent_run
-
-log = logging.getLogger(__name__)
-
-
-class LaunchError(RuntimeError):
-    pass
 
 
 @dataclass
@@ -88,51 +73,6 @@ def launch(launcher, job_overrides: Sequence[Sequence[str]],
         raise SystemExit(2) from None
 
 
-@contextmanager
-def ray_session(config: DictConfig, settings) -> Iterator[list[Node]]:
-    """Connects to the named cluster (starting nothing), or starts an embedded local Ray
-    bound to loopback and shuts it down at the end. An existing connection (a test's
-    cluster, a notebook's) is used as it is and left running."""
-    if ray.is_initialized():
-        yield _nodes()
-        return
-    address = OmegaConf.select(config, "ray.address") or os.environ.get("RAY_ADDRESS")
-    if address:
-        _check_reachable(address)
-        try:
-            ray.init(address=address, log_to_driver=False, configure_logging=False)
-        except Exception as exc:  # Ray raises several types for a bad address
-            raise LaunchError(f"cannot connect to the Ray cluster at {address}: {exc}") from None
-    else:
-        if os.environ.get(LOCAL_ONLY_RAY_ENV) != "0":
-            log.warning("the embedded Ray will listen beyond loopback: start rnnsweep through "
-                        f"its CLI, or set {LOCAL_ONLY_RAY_ENV}=0 before importing ray")
-        # "local": always a fresh instance, never a cluster someone started with `ray start`.
-        ray.init(address="local", num_cpus=settings.num_cpus, num_gpus=settings.num_gpus,
-                 include_dashboard=settings.dashboard, dashboard_host=settings.dashboard_host,
-                 log_to_driver=False, configure_logging=False)
-    try:
-        yield _nodes()
-    finally:
-        ray.shutdown()
-
-
-def _check_reachable(address: str) -> None:
-    """Ray retries a dead address for a long time; a plain TCP probe answers at once."""
-    if address in ("auto", "local") or address.startswith("ray://"):
-        return
-    host, _, port = address.rpartition(":")
-    try:
-        socket.create_connection((host or "127.0.0.1", int(port)), timeout=5).close()
-    except (OSError, ValueError) as exc:
-        raise LaunchError(f"cannot reach the Ray cluster at {address}: {exc}") from None
-
-
-def _nodes() -> list[Node]:
-    return [Node(n["NodeID"], n.get("NodeManagerAddress", "?"), n["Resources"].get("CPU", 0.0),
-                 n["Resources"].get("GPU", 0.0)) for n in ray.nodes() if n.get("Alive")]
-
-
 def _compose(launcher, idx: int, overrides: list[str]) -> Job:
     config = launcher.hydra_context.config_loader.load_sweep_config(launcher.config, overrides)
     with open_dict(config):
@@ -167,28 +107,32 @@ def _run(launcher, jobs: list[Job], nodes: list[Node], tracker: Tracker | None,
     config = launcher.config
     finished = ({} if tracker is None or OmegaConf.select(config, "ray.rerun", default=False)
                 else tracker.finished_configs())
-    progress = _Progress.remote()
-    execute = ray.remote(_execute)
-    state = Singleton.get_state()
+    progress = ray_task.Progress.remote()
+    execute = ray.remote(ray_task.execute)
+    # Shared by every trial: serialised once into Ray's object store, not once per trial.
+    context = ray.put(launcher.hydra_context)
+    state = ray.put(Singleton.get_state())
     print(f"rnnsweep: launching {len(jobs)} trials on Ray ({len(nodes)} node(s), "
           f"{sum(n.cpus for n in nodes):g} CPUs, {sum(n.gpus for n in nodes):g} GPUs)", flush=True)
+    digests = {job.idx: _hash(job.config) for job in jobs} if tracker else {}
     for job in jobs:
-        digest = _hash(job.config) if tracker else None
-        if digest in finished:
-            _skip(job, finished[digest])
+        if digests.get(job.idx) in finished:
+            _skip(job, finished[digests[job.idx]])
             continue
-        if tracker:
-            tags = {"rnnsweep.config_hash": digest,
-                    "rnnsweep.ray.request": job.request.describe()}
-            job.run_id = tracker.start_run(job.name, tags=tags, parent_run_id=parent)
-            # Logged now, so a trial whose worker dies still shows what it was.
-            tracker.log(job.run_id, params=_params(job.config))
         job.retries = int(OmegaConf.select(job.config, "ray.max_retries", default=2))
         job.ref = execute.options(
             num_cpus=job.request.num_cpus, num_gpus=job.request.num_gpus,
             max_retries=job.retries, retry_exceptions=False, name=f"rnnsweep-trial-{job.idx}",
-        ).remote(launcher.hydra_context, launcher.task_function, job.config, state, progress,
-                 job.idx, os.getcwd())
+        ).remote(context, launcher.task_function, job.config, state, progress, job.idx,
+                 os.getcwd())
+    # The runs are made once every trial is on its way, so trials never wait on the store.
+    for job in jobs:
+        if tracker and job.ref is not None:
+            tags = {"rnnsweep.config_hash": digests[job.idx],
+                    "rnnsweep.ray.request": job.request.describe()}
+            job.run_id = tracker.start_run(job.name, tags=tags, parent_run_id=parent)
+            # Logged now, so a trial whose worker dies still shows what it was.
+            tracker.log(job.run_id, params=_params(job.config))
     # SIGTERM (a scheduler or `kill` stopping the sweep) gets the same orderly end as Ctrl-C.
     previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
@@ -204,39 +148,6 @@ def _run(launcher, jobs: list[Job], nodes: list[Node], tracker: Tracker | None,
 
 def _interrupt(signum, frame) -> None:
     raise KeyboardInterrupt
-
-
-def _execute(hydra_context, task_function, config: DictConfig, singleton_state, progress,
-             idx: int, driver_cwd: str) -> tuple[JobReturn, dict[str, Any]]:
-    """Runs in a Ray worker: one Hydra job, exactly as the basic launcher would run it."""
-    # Relative paths (Hydra's output dirs, the user's files) mean what they mean to the
-    # driver, wherever the cluster was started, when this node can see that directory.
-    if os.path.isdir(driver_cwd):
-        os.chdir(driver_cwd)
-    setup_globals()
-    Singleton.set_state(singleton_state)
-    os.environ[RECORDS_TO_DRIVER_ENV] = "1"
-    info = {"node_id": ray.get_runtime_context().get_node_id(), "host": socket.gethostname(),
-            "pid": os.getpid(), "started": time.time()}
-    progress.start.remote(idx, info["started"])
-    ret = run_job(hydra_context=hydra_context, task_function=task_function, config=config,
-                  job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir")
-    info["finished"] = time.time()
-    return ret, info
-
-
-@ray.remote(num_cpus=0)
-class _Progress:
-    """Workers report when they really start, so 'running' is not a guess."""
-
-    def __init__(self) -> None:
-        self.started: dict[int, float] = {}
-
-    def start(self, idx: int, at: float) -> None:
-        self.started[idx] = at
-
-    def snapshot(self) -> dict[int, float]:
-        return dict(self.started)
 
 
 def _collect(jobs: list[Job], nodes: list[Node], progress, tracker: Tracker | None,

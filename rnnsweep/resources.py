@@ -6,12 +6,19 @@ read and tested without Ray.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 from omegaconf import DictConfig, OmegaConf
 
 # Ray's local-only mode (read when ray is imported) keeps an embedded Ray on loopback.
 LOCAL_ONLY_RAY_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
+
+def cluster_address(config: DictConfig) -> str | None:
+    """The Ray cluster the user named (``ray.address`` or ``RAY_ADDRESS``), or None for
+    an embedded local Ray."""
+    return OmegaConf.select(config, "ray.address") or os.environ.get("RAY_ADDRESS") or None
 
 
 class InfeasibleRequest(ValueError):
@@ -72,3 +79,17 @@ def check_feasible(requests: dict[int, Request], nodes: list[Node],
             raise InfeasibleRequest(
                 f"trial #{idx} ({names[idx]}) asks for {req.describe()} but no Ray node has "
                 f"that (nodes: {sizes or 'none'})")
+
+
+def concurrent_trials(requests: list[Request], nodes: list[Node]) -> int:
+    """How many of these trials can run at once: as many of the smallest request as fit
+    on every node, and never more than there are trials."""
+    if not requests:
+        return 0
+    smallest = min(requests, key=lambda r: (r.num_gpus, r.num_cpus))
+    fit = 0
+    for node in nodes:
+        by_cpu = node.cpus // smallest.num_cpus if smallest.num_cpus else len(requests)
+        by_gpu = node.gpus // smallest.num_gpus if smallest.num_gpus else len(requests)
+        fit += int(min(by_cpu, by_gpu))
+    return min(len(requests), fit)

@@ -29,17 +29,25 @@ class ConfigError(ValueError):
     """A one-line, user-facing configuration error."""
 
 
-def check_overrides(overrides: list[str], multirun: bool) -> DictConfig:
-    """Composes and checks every trial the command line describes; returns the sweep's
-    base config (its ``hydra`` node included)."""
+@dataclasses.dataclass(frozen=True)
+class CheckedCommand:
+    base: DictConfig  # the sweep's base config, its ``hydra`` node included
+    overrides: list[list[str]]  # each trial's overrides, as Hydra's sweeper expands them
+    trials: list[DictConfig]  # each trial's composed config (no ``hydra`` node)
+
+
+def check_overrides(overrides: list[str], multirun: bool) -> CheckedCommand:
+    """Composes and checks every trial the command line describes."""
     try:
         parsed = _parser.parse_overrides(overrides)
     except OverrideParseException as exc:
         raise ConfigError(f"cannot parse the overrides: {_first_line(str(exc))}") from None
     # Hydra's own settings (hydra.*) are not trial config; the compose API cannot take all
-    # of them, and Hydra checks them itself.
-    fixed = [o.input_line for o in parsed
-             if not o.is_sweep_override() and not o.key_or_group.startswith("hydra.")]
+    # of them, and Hydra checks them itself. The launcher's are kept: the CLI starts Ray
+    # from them.
+    fixed = [o.input_line for o in parsed if not o.is_sweep_override()
+             and not (o.key_or_group.startswith("hydra.")
+                      and not o.key_or_group.startswith("hydra.launcher."))]
     sweeps = [o.input_line for o in parsed if o.is_sweep_override()]
     if sweeps and not multirun:
         raise ConfigError(f"{sweeps[0]}: a list of values needs -m (multirun)")
@@ -54,10 +62,11 @@ def check_overrides(overrides: list[str], multirun: bool) -> DictConfig:
                                       if not line.startswith("hydra.")}}
             expanded = _parser.parse_overrides(list(by_key.values()))
             trials = BasicSweeper.split_arguments(expanded, None)[0]
-        for trial in trials:
-            check_trial(_compose(list(trial)))
+        composed = [_compose(list(trial)) for trial in trials]
+        for trial in composed:
+            check_trial(trial)
     GlobalHydra.instance().clear()
-    return base
+    return CheckedCommand(base, [list(t) for t in trials], composed)
 
 
 def check_trial(cfg: DictConfig) -> None:

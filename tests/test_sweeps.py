@@ -19,7 +19,7 @@ def test_every_experiment_has_a_ready_sweep():
 
 @pytest.mark.parametrize("name", NAMES)
 def test_sweep_composes_and_every_trial_passes_validation(name):
-    base = check_overrides([f"+sweep={name}"], multirun=True)
+    base = check_overrides([f"+sweep={name}"], multirun=True).base
     assert base.hydra.sweeper.params, f"{name} declares no sweep axes"
 
 
@@ -43,7 +43,7 @@ EXPECTED = {
 @pytest.mark.parametrize("name", sorted(EXPECTED))
 def test_sweep_sets_its_experiments_shapes(name):
     fixed, axes = EXPECTED[name]
-    base = check_overrides([f"+sweep={name}"], multirun=True)
+    base = check_overrides([f"+sweep={name}"], multirun=True).base
     for key, value in fixed.items():
         assert OmegaConf.select(base, key) == value, key
     for key, value in axes.items():
@@ -52,5 +52,5 @@ def test_sweep_sets_its_experiments_shapes(name):
 
 def test_command_line_values_override_a_sweep_file():
     base = check_overrides(["+sweep=fused_vs_loop", "batch=4", "model.hidden_size=16"],
-                           multirun=True)
+                           multirun=True).base
     assert base.batch == 4 and base.model.hidden_size == 16

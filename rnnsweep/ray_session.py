@@ -1,0 +1,95 @@
+"""The Ray a sweep runs on: an embedded local Ray on loopback, or a named cluster.
+
+The CLI starts it as soon as the command line has been checked, so that Ray's start-up
+and the workers' imports overlap the driver's own (MLflow, the store, composing the
+trials). Started any other way (Hydra's launcher API, a notebook), the launcher opens
+and closes it around the sweep.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import ray
+from omegaconf import DictConfig
+
+from rnnsweep.resources import LOCAL_ONLY_RAY_ENV, Node, cluster_address
+
+log = logging.getLogger(__name__)
+
+
+class LaunchError(RuntimeError):
+    pass
+
+
+def connect(address: str | None, settings) -> None:
+    """Connects to the named cluster (starting nothing), or starts an embedded local Ray
+    bound to loopback and sized by the launcher's settings."""
+    if address:
+        _check_reachable(address)
+        try:
+            ray.init(address=address, log_to_driver=False, configure_logging=False)
+        except Exception as exc:  # Ray raises several types for a bad address
+            raise LaunchError(f"cannot connect to the Ray cluster at {address}: {exc}") from None
+        return
+    if os.environ.get(LOCAL_ONLY_RAY_ENV) != "0":
+        log.warning("the embedded Ray will listen beyond loopback: start rnnsweep through "
+                    f"its CLI, or set {LOCAL_ONLY_RAY_ENV}=0 before importing ray")
+    # "local": always a fresh instance, never a cluster someone started with `ray start`.
+    ray.init(address="local", num_cpus=settings.num_cpus, num_gpus=settings.num_gpus,
+             include_dashboard=settings.dashboard, dashboard_host=settings.dashboard_host,
+             log_to_driver=False, configure_logging=False)
+
+
+def prewarm(workers: int) -> None:
+    """Has ``workers`` of the embedded Ray's worker processes import the trial code now.
+
+    A worker's first trial would otherwise spend seconds importing torch (and
+    torch._dynamo, which torch.optim pulls in on first use) after the trial was
+    submitted; started here, that work runs while the driver sets up MLflow. One-CPU
+    tasks that run at the same time land on distinct workers, and Ray reuses those
+    workers for the trials that follow.
+    """
+    for _ in range(workers):
+        _import_trial_code.remote()
+
+
+@ray.remote(num_cpus=1)
+def _import_trial_code() -> None:
+    import torch._dynamo  # noqa: F401
+
+    import rnnsweep.trial  # noqa: F401
+
+
+@contextmanager
+def ray_session(config: DictConfig, settings) -> Iterator[list[Node]]:
+    """Yields the cluster's nodes. A Ray that is already connected (the CLI's, a test's
+    cluster, a notebook's) is used as it is and left running."""
+    if ray.is_initialized():
+        yield nodes()
+        return
+    connect(cluster_address(config), settings)
+    try:
+        yield nodes()
+    finally:
+        ray.shutdown()
+
+
+def nodes() -> list[Node]:
+    return [Node(n["NodeID"], n.get("NodeManagerAddress", "?"), n["Resources"].get("CPU", 0.0),
+                 n["Resources"].get("GPU", 0.0)) for n in ray.nodes() if n.get("Alive")]
+
+
+def _check_reachable(address: str) -> None:
+    """Ray retries a dead address for a long time; a plain TCP probe answers at once."""
+    if address in ("auto", "local") or address.startswith("ray://"):
+        return
+    host, _, port = address.rpartition(":")
+    try:
+        socket.create_connection((host or "127.0.0.1", int(port)), timeout=5).close()
+    except (OSError, ValueError) as exc:
+        raise LaunchError(f"cannot reach the Ray cluster at {address}: {exc}") from None
