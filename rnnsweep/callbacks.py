@@ -1,8 +1,10 @@
-"""Hydra callback that gives every multirun one MLflow parent run."""
+"""Hydra callbacks: every multirun gets one MLflow parent run, and the CLI's Ray winds
+down while the sweep's report is written."""
 
 from __future__ import annotations
 
 import os
+import sys
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -60,3 +62,15 @@ class SweepRunCallback(Callback):
 
         sweep_summary.finish_sweep(self._tracker, self._parent, time.time() - self._started)
         os.environ.pop(PARENT_RUN_ENV, None)
+
+
+class StopRayAtSweepEnd(Callback):
+    """Hydra runs end callbacks in reverse order; listed after ``SweepRunCallback``, this
+    one begins the shutdown of the CLI's Ray before that one writes the report."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        # Only a Ray the CLI started is stopped here, and then this module is loaded;
+        # otherwise (Hydra's basic launcher) nothing of Ray is imported at all.
+        ray_session = sys.modules.get("rnnsweep.ray_session")
+        if ray_session is not None:
+            ray_session.stop_in_background()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
@@ -51,9 +52,9 @@ def main() -> None:
         app()
     finally:
         if ray_started:
-            import ray
+            from rnnsweep import ray_session
 
-            ray.shutdown()
+            ray_session.stop()
     if sweep_summary.last_failed:
         sys.exit(1)
 
@@ -63,22 +64,36 @@ def start_ray(checked: CheckedCommand) -> bool:
     and the workers' imports overlap the driver's own; the launcher then finds it
     connected. An unreachable cluster, or a trial no node can hold, is refused here,
     before anything is recorded."""
+    # Ray's start-up mostly waits on the processes it spawns, leaving a core idle; the
+    # store's first use (MLflow's import, creating the tables) fills it.
+    store = threading.Thread(target=_open_store, args=(checked.base.tracking,), daemon=True)
+    store.start()
     from rnnsweep import ray_session
 
     address = cluster_address(checked.base)
     try:
-        ray_session.connect(address, checked.base.hydra.launcher)
+        ray_session.start_for_cli(address, checked.base.hydra.launcher)
         nodes = ray_session.nodes()
         requests = {i: plan(t, nodes) for i, t in enumerate(checked.trials)}
         check_feasible(requests, nodes,
                        {i: trial_name(o) for i, o in enumerate(checked.overrides)})
     except (ray_session.LaunchError, InfeasibleRequest) as exc:
         _refuse(exc)
+    store.join()
     if address is None:
         # A named cluster's workers are shared with others; only warm our own, and only
         # as many as will run trials at once (each warm-up costs seconds of CPU).
         ray_session.prewarm(concurrent_trials(list(requests.values()), nodes))
     return True
+
+
+def _open_store(tracking: DictConfig) -> None:
+    try:
+        from rnnsweep.tracking import Tracker
+
+        Tracker(tracking.uri, tracking.experiment)
+    except Exception:  # noqa: BLE001 - the sweep opens the store again and reports it there
+        pass
 
 
 def keep_ray_on_loopback(address: str | None) -> None:
