@@ -45,14 +45,17 @@ def wall(args: list[str]) -> tuple[float, float]:
     return elapsed, statistics.median(train_s) if train_s else 0.0
 
 
-def measure(args: list[str], repeats: int) -> dict[str, tuple[float, float]]:
-    """Per launcher: median wall time and median per-trial training time."""
+def measure(args: list[str], repeats: int) -> dict[str, list[tuple[float, float]]]:
+    """Per launcher, one (wall time, training time per trial) pair per repeat."""
     times: dict[str, list[tuple[float, float]]] = {name: [] for name in LAUNCHERS}
     for _ in range(repeats):
         for name, extra in LAUNCHERS.items():
             times[name].append(wall([*args, *extra]))
-    return {name: (statistics.median(w for w, _ in values),
-                   statistics.median(t for _, t in values)) for name, values in times.items()}
+    return times
+
+
+def walls(samples: list[tuple[float, float]]) -> str:
+    return " ".join(f"{w:.1f}" for w, _ in samples)
 
 
 def main() -> None:
@@ -69,17 +72,29 @@ def main() -> None:
     training = ["workload=train", "hardware.num_cpus=1", f"steps={opts.steps}", "seed=range(8)"]
     a = measure(training, opts.repeats) if "a" in opts.only else None
     b = measure([*TOY, "batch=1,2,3,4"], opts.repeats) if "b" in opts.only else None
-    print(f"medians of {opts.repeats} interleaved runs, whole CLI processes, wall seconds")
-    print(f"{'measurement':<44}{'ray':>8}{'basic':>8}{'result':>12}  target")
+    # Each repeat runs Ray and basic back to back, so the paired ratio or difference
+    # cancels the machine's drift between repeats; its median is the result.
+    print(f"{opts.repeats} interleaved repeats, whole CLI processes, wall seconds "
+          "(median, then every run)")
+    print(f"{'measurement':<38}{'ray':>8}{'basic':>8}{'result':>10}  target")
     if a:
-        (ray_s, ray_train), (basic_s, basic_train) = a["ray"], a["basic"]
-        print(f"{'(a) 8 one-CPU training trials':<44}{ray_s:>8.1f}{basic_s:>8.1f}"
-              f"{basic_s / ray_s:>11.2f}x  >= 1.7x faster with Ray")
-        print(f"    training time per trial (steps x step_time_ms): ray {ray_train:.2f} s, "
-              f"basic {basic_train:.2f} s")
+        pairs = zip(a["ray"], a["basic"], strict=True)
+        ratio = statistics.median(bs / rs for (rs, _), (bs, _) in pairs)
+        print(f"{'(a) 8 one-CPU training trials':<38}{_median(a['ray']):>8.1f}"
+              f"{_median(a['basic']):>8.1f}{ratio:>9.2f}x  >= 1.7x faster with Ray")
+        print(f"    runs: ray {walls(a['ray'])} | basic {walls(a['basic'])}")
+        train = statistics.median(t for _, t in a["ray"] + a["basic"])
+        print(f"    training time per trial (steps x step_time_ms, median): {train:.2f} s")
     if b:
-        print(f"{'(b) tiny 4-trial sweep, fixed cost':<44}{b['ray'][0]:>8.1f}"
-              f"{b['basic'][0]:>8.1f}{b['ray'][0] - b['basic'][0]:>+11.1f}s  < 5 s extra with Ray")
+        pairs = zip(b["ray"], b["basic"], strict=True)
+        extra = statistics.median(rs - bs for (rs, _), (bs, _) in pairs)
+        print(f"{'(b) tiny 4-trial sweep, fixed cost':<38}{_median(b['ray']):>8.1f}"
+              f"{_median(b['basic']):>8.1f}{extra:>+9.1f}s  < 5 s extra with Ray")
+        print(f"    runs: ray {walls(b['ray'])} | basic {walls(b['basic'])}")
+
+
+def _median(samples: list[tuple[float, float]]) -> float:
+    return statistics.median(w for w, _ in samples)
 
 
 if __name__ == "__main__":
