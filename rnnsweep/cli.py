@@ -41,7 +41,8 @@ def main() -> None:
             _refuse(exc)
         keep_ray_on_loopback(cluster_address(checked.base))
         if multirun and _uses_ray_launcher(checked.base):
-            ray_started = start_ray(checked)
+            start_ray(checked)
+            ray_started = True
     # Imported only now: torch and MLflow cost seconds that a refused command should not pay.
     from rnnsweep import sweep_summary
     from rnnsweep.app import task
@@ -59,18 +60,25 @@ def main() -> None:
         sys.exit(1)
 
 
-def start_ray(checked: CheckedCommand) -> bool:
+def start_ray(checked: CheckedCommand) -> None:
     """Starts (or connects to) the sweep's Ray before Hydra runs, so that Ray's start-up
     and the workers' imports overlap the driver's own; the launcher then finds it
     connected. An unreachable cluster, or a trial no node can hold, is refused here,
     before anything is recorded."""
-    # Ray's start-up mostly waits on the processes it spawns, leaving a core idle; the
-    # store's first use (MLflow's import, creating the tables) fills it.
-    store = threading.Thread(target=_open_store, args=(checked.base.tracking,), daemon=True)
-    store.start()
     from rnnsweep import ray_session
 
     address = cluster_address(checked.base)
+    if address:
+        try:
+            ray_session.check_reachable(address)
+        except ray_session.LaunchError as exc:
+            _refuse(exc)
+    # Ray's start-up mostly waits on the processes it spawns, leaving a core idle; the
+    # store's first use (MLflow's import, creating the tables) fills it. It is always
+    # joined, even on a refusal, so the tables are never left half made.
+    store = threading.Thread(target=_open_store, args=(checked.base.tracking,),
+                             name="open-store")
+    store.start()
     try:
         ray_session.start_for_cli(address, checked.base.hydra.launcher)
         nodes = ray_session.nodes()
@@ -78,13 +86,13 @@ def start_ray(checked: CheckedCommand) -> bool:
         check_feasible(requests, nodes,
                        {i: trial_name(o) for i, o in enumerate(checked.overrides)})
     except (ray_session.LaunchError, InfeasibleRequest) as exc:
+        store.join()
         _refuse(exc)
     store.join()
     if address is None:
         # A named cluster's workers are shared with others; only warm our own, and only
         # as many as will run trials at once (each warm-up costs seconds of CPU).
         ray_session.prewarm(concurrent_trials(list(requests.values()), nodes))
-    return True
 
 
 def _open_store(tracking: DictConfig) -> None:

@@ -36,7 +36,7 @@ def connect(address: str | None, settings) -> None:
     """Connects to the named cluster (starting nothing), or starts an embedded local Ray
     bound to loopback and sized by the launcher's settings."""
     if address:
-        _check_reachable(address)
+        check_reachable(address)
         try:
             ray.init(address=address, log_to_driver=False, configure_logging=False)
         except Exception as exc:  # Ray raises several types for a bad address
@@ -113,7 +113,7 @@ def nodes() -> list[Node]:
                  n["Resources"].get("GPU", 0.0)) for n in ray.nodes() if n.get("Alive")]
 
 
-def _check_reachable(address: str) -> None:
+def check_reachable(address: str) -> None:
     """Ray retries a dead address for a long time; a plain TCP probe answers at once."""
     if address in ("auto", "local") or address.startswith("ray://"):
         return

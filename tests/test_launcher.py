@@ -65,6 +65,18 @@ def trial_pids(idx: int) -> list[int]:
     return [int(p) for p in found.stdout.split()]
 
 
+@pytest.fixture(scope="module")
+def shared_cluster() -> str:
+    """A 2-CPU Ray on loopback for the tests whose subject is not the embedded Ray's own
+    start and stop: their sweeps connect to it as to a cluster, which saves a Ray
+    start-up per sweep. Yields the override that points a sweep at it."""
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2})
+    yield f"ray.address={cluster.address}"
+    cluster.shutdown()
+
+
 def test_four_trials_become_four_children_of_one_parent(tmp_path):
     done = run_sweep(tmp_path, "batch=1,8,32,128")
     assert done.returncode == 0, done.stderr[-3000:]
@@ -89,8 +101,10 @@ def test_four_trials_become_four_children_of_one_parent(tmp_path):
     assert "4/4 done" in done.stdout
 
 
-def test_failed_trials_are_recorded_and_resume_reruns_only_what_is_missing(tmp_path):
-    first = run_sweep(tmp_path, *TRAIN_1CPU, "batch=1,2", "guard.raise_at_step=null,1")
+def test_failed_trials_are_recorded_and_resume_reruns_only_what_is_missing(tmp_path,
+                                                                         shared_cluster):
+    first = run_sweep(tmp_path, *TRAIN_1CPU, "batch=1,2", "guard.raise_at_step=null,1",
+                      shared_cluster)
     assert first.returncode == 1  # any failed trial makes the exit status non-zero
     children = runs(tmp_path)
     failed = [c for c in children if c.info.status == "FAILED"]
@@ -99,13 +113,14 @@ def test_failed_trials_are_recorded_and_resume_reruns_only_what_is_missing(tmp_p
     assert all(c.data.tags["rnnsweep.outcome"] == "OK" for c in children if c not in failed)
     assert runs(tmp_path, parents=True)[0].data.metrics["trials_failed"] == 2
 
-    again = run_sweep(tmp_path, *TRAIN_1CPU, "batch=1,2,3", "guard.raise_at_step=null,1")
+    again = run_sweep(tmp_path, *TRAIN_1CPU, "batch=1,2,3", "guard.raise_at_step=null,1",
+                      shared_cluster)
     progress = again.stdout.split("rnnsweep: trials")[0]  # before the closing table
     assert progress.count("[skipped]") == 2  # the two that finished
     batches = sorted(int(c.data.params["batch"]) for c in runs(tmp_path))
     assert batches == [1, 1, 1, 2, 2, 2, 3, 3]  # failed ones ran again, batch=3 is new
 
-    forced = run_sweep(tmp_path, *TRAIN_1CPU, "batch=1", "ray.rerun=true")
+    forced = run_sweep(tmp_path, *TRAIN_1CPU, "batch=1", "ray.rerun=true", shared_cluster)
     assert forced.returncode == 0
     assert "[skipped]" not in forced.stdout
     assert len(runs(tmp_path)) == 9
@@ -125,8 +140,9 @@ def test_infeasible_request_and_unreachable_cluster_fail_up_front(tmp_path):
     assert runs(tmp_path, parents=True) == []
 
 
-def test_killed_worker_is_retried_then_recorded_as_failed(tmp_path):
-    long = [*TRAIN_1CPU, "steps=400", "model.hidden_size=64", "ray.max_retries=0,1"]
+def test_killed_worker_is_retried_then_recorded_as_failed(tmp_path, shared_cluster):
+    long = [*TRAIN_1CPU, "steps=400", "model.hidden_size=64", "ray.max_retries=0,1",
+            shared_cluster]
     proc = start_sweep(tmp_path, *long)
     try:
         for idx in (0, 1):
@@ -162,9 +178,10 @@ def test_ctrl_c_or_sigterm_marks_running_and_pending_trials_killed(tmp_path, sig
     wait_for(lambda: not any(trial_pids(i) for i in range(3)), 30, "the workers to exit")
 
 
-def test_sixteen_trials_two_at_a_time_lose_nothing(tmp_path):
+def test_sixteen_trials_two_at_a_time_lose_nothing(tmp_path, shared_cluster):
     steps = 40
-    done = run_sweep(tmp_path, *TRAIN_1CPU, f"steps={steps}", "seed=range(16)", timeout=600)
+    done = run_sweep(tmp_path, *TRAIN_1CPU, f"steps={steps}", "seed=range(16)", shared_cluster,
+                     timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "database is locked" not in done.stdout + done.stderr
     children = runs(tmp_path)
@@ -173,7 +190,7 @@ def test_sixteen_trials_two_at_a_time_lose_nothing(tmp_path):
         assert child.info.status == "FINISHED"
         for key in ("loss", "grad_norm", "grad_norm_clipped", "saturation"):
             assert sorted(m.step for m in history(tmp_path, child, key)) == list(range(steps))
-    # One-CPU training trials pack two at a time on the 2-CPU machine.
+    # One-CPU training trials pack two at a time on the 2-CPU cluster.
     assert max(int(c.data.tags["rnnsweep.ray.trials_beside"]) for c in children) >= 1
 
 
