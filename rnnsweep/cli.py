@@ -14,6 +14,7 @@ from rnnsweep import config, sweeps
 from rnnsweep.app import trial_name
 from rnnsweep.resources import (
     LOCAL_ONLY_RAY_ENV,
+    USAGE_STATS_RAY_ENV,
     InfeasibleRequest,
     check_feasible,
     cluster_address,
@@ -39,7 +40,7 @@ def main() -> None:
             checked = check_overrides(overrides, multirun)
         except ConfigError as exc:
             _refuse(exc)
-        keep_ray_on_loopback(cluster_address(checked.base))
+        keep_ray_local(cluster_address(checked.base))
         if multirun and _uses_ray_launcher(checked.base):
             start_ray(checked)
             ray_started = True
@@ -104,14 +105,17 @@ def _open_store(tracking: DictConfig) -> None:
         pass
 
 
-def keep_ray_on_loopback(address: str | None) -> None:
-    """Keeps an embedded or loopback Ray on 127.0.0.1.
+def keep_ray_local(address: str | None) -> None:
+    """Keeps an embedded or loopback Ray on 127.0.0.1, and every Ray it starts from
+    reporting usage statistics off the machine.
 
     ``ray.init`` rewrites a 127.0.0.1 node address to the machine's outward one, so its
     servers would listen beyond loopback. Ray's local-only mode (the one it uses on macOS)
     keeps them on loopback; Ray reads the switch when it is imported, hence here, before
-    any Ray import. A named remote cluster is left alone.
+    any Ray import. A named remote cluster is left alone. Both are defaults the user's
+    own environment can override.
     """
+    os.environ.setdefault(USAGE_STATS_RAY_ENV, "0")
     host = (address or "127.0.0.1").removeprefix("ray://").rpartition(":")[0] or "127.0.0.1"
     if host in ("127.0.0.1", "localhost", "::1", "[::1]"):
         os.environ.setdefault(LOCAL_ONLY_RAY_ENV, "0")

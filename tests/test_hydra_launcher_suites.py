@@ -6,6 +6,8 @@ import os
 
 # Ray reads this when it is imported: it keeps the embedded Ray on loopback.
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+# Ray would post usage statistics off this machine a minute into a session.
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 import pytest  # noqa: E402
 import ray  # noqa: E402

@@ -14,6 +14,8 @@ from mlflow.tracking import MlflowClient
 
 # Ray reads this when it is imported: it keeps every server of a test cluster on loopback.
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+# Ray would post usage statistics off this machine a minute into a session.
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 TOY = ["model.input_size=8", "model.hidden_size=16", "seq_len=10", "steps=3", "warmup=1",
        "min_run_time=0.05"]

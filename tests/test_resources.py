@@ -6,6 +6,7 @@ Ray; the import checks run a fresh interpreter, as a Ray worker starts one.
 
 from __future__ import annotations
 
+import os
 import pickle
 import subprocess
 import sys
@@ -75,3 +76,18 @@ def test_sweep_callback_leaves_its_mlflow_client_behind_when_pickled():
     callback._parent = "run-id"
     restored = pickle.loads(pickle.dumps(callback))
     assert restored._tracker is None and restored._parent is None
+
+
+def test_the_cli_keeps_ray_on_loopback_and_its_usage_statistics_at_home():
+    """Asks Ray itself, in a fresh interpreter, after the CLI's switches are set."""
+    code = "\n".join([
+        "import os",
+        "from rnnsweep.cli import keep_ray_local",
+        "keep_ray_local(None)",
+        "from ray._common.usage import usage_lib",
+        "print(usage_lib.usage_stats_enabled(), os.environ['RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER'])",
+    ])
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("RAY_USAGE_STATS_ENABLED", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER")}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert done.stdout.split() == ["False", "0"], done.stderr[-2000:]
