@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 import threading
+from typing import NoReturn
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
@@ -40,9 +41,10 @@ def main() -> None:
             checked = check_overrides(overrides, multirun)
         except ConfigError as exc:
             _refuse(exc)
-        keep_ray_local(cluster_address(checked.base))
+        address = cluster_address(checked.base)
+        keep_ray_local(address)
         if multirun and _uses_ray_launcher(checked.base):
-            start_ray(checked)
+            start_ray(checked, address)
             ray_started = True
     # Imported only now: torch and MLflow cost seconds that a refused command should not pay.
     from rnnsweep import sweep_summary
@@ -61,14 +63,13 @@ def main() -> None:
         sys.exit(1)
 
 
-def start_ray(checked: CheckedCommand) -> None:
+def start_ray(checked: CheckedCommand, address: str | None) -> None:
     """Starts (or connects to) the sweep's Ray before Hydra runs, so that Ray's start-up
     and the workers' imports overlap the driver's own; the launcher then finds it
     connected. An unreachable cluster, or a trial no node can hold, is refused here,
     before anything is recorded."""
     from rnnsweep import ray_session
 
-    address = cluster_address(checked.base)
     if address:
         try:
             ray_session.check_reachable(address)
@@ -126,6 +127,6 @@ def _uses_ray_launcher(base: DictConfig) -> bool:
     return target == RnnsweepRayLauncherConf._target_
 
 
-def _refuse(exc: Exception) -> None:
+def _refuse(exc: Exception) -> NoReturn:
     print(f"rnnsweep: error: {exc}", file=sys.stderr)
     sys.exit(2)

@@ -114,7 +114,9 @@ def _run(launcher, jobs: list[Job], nodes: list[Node], tracker: Tracker | None,
     state = ray.put(Singleton.get_state())
     print(f"rnnsweep: launching {len(jobs)} trials on Ray ({len(nodes)} node(s), "
           f"{sum(n.cpus for n in nodes):g} CPUs, {sum(n.gpus for n in nodes):g} GPUs)", flush=True)
-    digests = {job.idx: _hash(job.config) for job in jobs} if tracker else {}
+    # Flattened once per trial: its hash decides resume, and the params go on its run.
+    params = {job.idx: _params(job.config) for job in jobs} if tracker else {}
+    digests = {idx: config_hash(p) for idx, p in params.items()}
     for job in jobs:
         if digests.get(job.idx) in finished:
             _skip(job, finished[digests[job.idx]])
@@ -132,7 +134,7 @@ def _run(launcher, jobs: list[Job], nodes: list[Node], tracker: Tracker | None,
                     "rnnsweep.ray.request": job.request.describe()}
             job.run_id = tracker.start_run(job.name, tags=tags, parent_run_id=parent)
             # Logged now, so a trial whose worker dies still shows what it was.
-            tracker.log(job.run_id, params=_params(job.config))
+            tracker.log(job.run_id, params=params[job.idx])
     # SIGTERM (a scheduler or `kill` stopping the sweep) gets the same orderly end as Ctrl-C.
     previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
@@ -253,10 +255,6 @@ def _params(config: DictConfig) -> dict[str, str]:
     with open_dict(task_cfg):
         del task_cfg["hydra"]
     return flatten(OmegaConf.to_container(task_cfg, resolve=True, enum_to_str=True))
-
-
-def _hash(config: DictConfig) -> str:
-    return config_hash(_params(config))
 
 
 def _progress_line(jobs: list[Job]) -> str:
