@@ -2,10 +2,10 @@
 
     python benchmarks/core_overhead.py [--rounds 6] [--steps 12] [--min-run-time 1.0]
 
-(a) Training step: ``rnnsweep.training.train`` (guarded: NaN checks, gradient norm,
+(a) Training step: ``rnnsweep.trial.training.train`` (guarded: NaN checks, gradient norm,
     saturation, one host sync per step) against a bare step of the same model
     (zero_grad, forward, MSE, backward, optimizer.step). Target: ratio <= 1.05.
-(b) Forward latency: ``rnnsweep.timing.time_call`` exactly as the trial's ``_bench``
+(b) Forward latency: ``rnnsweep.trial.timing.time_call`` exactly as the trial's ``_bench``
     uses it, against a bare ``time.perf_counter`` loop over the same callable.
     Target: ratio within 0.95-1.05 (the harness neither adds nor hides time).
 (c) Logging: one trial record with 1,000 steps of 4 per-step series written to a fresh
@@ -32,10 +32,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from rnnsweep import tasks, timing, training
-from rnnsweep.models import RecurrentNet
 from rnnsweep.record import TrialRecord
-from rnnsweep.trial import _forward_fn  # the very callable the trial times
+from rnnsweep.trial import data, timing, training
+from rnnsweep.trial.models import RecurrentNet
+from rnnsweep.trial.run import _forward_fn  # the very callable the trial times
 
 CELL, INPUT, HIDDEN, LAYERS, SEQ, BATCH, SEED, LR = "lstm", 128, 256, 1, 100, 32, 0, 1e-3
 LOG_STEPS, SERIES = 1000, ("loss", "grad_norm", "grad_norm_clipped", "saturation")
@@ -72,7 +72,7 @@ def bare_steps(model, optimizer, batch_at, steps: int) -> list[float]:
 
 def bench_training(rounds: int, steps: int, device) -> tuple[list[float], list[float]]:
     """Per-round median step times (seconds) of each variant, rounds alternating."""
-    batch_at = tasks.batches("regression", BATCH, SEQ, INPUT, 1, device, SEED)
+    batch_at = data.batches("regression", BATCH, SEQ, INPUT, 1, device, SEED)
     ours_model, bare_model = build().to(device), build().to(device)
     ours_opt = training.make_optimizer("adam", ours_model.parameters(), LR)
     bare_opt = training.make_optimizer("adam", bare_model.parameters(), LR)
@@ -120,9 +120,10 @@ def trial_record() -> TrialRecord:
     from hydra.core.global_hydra import GlobalHydra
     from omegaconf import OmegaConf
 
-    from rnnsweep import config, sweeps
-    from rnnsweep.environment import device_tags
+    from rnnsweep import config
+    from rnnsweep.config import sweeps
     from rnnsweep.record import config_hash, flatten
+    from rnnsweep.trial.environment import device_tags
 
     config.register()
     sweeps.register()

@@ -11,9 +11,11 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from hydra_plugins.rnnsweep_launcher.rnnsweep_launcher import RnnsweepRayLauncherConf
-from rnnsweep import config, sweeps
-from rnnsweep.app import trial_name
-from rnnsweep.resources import (
+from rnnsweep import config
+from rnnsweep.config import sweeps
+from rnnsweep.config.validation import CheckedCommand, ConfigError, check_overrides
+from rnnsweep.sweep.job import trial_name
+from rnnsweep.sweep.resources import (
     LOCAL_ONLY_RAY_ENV,
     USAGE_STATS_RAY_ENV,
     InfeasibleRequest,
@@ -22,7 +24,6 @@ from rnnsweep.resources import (
     concurrent_trials,
     plan,
 )
-from rnnsweep.validation import CheckedCommand, ConfigError, check_overrides
 
 # Hydra flags after which the command does not run trials (help, config printing, ...).
 _NO_TRIAL_FLAGS = {"--help", "-h", "--hydra-help", "--info", "-i", "--cfg", "-c",
@@ -47,8 +48,8 @@ def main() -> None:
             start_ray(checked, address)
             ray_started = True
     # Imported only now: torch and MLflow cost seconds that a refused command should not pay.
-    from rnnsweep import sweep_summary
-    from rnnsweep.app import task
+    from rnnsweep.sweep import summary as sweep_summary
+    from rnnsweep.sweep.job import task
 
     app = hydra.main(version_base="1.3", config_path=str(config.conf_dir()),
                      config_name="config")(task)
@@ -56,7 +57,7 @@ def main() -> None:
         app()
     finally:
         if ray_started:
-            from rnnsweep import ray_session
+            from rnnsweep.sweep import cluster as ray_session
 
             ray_session.stop()
     if sweep_summary.last_failed:
@@ -68,7 +69,7 @@ def start_ray(checked: CheckedCommand, address: str | None) -> None:
     and the workers' imports overlap the driver's own; the launcher then finds it
     connected. An unreachable cluster, or a trial no node can hold, is refused here,
     before anything is recorded."""
-    from rnnsweep import ray_session
+    from rnnsweep.sweep import cluster as ray_session
 
     if address:
         try:

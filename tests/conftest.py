@@ -22,7 +22,7 @@ from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig
 
 import rnnsweep.config
-import rnnsweep.sweeps
+import rnnsweep.config.sweeps
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -63,7 +63,7 @@ def pytest_collection_modifyitems(config, items):
 def compose_cfg(overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
     """The config the CLI would compose for ``overrides`` (no Hydra job is started)."""
     rnnsweep.config.register()
-    rnnsweep.sweeps.register()
+    rnnsweep.config.sweeps.register()
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(str(rnnsweep.config.conf_dir()), version_base="1.3"):

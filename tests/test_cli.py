@@ -15,7 +15,7 @@ from hydra.core.global_hydra import GlobalHydra
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
 import rnnsweep.config
-import rnnsweep.sweeps
+import rnnsweep.config.sweeps
 from rnnsweep.record import TrialRecord
 from rnnsweep.tracking import Tracker
 
@@ -110,7 +110,7 @@ def test_defaults_are_experiment_1():
 
 def test_batch_scaling_sweep_is_experiment_1():
     rnnsweep.config.register()
-    rnnsweep.sweeps.register()
+    rnnsweep.config.sweeps.register()
     GlobalHydra.instance().clear()
     with initialize_config_dir(str(rnnsweep.config.conf_dir()), version_base="1.3"):
         cfg = compose("config", overrides=[BASIC_LAUNCHER, "+sweep=batch_scaling"],

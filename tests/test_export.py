@@ -8,10 +8,10 @@ import sys
 import pytest
 import torch
 
-from rnnsweep.deployment import run_deployment
-from rnnsweep.export import FORMATS, export_and_verify, export_onnx
-from rnnsweep.models import RecurrentNet
-from rnnsweep.streaming import StreamingSession, measure_streaming, open_exported
+from rnnsweep.deploy.export import FORMATS, export_and_verify, export_onnx
+from rnnsweep.deploy.run import run_deployment
+from rnnsweep.deploy.streaming import StreamingSession, measure_streaming, open_exported
+from rnnsweep.trial.models import RecurrentNet
 
 CELLS = ("lstm", "gru", "rnn")
 INPUT, HIDDEN, LAYERS = 3, 8, 2

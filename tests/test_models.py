@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from rnnsweep.models import RecurrentNet, forward_flops_per_sequence
+from rnnsweep.trial.models import RecurrentNet, forward_flops_per_sequence
 
 CELLS = ("lstm", "gru", "rnn")
 WEIGHTS = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")

@@ -19,8 +19,8 @@ import numpy as np
 import pytest
 from matplotlib.image import imread
 
-from rnnsweep import plots
-from rnnsweep.report import (
+from rnnsweep.report import plots
+from rnnsweep.report.build import (
     Report,
     Trial,
     build_report,

@@ -1,6 +1,6 @@
 """What each trial asks Ray for, how many trials fit at once, and what Ray workers import.
 
-The policy in ``rnnsweep.resources`` is pure, so it is checked here on node lists without
+The policy in ``rnnsweep.sweep.resources`` is pure, so it is checked here on node lists without
 Ray; the import checks run a fresh interpreter, as a Ray worker starts one.
 """
 
@@ -14,8 +14,8 @@ import sys
 import pytest
 from conftest import compose_cfg
 
-from rnnsweep.callbacks import SweepRunCallback
-from rnnsweep.resources import (
+from rnnsweep.sweep.callbacks import SweepRunCallback
+from rnnsweep.sweep.resources import (
     InfeasibleRequest,
     Node,
     Request,
@@ -60,11 +60,11 @@ def test_ray_workers_import_neither_mlflow_nor_torch_before_the_trial():
     """A worker unpickles the trial's task function, Hydra's context (callbacks included)
     and the task module before its first trial; MLflow there, or torch in the driver,
     would cost seconds on the sweep's critical path."""
-    code = ("import sys, rnnsweep.app, rnnsweep.callbacks, rnnsweep.ray_task; "
+    code = ("import sys, rnnsweep.sweep.job, rnnsweep.sweep.callbacks, rnnsweep.sweep.worker; "
             "print(sorted(m for m in ('mlflow', 'torch') if m in sys.modules))")
     worker = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert worker.stdout.strip() == "[]", worker.stderr[-2000:]
-    code = "import sys, rnnsweep.launcher; print('torch' in sys.modules)"
+    code = "import sys, rnnsweep.sweep.launcher; print('torch' in sys.modules)"
     driver = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert driver.stdout.strip() == "False", driver.stderr[-2000:]
 

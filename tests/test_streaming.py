@@ -7,14 +7,14 @@ import math
 import pytest
 import torch
 
-from rnnsweep.export import export_torchscript
-from rnnsweep.models import RecurrentNet
-from rnnsweep.streaming import (
+from rnnsweep.deploy.export import export_torchscript
+from rnnsweep.deploy.streaming import (
     ExportedModelError,
     StreamingSession,
     measure_streaming,
     open_exported,
 )
+from rnnsweep.trial.models import RecurrentNet
 
 CELLS = ("lstm", "gru", "rnn")
 INPUT, HIDDEN, LAYERS = 3, 8, 2

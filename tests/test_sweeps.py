@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 from omegaconf import OmegaConf
 
-from rnnsweep import config, sweeps
-from rnnsweep.validation import check_overrides
+from rnnsweep import config
+from rnnsweep.config import sweeps
+from rnnsweep.config.validation import check_overrides
 
 config.register()
 NAMES = sweeps.register()

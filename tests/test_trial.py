@@ -11,10 +11,10 @@ import yaml
 from conftest import TOY, compose_cfg
 from mlflow.artifacts import download_artifacts
 
-from rnnsweep.models import forward_flops_per_sequence
 from rnnsweep.record import FAILED, OK, UNSUPPORTED, config_hash, flatten
 from rnnsweep.tracking import Tracker
-from rnnsweep.trial import run_trial
+from rnnsweep.trial.models import forward_flops_per_sequence
+from rnnsweep.trial.run import run_trial
 
 SECRET_ENV = "RNNSWEEP_TEST_SECRET"
 SECRET = "s3cr3t-7f1c9a4e-do-not-record"

@@ -1,5 +1,5 @@
 """Hydra launcher plugin shim: ``hydra/launcher=rnnsweep_ray``. The work is in
-``rnnsweep.launcher``, imported lazily so that loading Hydra's plugins stays cheap."""
+``rnnsweep.sweep.launcher``, imported lazily so that loading Hydra's plugins stays cheap."""
 
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -40,6 +40,6 @@ class RnnsweepRayLauncher(Launcher):
 
     def launch(self, job_overrides: Sequence[Sequence[str]],
                initial_job_idx: int) -> Sequence[JobReturn]:
-        from rnnsweep.launcher import launch
+        from rnnsweep.sweep.launcher import launch
 
         return launch(self, job_overrides, initial_job_idx)

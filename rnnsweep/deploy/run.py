@@ -11,9 +11,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from rnnsweep.export import export_and_verify
-from rnnsweep.models import RecurrentNet
-from rnnsweep.streaming import measure_streaming
+from rnnsweep.deploy.export import export_and_verify
+from rnnsweep.deploy.streaming import measure_streaming
+from rnnsweep.trial.models import RecurrentNet
 
 
 @dataclass

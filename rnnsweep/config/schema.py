@@ -148,7 +148,7 @@ def sweeps_dir() -> Path:
 
 
 def _resource_dir(name: str) -> Path:
-    package = Path(__file__).resolve().parent
+    package = Path(__file__).resolve().parents[1]
     for candidate in (package / name, package.parent / name):
         if candidate.is_dir():
             return candidate

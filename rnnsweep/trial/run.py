@@ -15,9 +15,9 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from rnnsweep import environment, tasks, timing, training
-from rnnsweep.models import RecurrentNet, forward_flops_per_sequence, with_impl
 from rnnsweep.record import FAILED, UNSUPPORTED, TrialRecord, config_hash, flatten
+from rnnsweep.trial import data, environment, timing, training
+from rnnsweep.trial.models import RecurrentNet, forward_flops_per_sequence, with_impl
 
 LOGGED_SERIES = ("loss", "grad_norm", "grad_norm_clipped", "saturation", "grad_scale")
 
@@ -111,7 +111,7 @@ def _check_precision(cfg: DictConfig, model: RecurrentNet,
 def _train(cfg: DictConfig, model: RecurrentNet, device: torch.device,
            amp_dtype: torch.dtype | None, record: TrialRecord, seq_flops: int) -> None:
     task = _name(cfg.task.name)
-    batch_at = tasks.batches(task, cfg.batch, cfg.seq_len, cfg.model.input_size, 1, device,
+    batch_at = data.batches(task, cfg.batch, cfg.seq_len, cfg.model.input_size, 1, device,
                              cfg.seed)
     guard = training.GuardSettings(
         max_norm=cfg.clipping.max_norm,
@@ -125,7 +125,7 @@ def _train(cfg: DictConfig, model: RecurrentNet, device: torch.device,
                                         cfg.task.lr)
     result = training.train(model, batch_at, cfg.steps, optimizer, device, amp_dtype,
                             cfg.precision.grad_scaler, guard,
-                            select=lambda pred: tasks.select_output(task, pred))
+                            select=lambda pred: data.select_output(task, pred))
     record.step_metrics.update({k: v for k, v in result.series.items() if k in LOGGED_SERIES})
     metrics = record.metrics
     metrics.update({k: float(v) for k, v in result.counts.items()})
@@ -184,7 +184,7 @@ def _forward_fn(model: RecurrentNet, x: torch.Tensor, device: torch.device,
 
 def _deploy(cfg: DictConfig, model: RecurrentNet, device: torch.device,
             record: TrialRecord) -> None:
-    from rnnsweep.deployment import run_deployment  # export libraries are an optional extra
+    from rnnsweep.deploy.run import run_deployment  # export libraries are an optional extra
 
     with tempfile.TemporaryDirectory(prefix="rnnsweep-export-") as tmp:
         out_dir = Path(tmp)

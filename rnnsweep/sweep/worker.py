@@ -16,7 +16,7 @@ from hydra.core.singleton import Singleton
 from hydra.core.utils import JobReturn, run_job, setup_globals
 from omegaconf import DictConfig
 
-from rnnsweep.app import RECORDS_TO_DRIVER_ENV
+from rnnsweep.sweep.job import RECORDS_TO_DRIVER_ENV
 
 
 def execute(hydra_context, task_function, config: DictConfig, singleton_state, progress,

@@ -36,8 +36,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from rnnsweep.models import RecurrentNet
-from rnnsweep.streaming import (
+from rnnsweep.deploy.streaming import (
     INSTALL_HINT,
     METADATA_KEY,
     ModelSpec,
@@ -46,6 +45,7 @@ from rnnsweep.streaming import (
     error_summary,
     open_exported,
 )
+from rnnsweep.trial.models import RecurrentNet
 
 FORMATS = ("torchscript", "torchscript_optimized", "onnx")
 FILENAMES = {

@@ -28,8 +28,8 @@ import numpy as np
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from rnnsweep import plots
 from rnnsweep.record import NON_IDENTITY_PREFIXES
+from rnnsweep.report import plots
 from rnnsweep.tracking import ROLE_TAG, Tracker, resolve_uri
 
 # Summary metrics shown as table columns, in this order, when any trial has them.
@@ -520,6 +520,3 @@ def _locate(uri: str, run_id: str | None, experiment: str | None) -> tuple[Track
         raise ReportError(f"experiment {experiment!r} has no sweep parent runs")
     return Tracker(uri, experiment), latest[0].info.run_id
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -29,11 +29,11 @@ from hydra.core.utils import (
 )
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from rnnsweep import ray_task
-from rnnsweep.app import summary_line, trial_name
-from rnnsweep.ray_session import LaunchError, ray_session
 from rnnsweep.record import FAILED, TrialRecord, config_hash, flatten
-from rnnsweep.resources import InfeasibleRequest, Node, Request, check_feasible, plan
+from rnnsweep.sweep import worker as ray_task
+from rnnsweep.sweep.cluster import LaunchError, ray_session
+from rnnsweep.sweep.job import summary_line, trial_name
+from rnnsweep.sweep.resources import InfeasibleRequest, Node, Request, check_feasible, plan
 from rnnsweep.tracking import Tracker, current_parent_run
 
 

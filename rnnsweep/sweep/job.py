@@ -19,7 +19,7 @@ def task(cfg: DictConfig) -> TrialRecord:
     # Imported here, not at the top: a Ray worker unpickles this module before its first
     # trial and never needs MLflow, and the Ray driver never needs torch. Each costs
     # seconds of start-up on the sweep's critical path.
-    from rnnsweep.trial import run_trial
+    from rnnsweep.trial.run import run_trial
 
     record = run_trial(cfg)
     if os.environ.get(RECORDS_TO_DRIVER_ENV):

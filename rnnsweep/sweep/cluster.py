@@ -19,7 +19,7 @@ from contextlib import contextmanager
 import ray
 from omegaconf import DictConfig
 
-from rnnsweep.resources import LOCAL_ONLY_RAY_ENV, Node, cluster_address
+from rnnsweep.sweep.resources import LOCAL_ONLY_RAY_ENV, Node, cluster_address
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +91,7 @@ def prewarm(workers: int) -> None:
 def _import_trial_code() -> None:
     import torch._dynamo  # noqa: F401
 
-    import rnnsweep.trial  # noqa: F401
+    import rnnsweep.trial.run  # noqa: F401
 
 
 @contextmanager

@@ -57,7 +57,7 @@ class SweepRunCallback(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         if self._tracker is None or self._parent is None:
             return
-        from rnnsweep import sweep_summary
+        from rnnsweep.sweep import summary as sweep_summary
         from rnnsweep.tracking import PARENT_RUN_ENV
 
         sweep_summary.finish_sweep(self._tracker, self._parent, time.time() - self._started)
@@ -71,6 +71,6 @@ class StopRayAtSweepEnd(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         # Only a Ray the CLI started is stopped here, and then this module is loaded;
         # otherwise (Hydra's basic launcher) nothing of Ray is imported at all.
-        ray_session = sys.modules.get("rnnsweep.ray_session")
+        ray_session = sys.modules.get("rnnsweep.sweep.cluster")
         if ray_session is not None:
             ray_session.stop_in_background()

@@ -6,7 +6,7 @@ feeds it chunks ``(batch, chunk_len, input_size)`` of a stream with ``step`` and
 the concatenated chunk outputs equal one forward pass over the whole sequence;
 ``measure_streaming`` checks exactly that and times the chunks.
 
-Exported files come from ``rnnsweep.export``, which stores a ``ModelSpec`` inside each file
+Exported files come from ``rnnsweep.deploy.export``, which stores a ``ModelSpec`` inside each file
 so a session can build the zero state without the Python model. Sessions over exported files
 run on CPU; a missing, corrupt or foreign file raises ``ExportedModelError``.
 """
@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from rnnsweep.models import RecurrentNet
+from rnnsweep.trial.models import RecurrentNet
 
 # Name of the ONNX metadata entry and of the TorchScript extra file holding the ModelSpec.
 METADATA_KEY = "rnnsweep.json"
@@ -35,7 +35,7 @@ Forward = Callable[..., Sequence[torch.Tensor]]
 
 
 class ExportedModelError(RuntimeError):
-    """An exported model file is missing, unreadable or was not written by rnnsweep.export."""
+    """An exported model file is missing, unreadable or not written by rnnsweep.deploy.export."""
 
 
 @dataclass(frozen=True)
@@ -59,7 +59,7 @@ class ModelSpec:
         except (ValueError, TypeError) as exc:
             raise ExportedModelError(
                 f"{path}: missing or invalid {METADATA_KEY} metadata (not written by "
-                f"rnnsweep.export?): {error_summary(exc)}"
+                f"rnnsweep.deploy.export?): {error_summary(exc)}"
             ) from exc
 
     def to_json(self) -> str:
@@ -123,7 +123,7 @@ class StreamingSession:
 
 
 def load_torchscript(path: str | pathlib.Path) -> StreamingSession:
-    """A session over a TorchScript file from ``rnnsweep.export`` (raises ExportedModelError)."""
+    """A session over a TorchScript file from ``rnnsweep.deploy.export``."""
     path = _existing(path)
     extra = {METADATA_KEY: ""}
     try:
@@ -140,7 +140,7 @@ def load_torchscript(path: str | pathlib.Path) -> StreamingSession:
 
 
 def load_onnx(path: str | pathlib.Path) -> StreamingSession:
-    """A session over an ONNX file from ``rnnsweep.export`` run by onnxruntime on CPU."""
+    """A session over an ONNX file from ``rnnsweep.deploy.export`` run by onnxruntime on CPU."""
     path = _existing(path)
     try:
         import onnxruntime
@@ -173,7 +173,7 @@ def load_onnx(path: str | pathlib.Path) -> StreamingSession:
 
 
 def open_exported(path: str | pathlib.Path) -> StreamingSession:
-    """Open a file written by rnnsweep.export, choosing the runtime by its suffix."""
+    """Open a file written by rnnsweep.deploy.export, choosing the runtime by its suffix."""
     path = pathlib.Path(path)
     if path.suffix == ".onnx":
         return load_onnx(path)

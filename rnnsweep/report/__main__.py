@@ -1,0 +1,5 @@
+import sys
+
+from rnnsweep.report.build import main
+
+sys.exit(main())
