@@ -20,6 +20,8 @@ class TrialInfo:
     name: str  # the trial's swept keys only, e.g. "batch=8,model=gru"
     overrides: tuple[str, ...] = ()
     params: dict[str, str] = field(default_factory=dict, compare=False)
+    # Tags its run starts with (config hash, resource request).
+    tags: dict[str, str] = field(default_factory=dict, compare=False)
 
 
 class SweepSink(Protocol):
