@@ -45,11 +45,13 @@ def resolve_uri(uri: str, base: Path | None = None) -> str:
 class Tracker:
     def __init__(self, uri: str, experiment: str) -> None:
         self.uri = resolve_uri(uri)
-        self.client = MlflowClient(tracking_uri=self.uri)
-        # A fresh SQLite store runs its migrations on first use, and two processes doing
-        # that at once leave it half-migrated; two creating one experiment, one of them
-        # failing. One process at a time opens it (the lock sits beside the database).
+        # A fresh SQLite store runs its migrations when it is first opened, and two
+        # processes doing that at once leave it half-migrated; two creating one
+        # experiment, one of them fails. One process at a time opens it (the lock sits
+        # beside the database).
         with _store_lock(self.uri):
+            self.client = MlflowClient(tracking_uri=self.uri)
+            self.client.search_experiments(max_results=1)  # opens (and migrates) it now
             found = self.client.get_experiment_by_name(experiment)
             self.experiment_id = (found.experiment_id if found else self.client.create_experiment(
                 experiment, artifact_location=_artifact_root(self.uri, experiment)))
