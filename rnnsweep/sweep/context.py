@@ -191,6 +191,7 @@ class SweepContext:
         if self._closed:
             return
         self._closed = True
+        error = interrupts.as_interrupt(error)
         stopping = self._stop_ray_in_background()
         if _ran_to_end(error) and self.parent:
             try:
