@@ -248,3 +248,12 @@ def trial_pids(idx: int, root: int | None = None) -> list[int]:
         if cmdline.replace(b"\0", b" ").decode(errors="replace").strip() == title:
             found.append(pid)
     return found
+
+
+def alive(pid: int) -> bool:
+    """Whether ``pid`` (one this test found below its own processes) still runs."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
