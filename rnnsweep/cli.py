@@ -11,10 +11,10 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from hydra_plugins.rnnsweep_launcher.rnnsweep_launcher import RnnsweepRayLauncherConf
-from rnnsweep import config
+from rnnsweep import config, logs
 from rnnsweep.config import sweeps
 from rnnsweep.config.validation import CheckedCommand, ConfigError, check_overrides
-from rnnsweep.sweep.job import trial_name
+from rnnsweep.sweep.job import trial_names
 from rnnsweep.sweep.resources import (
     LOCAL_ONLY_RAY_ENV,
     USAGE_STATS_RAY_ENV,
@@ -31,6 +31,7 @@ _NO_TRIAL_FLAGS = {"--help", "-h", "--hydra-help", "--info", "-i", "--cfg", "-c"
 
 
 def main() -> None:
+    logs.setup()  # before Ray, MLflow or matplotlib is imported: they speak on import
     config.register()
     sweeps.register()
     args = sys.argv[1:]
@@ -86,8 +87,7 @@ def start_ray(checked: CheckedCommand, address: str | None) -> None:
         ray_session.start_for_cli(address, checked.base.hydra.launcher)
         nodes = ray_session.nodes()
         requests = {i: plan(t, nodes) for i, t in enumerate(checked.trials)}
-        check_feasible(requests, nodes,
-                       {i: trial_name(o) for i, o in enumerate(checked.overrides)})
+        check_feasible(requests, nodes, dict(enumerate(trial_names(checked.overrides))))
     except (ray_session.LaunchError, InfeasibleRequest) as exc:
         store.join()
         _refuse(exc)

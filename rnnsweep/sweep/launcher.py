@@ -32,7 +32,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from rnnsweep.record import FAILED, TrialRecord, config_hash, flatten
 from rnnsweep.sweep import worker as ray_task
 from rnnsweep.sweep.cluster import LaunchError, ray_session
-from rnnsweep.sweep.job import summary_line, trial_name
+from rnnsweep.sweep.job import summary_line, trial_name, trial_names
 from rnnsweep.sweep.resources import InfeasibleRequest, Node, Request, check_feasible, plan
 from rnnsweep.tracking import Tracker, current_parent_run
 
@@ -60,6 +60,8 @@ def launch(launcher, job_overrides: Sequence[Sequence[str]],
     configure_log(config.hydra.hydra_logging, config.hydra.verbose)
     Path(str(config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
     jobs = [_compose(launcher, initial_job_idx + i, list(o)) for i, o in enumerate(job_overrides)]
+    for job, name in zip(jobs, trial_names([j.overrides for j in jobs]), strict=True):
+        job.name = name  # by the keys this sweep varies, and only those
     tracker = _tracker(config)
     parent = current_parent_run()
     try:
