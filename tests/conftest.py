@@ -88,6 +88,17 @@ def compose_cfg(overrides: Iterable[str] = ()):
         GlobalHydra.instance().clear()
 
 
+@pytest.fixture(scope="session", autouse=True)
+def registered_configs() -> None:
+    """The schema and the ready sweeps in Hydra's ConfigStore, as the CLI registers them
+    before it composes anything (``check_overrides`` needs them)."""
+    import rnnsweep.config
+    import rnnsweep.config.sweeps
+
+    rnnsweep.config.register()
+    rnnsweep.config.sweeps.register()
+
+
 @pytest.fixture
 def toy_overrides() -> list[str]:
     return list(TOY)

@@ -276,7 +276,6 @@ class ConsoleSink:
                 MofNCompleteColumn(), TextColumn("{task.fields[states]}"), TimeElapsedColumn(),
                 TextColumn("ETA"), TimeRemainingColumn(), console=self.console, transient=True)
             self._task = self._progress.add_task("sweep", total=None, states="")
-            self._progress.start()
         c = self.counts()
         states = (f"{c['running']} running · {c['pending']} pending · {c['failed']} failed"
                   + (f" · {c['reused']} reused" if c["reused"] else "")
@@ -285,6 +284,9 @@ class ConsoleSink:
                               completed=len(self.trials) - c["running"] - c["pending"],
                               states=states)
         self._progress.last = self._last
+        if not self._progress.live.is_started:
+            self._progress.start()
+        self._progress.refresh()  # each event is drawn now, not at the next 10 Hz tick
 
 
 class _SweepProgress(Progress):
