@@ -7,12 +7,13 @@ transactions.
 
 from __future__ import annotations
 
-import os
 import tempfile
 import time
 from collections.abc import Iterable, Iterator
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 
+from filelock import FileLock
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
@@ -21,8 +22,12 @@ from rnnsweep.record import OK, TrialRecord
 
 # MLflow's per-request limits for log_batch.
 MAX_METRICS, MAX_PARAMS, MAX_TAGS = 1000, 100, 100
-PARENT_RUN_ENV = "RNNSWEEP_PARENT_RUN_ID"
 ROLE_TAG = "rnnsweep.role"
+# On every child run: the run id of its sweep's parent (pandas can group by it directly).
+SWEEP_TAG = "rnnsweep.sweep"
+# On a finished trial: what produced its numbers; resume reuses it only on the same.
+FINGERPRINT_TAG = "rnnsweep.env_fingerprint"
+CONFIG_HASH_TAG = "rnnsweep.config_hash"
 
 
 def resolve_uri(uri: str, base: Path | None = None) -> str:
@@ -40,10 +45,16 @@ def resolve_uri(uri: str, base: Path | None = None) -> str:
 class Tracker:
     def __init__(self, uri: str, experiment: str) -> None:
         self.uri = resolve_uri(uri)
-        self.client = MlflowClient(tracking_uri=self.uri)
-        found = self.client.get_experiment_by_name(experiment)
-        self.experiment_id = (found.experiment_id if found else self.client.create_experiment(
-            experiment, artifact_location=_artifact_root(self.uri, experiment)))
+        # A fresh SQLite store runs its migrations when it is first opened, and two
+        # processes doing that at once leave it half-migrated; two creating one
+        # experiment, one of them fails. One process at a time opens it (the lock sits
+        # beside the database).
+        with _store_lock(self.uri):
+            self.client = MlflowClient(tracking_uri=self.uri)
+            self.client.search_experiments(max_results=1)  # opens (and migrates) it now
+            found = self.client.get_experiment_by_name(experiment)
+            self.experiment_id = (found.experiment_id if found else self.client.create_experiment(
+                experiment, artifact_location=_artifact_root(self.uri, experiment)))
 
     def start_run(self, name: str, tags: dict[str, str] | None = None,
                   parent_run_id: str | None = None) -> str:
@@ -92,15 +103,21 @@ class Tracker:
         self.client.set_tag(run_id, "rnnsweep.reason", reason[:4000])
         self.client.set_terminated(run_id, status)
 
-    def finished_configs(self) -> dict[str, str]:
-        """config hash -> run id of trials that already finished with an OK outcome."""
-        done: dict[str, str] = {}
+    def finished_configs(self) -> dict[tuple[str, str], tuple[str, str]]:
+        """(config hash, environment fingerprint) -> (run id, run name) of trials that
+        already finished with an OK outcome. Trials recorded without a fingerprint never
+        match: nothing says what produced their numbers."""
+        done: dict[tuple[str, str], tuple[str, str]] = {}
         query = f"attributes.status = 'FINISHED' and tags.`rnnsweep.outcome` = '{OK}'"
         for run in self._search(query):
-            digest = run.data.tags.get("rnnsweep.config_hash")
-            if digest:
-                done.setdefault(digest, run.info.run_id)
+            digest = run.data.tags.get(CONFIG_HASH_TAG)
+            env = run.data.tags.get(FINGERPRINT_TAG)
+            if digest and env:
+                done.setdefault((digest, env), (run.info.run_id, run.info.run_name or ""))
         return done
+
+    def running_sweeps(self) -> list:
+        return list(self._search(f"attributes.status = 'RUNNING' and tags.`{ROLE_TAG}` = 'sweep'"))
 
     def children(self, parent_run_id: str) -> list:
         return list(self._search(f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{parent_run_id}'"))
@@ -125,8 +142,11 @@ def _artifact_root(uri: str, experiment: str) -> str | None:
     return (Path(uri[len(prefix):]).parent / "mlartifacts" / experiment).as_uri()
 
 
-def current_parent_run() -> str | None:
-    return os.environ.get(PARENT_RUN_ENV) or None
+def _store_lock(uri: str) -> AbstractContextManager:
+    prefix = "sqlite:///"
+    if not uri.startswith(prefix):
+        return nullcontext()  # a tracking server serialises its own store
+    return FileLock(uri[len(prefix):] + ".lock", timeout=300)
 
 
 def _chunks(items: list, size: int) -> Iterator[list]:

@@ -90,9 +90,10 @@ def test_four_trials_become_four_children_of_one_parent(tmp_path):
     assert parent.data.metrics["trials_finished"] == 4
     assert parent.data.metrics["best_throughput_seq_per_s"] == max(
         c.data.metrics["throughput_seq_per_s"] for c in children)
-    # Each result is printed as its trial completes, before the closing table.
-    assert done.stdout.index("  #") < done.stdout.index("rnnsweep: trials")
-    assert "4/4 done" in done.stdout
+    # Each result is printed as its trial completes, before the closing summary.
+    assert done.stdout.index("  #") < done.stdout.index("4/4 trials finished")
+    assert parent.data.tags["rnnsweep.sweep_name"] == ""
+    assert {c.data.tags["rnnsweep.sweep"] for c in children} == {parent.info.run_id}
 
 
 def test_failed_trials_are_recorded_and_resume_reruns_only_what_is_missing(tmp_path,
@@ -109,8 +110,10 @@ def test_failed_trials_are_recorded_and_resume_reruns_only_what_is_missing(tmp_p
 
     again = run_sweep(tmp_path, *TRAIN_1CPU, "batch=1,2,3", "guard.raise_at_step=null,1",
                       shared_cluster)
-    progress = again.stdout.split("rnnsweep: trials")[0]  # before the closing table
-    assert progress.count("[skipped]") == 2  # the two that finished
+    assert again.stdout.count("[skipped]") == 2  # the two that finished
+    (_, resumed) = sorted(runs(tmp_path, parents=True), key=lambda r: r.info.start_time)[:2]
+    reused = {k for k in resumed.data.tags if k.startswith("rnnsweep.reused.")}
+    assert len(reused) == 2
     batches = sorted(int(c.data.params["batch"]) for c in runs(tmp_path))
     assert batches == [1, 1, 1, 2, 2, 2, 3, 3]  # failed ones ran again, batch=3 is new
 

@@ -1,6 +1,7 @@
 """Hydra launcher plugin shim: ``hydra/launcher=rnnsweep_ray``. The work is in
 ``rnnsweep.sweep.launcher``, imported lazily so that loading Hydra's plugins stays cheap."""
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -8,7 +9,7 @@ from hydra.core.config_store import ConfigStore
 from hydra.core.utils import JobReturn
 from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 
 @dataclass
@@ -25,6 +26,9 @@ class RnnsweepRayLauncherConf:
 
 ConfigStore.instance().store(group="hydra/launcher", name="rnnsweep_ray",
                              node=RnnsweepRayLauncherConf, provider="rnnsweep")
+# The driver's PID in rnnsweep's default sweep dir; cached per config like Hydra's `now`.
+OmegaConf.register_new_resolver("rnnsweep.pid", lambda: str(os.getpid()), use_cache=True,
+                                replace=True)
 
 
 class RnnsweepRayLauncher(Launcher):

@@ -187,7 +187,7 @@ class ConsoleSink:
         if self._progress is not None:
             self._progress.stop()
             self._progress = None
-        if self.trials:
+        if len(self.trials) > 1:  # a single run's one line says it all
             self.console.print(self.table())
 
     # --- what is shown -----------------------------------------------------------------
@@ -205,19 +205,22 @@ class ConsoleSink:
         table = Table(title=f"rnnsweep: trials{f' of {self.title}' if self.title else ''}",
                       box=box.SIMPLE_HEAD if self.live else box.ASCII2, title_justify="left")
         table.add_column("#", justify="right")
-        for key in keys:
+        for key in keys or ["trial"]:  # no overrides to split: the trial's name
             table.add_column(key)
         table.add_column("outcome")
         for label in labels:
             table.add_column(label, justify="right")
-        table.add_column("note")
+        notes = {idx: self._note(t) for idx, t in self.trials.items()}
+        if any(notes.values()):
+            table.add_column("note")
         for idx in sorted(self.trials):
             trial = self.trials[idx]
             named = dict(o.partition("=")[::2] for o in trial.info.overrides)
-            row = [str(idx), *(named.get(k, "") for k in keys), self._outcome(trial)]
+            columns = [named.get(k, "") for k in keys] if keys else [trial.info.name]
+            row = [str(idx), *columns, self._outcome(trial)]
             row += [number(trial.values[label]) if label in trial.values else ""
                     for label in labels]
-            table.add_row(*row, self._note(trial))
+            table.add_row(*row, *([notes[idx]] if any(notes.values()) else []))
         return table
 
     # --- inside --------------------------------------------------------------------------

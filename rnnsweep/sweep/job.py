@@ -2,35 +2,46 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Collection, Sequence
+from typing import TYPE_CHECKING
 
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from rnnsweep.record import NON_IDENTITY_PREFIXES, TrialRecord
 
-# Set in Ray workers: the record travels back to the driver, which writes it, so workers
-# need neither the driver's filesystem nor write access to the store.
-RECORDS_TO_DRIVER_ENV = "RNNSWEEP_RECORDS_TO_DRIVER"
+if TYPE_CHECKING:
+    from rnnsweep.sweep.context import SweepContext
 
 
-def task(cfg: DictConfig) -> TrialRecord:
-    # Imported here, not at the top: a Ray worker unpickles this module before its first
-    # trial and never needs MLflow, and the Ray driver never needs torch. Each costs
-    # seconds of start-up on the sweep's critical path.
-    from rnnsweep.trial.run import run_trial
+class SweepTask:
+    """The Hydra task function: runs one trial. With a sweep context (in the driver's own
+    process: a single run, or Hydra's basic launcher) it also records the trial there;
+    without one (in a Ray worker) it hands the record back, and the driver records it,
+    so workers need neither the driver's filesystem nor write access to the store."""
 
-    record = run_trial(cfg)
-    if os.environ.get(RECORDS_TO_DRIVER_ENV):
+    def __init__(self, context: SweepContext | None = None) -> None:
+        self.context = context
+
+    def __call__(self, cfg: DictConfig) -> TrialRecord:
+        # Imported here, not at the top: a Ray worker unpickles this module before its
+        # first trial and never needs MLflow, and the Ray driver never needs torch.
+        from rnnsweep.trial.run import run_trial
+
+        record = run_trial(cfg)
+        if self.context is not None:
+            from rnnsweep.sweep.worker import node_fingerprint
+
+            self.context.record_here(trial_name(), record, node_fingerprint())
         return record
-    from rnnsweep.tracking import Tracker, current_parent_run
 
-    tracker = Tracker(cfg.tracking.uri, cfg.tracking.experiment)
-    run_id = tracker.start_run(trial_name(), parent_run_id=current_parent_run())
-    tracker.write_record(run_id, record)
-    print(summary_line(trial_name(), record))
-    return record
+    def for_workers(self) -> SweepTask:
+        """What travels to Ray's workers: the task without the driver's context."""
+        return SweepTask()
+
+    def __getstate__(self) -> dict:
+        # The context holds MLflow clients, threads and locks; it never leaves the driver.
+        return {"context": None}
 
 
 def trial_name(overrides: Sequence[str] | None = None,

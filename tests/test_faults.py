@@ -1,0 +1,224 @@
+"""The sweep's lifecycle under faults, on real Ray, real Hydra and real SQLite stores.
+
+Every process signalled here is one this test started (the CLI subprocess) or one of
+that process's own descendants, found through /proc from its PID: never by name.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import REPO, TOY
+from mlflow.tracking import MlflowClient
+
+pytestmark = pytest.mark.slow
+
+TRAIN = ["workload=train", "hardware.num_cpus=1"]
+LONG = [*TRAIN, "steps=100000", "model.hidden_size=64"]
+
+
+def cli(cwd: Path, store: Path, *args: str) -> list[str]:
+    """Every sweep here is a multirun (Hydra's parser wants -m before the overrides)."""
+    return [sys.executable, "-m", "rnnsweep", "-m", *TOY, *args,
+            f"tracking.uri=sqlite:///{store}"]
+
+
+def env() -> dict[str, str]:
+    keep = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    keep["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), keep.get("PYTHONPATH")]))
+    return keep
+
+
+def start(cwd: Path, store: Path, *args: str) -> subprocess.Popen:
+    cwd.mkdir(parents=True, exist_ok=True)
+    return subprocess.Popen(cli(cwd, store, *args), cwd=cwd, env=env(), text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def finish(proc: subprocess.Popen, timeout: float = 300) -> tuple[str, str]:
+    try:
+        return proc.communicate(timeout=timeout)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def runs(store: Path) -> list:
+    client = MlflowClient(f"sqlite:///{store}")
+    exp = client.get_experiment_by_name("rnnsweep")
+    return [] if exp is None else client.search_runs([exp.experiment_id], max_results=1000)
+
+
+def parents(store: Path) -> list:
+    return [r for r in runs(store) if r.data.tags.get("rnnsweep.role") == "sweep"]
+
+
+def children(store: Path, parent=None) -> list:
+    return [r for r in runs(store) if r.data.tags.get("rnnsweep.role") != "sweep"
+            and (parent is None or r.data.tags.get("rnnsweep.sweep") == parent.info.run_id)]
+
+
+def wait_for(predicate, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            value = predicate()
+        except Exception:  # noqa: BLE001 - the store may not exist yet
+            value = None
+        if value:
+            return value
+        time.sleep(0.3)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def descendants(pid: int) -> dict[int, str]:
+    """pid -> start time of every process below ``pid`` (our own CLI subprocess)."""
+    table = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rpartition(")")[2].split()
+            except OSError:
+                continue
+            table[int(entry.name)] = (int(fields[1]), fields[19])
+    found, frontier = {}, [pid]
+    while frontier:
+        parent = frontier.pop()
+        for child, (ppid, start_time) in table.items():
+            if ppid == parent and child not in found:
+                found[child] = start_time
+                frontier.append(child)
+    return found
+
+
+def alive(processes: dict[int, str]) -> list[int]:
+    living = []
+    for pid, start_time in processes.items():
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+        except OSError:
+            continue
+        if fields[19] == start_time and fields[0] != "Z":
+            living.append(pid)
+    return living
+
+
+def assert_clean_exit(err: str) -> None:
+    assert "Traceback" not in err, err[-3000:]
+    assert "*** SIGTERM received" not in err and "*** Aborted" not in err, err[-3000:]
+
+
+def test_four_sweeps_at_once_on_one_fresh_store(tmp_path):
+    """Two from one directory, two from others, all creating the same new store."""
+    store = tmp_path / "store" / "mlflow.db"
+    store.parent.mkdir()
+    dirs = [tmp_path / "a", tmp_path / "a", tmp_path / "b", tmp_path / "c"]
+    procs = [start(d, store, f"batch={i + 1},{i + 5}", "hydra/launcher=basic", *TRAIN)
+             for i, d in enumerate(dirs)]
+    outputs = [finish(p) for p in procs]
+    for proc, (_, err) in zip(procs, outputs, strict=True):
+        assert proc.returncode == 0, err[-3000:]
+    assert len(parents(store)) == 4
+    kids = children(store)
+    assert sorted(int(c.data.params["batch"]) for c in kids) == [1, 2, 3, 4, 5, 6, 7, 8]
+    client = MlflowClient(f"sqlite:///{store}")
+    for child in kids:
+        assert child.info.status == "FINISHED"
+        assert "final_loss" in child.data.metrics
+        assert len(client.get_metric_history(child.info.run_id, "loss")) == 3  # TOY steps
+    # Each sweep its own Hydra sweep directory, also the two from the same directory.
+    assert len(list((tmp_path / "a" / "multirun").glob("*/*"))) == 2
+    for d in ("b", "c"):
+        assert len(list((tmp_path / d / "multirun").glob("*/*"))) == 1
+
+
+@pytest.mark.parametrize("moment", ["starting", "parent", "trials"])
+def test_sigterm_at_any_moment_ends_in_one_line_with_runs_killed(tmp_path, moment):
+    store = tmp_path / "mlflow.db"
+    proc = start(tmp_path, store, "batch=1,2", *LONG)
+    try:
+        if moment == "parent":
+            wait_for(lambda: parents(store), 120, "the parent run")
+        elif moment == "trials":
+            wait_for(lambda: len(children(store)) == 2, 120, "the trials' runs")
+        else:
+            time.sleep(1.0)  # still importing or composing
+        proc.send_signal(signal.SIGTERM)
+        out, err = finish(proc, timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 128 + signal.SIGTERM, err[-3000:]
+    assert_clean_exit(err)
+    assert err.strip().splitlines()[-1].startswith("rnnsweep: stopped by SIGTERM")
+    assert not [r for r in runs(store) if r.info.status == "RUNNING"]
+    if moment != "starting":
+        (parent,) = parents(store)
+        assert parent.info.status == "KILLED"
+        assert parent.data.tags["rnnsweep.reason"] == "interrupted (SIGTERM)"
+
+
+def test_sigint_while_trials_run_kills_them_and_exits_130(tmp_path):
+    store = tmp_path / "mlflow.db"
+    proc = start(tmp_path, store, "batch=1,2,3", *LONG)
+    try:
+        wait_for(lambda: len(children(store)) == 3, 120, "the trials' runs")
+        proc.send_signal(signal.SIGINT)
+        out, err = finish(proc, timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err[-3000:]
+    assert_clean_exit(err)
+    assert {c.info.status for c in children(store)} == {"KILLED"}
+    assert parents(store)[0].info.status == "KILLED"
+
+
+def test_sigkilled_driver_leaves_no_ray_and_its_runs_are_reaped(tmp_path):
+    store = tmp_path / "mlflow.db"
+    proc = start(tmp_path, store, "batch=1,2", *LONG)
+    try:
+        wait_for(lambda: len(children(store)) == 2, 120, "the trials' runs")
+        time.sleep(2)  # the trials are running on Ray's workers
+        ray_processes = descendants(proc.pid)
+        assert len(ray_processes) >= 3, ray_processes  # Ray's head processes and workers
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+        killed_at = time.monotonic()
+        wait_for(lambda: not alive(ray_processes), 10, "the embedded Ray to end")
+        assert time.monotonic() - killed_at <= 10
+    finally:
+        proc.kill()
+        finish(proc, timeout=10)
+    (lost,) = parents(store)
+    assert lost.info.status == "RUNNING"  # nobody has looked yet
+
+    # The next command on the store closes the dead sweep, then reruns what it lost.
+    again = start(tmp_path, store, "batch=1,2", *TRAIN, "steps=2",
+                  "hydra/launcher=basic")
+    out, err = finish(again)
+    assert again.returncode == 0, err[-3000:]
+    lost = next(p for p in parents(store) if p.info.run_id == lost.info.run_id)
+    assert lost.info.status == "KILLED"
+    assert lost.data.tags["rnnsweep.reason"] == "driver lost"
+    assert {c.info.status for c in children(store, lost)} == {"KILLED"}
+    assert {c.data.tags["rnnsweep.reason"] for c in children(store, lost)} == {"driver lost"}
+    (new,) = [p for p in parents(store) if p.info.run_id != lost.info.run_id]
+    assert {c.info.status for c in children(store, new)} == {"FINISHED"}
+
+
+def test_a_failing_sweep_closes_its_parent_failed(tmp_path):
+    """A Hydra callback that cannot be built makes Hydra's multirun raise after the
+    parent run exists, as a raising sweeper does."""
+    store = tmp_path / "mlflow.db"
+    proc = start(tmp_path, store, "batch=1,2", *TRAIN, "hydra/launcher=basic",
+                 "+hydra.callbacks.broken._target_=rnnsweep.no_such_module.Callback")
+    out, err = finish(proc)
+    assert proc.returncode == 1, err[-3000:]
+    (parent,) = parents(store)
+    assert parent.info.status == "FAILED"
+    assert "exit status 1" in parent.data.tags["rnnsweep.reason"]
