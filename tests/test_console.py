@@ -149,15 +149,17 @@ def test_the_log_table_is_never_wrapped_and_a_failure_reason_is_cut_at_a_word():
 
 
 def test_a_noisy_timing_gets_a_warning_line_and_is_marked_in_the_table():
-    infos = [TrialInfo(0, "batch=32", ("batch=32",))]
+    infos = [TrialInfo(i, f"batch={b}", (f"batch={b}",)) for i, b in enumerate((32, 64))]
     noisy = TrialRecord({}, metrics={"latency_ms": 17.0},
                         tags={"rnnsweep.timing.noisy": "true",
                               "rnnsweep.timing.noise_reason": "IQR 40% of the median"})
+    quiet = TrialRecord({}, metrics={"latency_ms": 30.0},
+                        tags={"rnnsweep.timing.noisy": "false"})
     for console, out in (log_console(), tty_console()):
-        feed(ConsoleSink(console), infos, [noisy])
+        feed(ConsoleSink(console), infos, [noisy, quiet])
         text = out.getvalue()
         assert "#0 warning: batch=32: timing is noisy (IQR 40% of the median)" in text
-        assert "OK (noisy)" in text
+        assert text.count("timing is noisy") == 1 and text.count("OK (noisy)") == 1
 
 
 def test_on_a_tty_one_live_display_and_the_closing_table():
@@ -196,6 +198,13 @@ def test_numbers_are_plain_and_reasons_cut_at_words():
         "6,790", "0.432", "11.4", "0", "3.00e-07", "nan"]
     assert shorten("one two three", 9) == "one two…"
     assert shorten("first line\nsecond") == "first line"
+
+
+def test_a_single_run_is_one_line_and_no_table():
+    console, out = log_console()
+    feed(ConsoleSink(console), [TrialInfo(0, "trial")],
+         [TrialRecord({}, metrics={"step_time_ms": 2.0, "final_loss": 0.25})])
+    assert out.getvalue().splitlines() == ["  #0 [OK] trial  step ms 2  loss 0.25  (1/1 done)"]
 
 
 # --- quiet libraries -----------------------------------------------------------------------
