@@ -6,15 +6,13 @@ that process's own descendants, found through /proc from its PID: never by name.
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
-from conftest import REPO, TOY
+from conftest import start_cli, toy
 from mlflow.tracking import MlflowClient
 
 pytestmark = pytest.mark.slow
@@ -23,22 +21,10 @@ TRAIN = ["workload=train", "hardware.num_cpus=1"]
 LONG = [*TRAIN, "steps=100000", "model.hidden_size=64"]
 
 
-def cli(cwd: Path, store: Path, *args: str) -> list[str]:
-    """Every sweep here is a multirun (Hydra's parser wants -m before the overrides)."""
-    return [sys.executable, "-m", "rnnsweep", "-m", *TOY, *args,
-            f"tracking.uri=sqlite:///{store}"]
-
-
-def env() -> dict[str, str]:
-    keep = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    keep["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), keep.get("PYTHONPATH")]))
-    return keep
-
-
 def start(cwd: Path, store: Path, *args: str) -> subprocess.Popen:
+    """Every sweep here is a multirun (Hydra's parser wants -m before the overrides)."""
     cwd.mkdir(parents=True, exist_ok=True)
-    return subprocess.Popen(cli(cwd, store, *args), cwd=cwd, env=env(), text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    return start_cli(["-m", *toy(*args), f"tracking.uri=sqlite:///{store}"], cwd)
 
 
 def finish(proc: subprocess.Popen, timeout: float = 300) -> tuple[str, str]:
