@@ -13,6 +13,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -222,49 +223,73 @@ def cli_paths(store: Store | str, tmp: Path) -> list[str]:
 
 
 # --- processes a test may signal -----------------------------------------------------------
+# A process is known by its pid and its start time (field 22 of /proc/<pid>/stat), so a
+# pid the kernel reuses for someone else's process is never mistaken for ours.
 
 
-def descendants(root: int) -> list[int]:
-    """Every live process below ``root`` (read from /proc, so it sees only this tree)."""
-    children: dict[int, list[int]] = {}
+def _stat(pid: int) -> list[str] | None:
+    """The fields of /proc/<pid>/stat after the command name (state first), or None."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except OSError:  # gone meanwhile
+        return None
+
+
+def descendants(root: int) -> dict[int, str]:
+    """pid -> start time of every live process below ``root`` (read from /proc, so it
+    sees only the tree of a process this test started)."""
+    table = {}
     for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:  # gone meanwhile
-            continue
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        children.setdefault(ppid, []).append(int(entry.name))
-    found, todo = [], [root]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            found.append(child)
-            todo.append(child)
+        if entry.name.isdigit() and (fields := _stat(int(entry.name))) is not None:
+            table[int(entry.name)] = (int(fields[1]), fields[19])
+    found: dict[int, str] = {}
+    frontier = [root]
+    while frontier:
+        parent = frontier.pop()
+        for child, (ppid, start_time) in table.items():
+            if ppid == parent and child not in found:
+                found[child] = start_time
+                frontier.append(child)
     return found
 
 
-def trial_pids(idx: int, root: int | None = None) -> list[int]:
+def alive(processes: dict[int, str]) -> list[int]:
+    """Which of ``processes`` (from ``descendants`` or ``trial_pids``) still run."""
+    living = []
+    for pid, start_time in processes.items():
+        fields = _stat(pid)
+        if fields is not None and fields[19] == start_time and fields[0] != "Z":
+            living.append(pid)
+    return living
+
+
+def trial_pids(idx: int, root: int | None = None) -> dict[int, str]:
     """The Ray workers running trial ``idx`` (Ray titles a worker after its task,
     ``ray::rnnsweep-trial-<idx>``), searched only below ``root``: the CLI the test
     started, or by default this test process (whose own Ray cluster started the
     workers). Never a process of anyone else's sweep on a shared machine."""
     title = f"ray::rnnsweep-trial-{idx}"
-    found = []
-    for pid in descendants(os.getpid() if root is None else root):
+    found = {}
+    for pid, start_time in descendants(os.getpid() if root is None else root).items():
         try:
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
         except OSError:
             continue
         if cmdline.replace(b"\0", b" ").decode(errors="replace").strip() == title:
-            found.append(pid)
+            found[pid] = start_time
     return found
 
 
-def alive(pid: int) -> bool:
-    """Whether ``pid`` (one this test found below its own processes) still runs."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
+def wait_for(predicate, timeout: float, what: str):
+    """``predicate()``'s first truthy value within ``timeout`` seconds. A predicate that
+    raises (a store not created yet) counts as not yet."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            value = predicate()
+        except Exception:  # noqa: BLE001
+            value = None
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")

@@ -5,11 +5,10 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
-from conftest import alive, run_cli, start_cli, toy, trial_pids
+from conftest import alive, run_cli, start_cli, toy, trial_pids, wait_for
 from mlflow.tracking import MlflowClient
 
 # Ray reads this when it is imported: it keeps every server of a test cluster on loopback.
@@ -47,16 +46,6 @@ def runs(tmp: Path, parents: bool = False) -> list:
 
 def history(tmp: Path, run, key: str) -> list:
     return MlflowClient(f"sqlite:///{tmp}/mlflow.db").get_metric_history(run.info.run_id, key)
-
-
-def wait_for(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @pytest.fixture(scope="module")
@@ -143,8 +132,8 @@ def test_killed_worker_is_retried_then_recorded_as_failed(tmp_path, shared_clust
     proc = start_sweep(tmp_path, *long)
     try:
         for idx in (0, 1):
-            os.kill(wait_for(lambda i=idx: trial_pids(i), 120, f"trial {idx}")[0],
-                    signal.SIGKILL)
+            worker = wait_for(lambda i=idx: trial_pids(i), 120, f"trial {idx}")
+            os.kill(next(iter(worker)), signal.SIGKILL)
         out, err = proc.communicate(timeout=300)
     finally:
         proc.kill()
@@ -163,7 +152,7 @@ def test_ctrl_c_or_sigterm_marks_running_and_pending_trials_killed(tmp_path, sig
                        "batch=1,2,3")
     try:
         # Found below the CLI this test started: its own embedded Ray's workers.
-        workers = wait_for(lambda: trial_pids(0, proc.pid) + trial_pids(1, proc.pid), 120,
+        workers = wait_for(lambda: trial_pids(0, proc.pid) | trial_pids(1, proc.pid), 120,
                            "a running trial")
         proc.send_signal(signum)
         out, err = proc.communicate(timeout=120)
@@ -174,7 +163,7 @@ def test_ctrl_c_or_sigterm_marks_running_and_pending_trials_killed(tmp_path, sig
     assert len(children) == 3
     assert {c.info.status for c in children} == {"KILLED"}
     assert runs(tmp_path, parents=True)[0].info.status == "KILLED"
-    wait_for(lambda: not any(map(alive, workers)), 30, "the workers to exit")
+    wait_for(lambda: not alive(workers), 30, "the workers to exit")
 
 
 def test_sixteen_trials_two_at_a_time_lose_nothing(tmp_path, shared_cluster):
