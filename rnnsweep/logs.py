@@ -29,6 +29,9 @@ _CHATTER = (
      "Token authentication is enabled for this Ray cluster"),
     # Written once per machine, the first time matplotlib imports (the report's plots).
     ("matplotlib.font_manager", "Matplotlib is building the font cache"),
+    # Four lines per ONNX export in a trial run in this process (a single deploy run):
+    # torchvision's detection operators, which no recurrent model uses.
+    ("torch.onnx._internal.exporter._registration", "torchvision is not installed"),
 )
 
 
