@@ -18,11 +18,11 @@ import hydra  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
 from hydra_plugins.rnnsweep_launcher.rnnsweep_launcher import RnnsweepRayLauncherConf  # noqa: E402
-from rnnsweep import config  # noqa: E402
+from rnnsweep import config, logs  # noqa: E402
 from rnnsweep.config import sweeps  # noqa: E402
 from rnnsweep.config.validation import CheckedCommand, ConfigError, check_overrides  # noqa: E402
 from rnnsweep.sweep.interrupts import Interrupted  # noqa: E402
-from rnnsweep.sweep.job import trial_name  # noqa: E402
+from rnnsweep.sweep.job import trial_names  # noqa: E402
 from rnnsweep.sweep.resources import (  # noqa: E402
     LOCAL_ONLY_RAY_ENV,
     USAGE_STATS_RAY_ENV,
@@ -39,6 +39,7 @@ _NO_TRIAL_FLAGS = {"--help", "-h", "--hydra-help", "--info", "-i", "--cfg", "-c"
 
 
 def main() -> None:
+    logs.setup()  # before Ray, MLflow or matplotlib is imported: they speak on import
     try:
         status = run(sys.argv[1:])
     except (Interrupted, SystemExit) as exc:
@@ -108,8 +109,7 @@ def start_ray(checked: CheckedCommand, address: str | None, context) -> None:
         interrupts.install()  # over Ray's C++ SIGTERM handler, which dumps native stacks
         nodes = ray_session.nodes()
         requests = {i: plan(t, nodes) for i, t in enumerate(checked.trials)}
-        check_feasible(requests, nodes,
-                       {i: trial_name(o) for i, o in enumerate(checked.overrides)})
+        check_feasible(requests, nodes, dict(enumerate(trial_names(checked.overrides))))
     except (ray_session.LaunchError, InfeasibleRequest) as exc:
         store.join()
         _refuse(exc)

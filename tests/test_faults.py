@@ -6,15 +6,13 @@ that process's own descendants, found through /proc from its PID: never by name.
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
-from conftest import REPO, TOY
+from conftest import alive, descendants, start_cli, toy, wait_for
 from mlflow.tracking import MlflowClient
 
 pytestmark = pytest.mark.slow
@@ -23,22 +21,10 @@ TRAIN = ["workload=train", "hardware.num_cpus=1"]
 LONG = [*TRAIN, "steps=100000", "model.hidden_size=64"]
 
 
-def cli(cwd: Path, store: Path, *args: str) -> list[str]:
-    """Every sweep here is a multirun (Hydra's parser wants -m before the overrides)."""
-    return [sys.executable, "-m", "rnnsweep", "-m", *TOY, *args,
-            f"tracking.uri=sqlite:///{store}"]
-
-
-def env() -> dict[str, str]:
-    keep = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    keep["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), keep.get("PYTHONPATH")]))
-    return keep
-
-
 def start(cwd: Path, store: Path, *args: str) -> subprocess.Popen:
+    """Every sweep here is a multirun (Hydra's parser wants -m before the overrides)."""
     cwd.mkdir(parents=True, exist_ok=True)
-    return subprocess.Popen(cli(cwd, store, *args), cwd=cwd, env=env(), text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    return start_cli(["-m", *toy(*args), f"tracking.uri=sqlite:///{store}"], cwd)
 
 
 def finish(proc: subprocess.Popen, timeout: float = 300) -> tuple[str, str]:
@@ -62,51 +48,6 @@ def parents(store: Path) -> list:
 def children(store: Path, parent=None) -> list:
     return [r for r in runs(store) if r.data.tags.get("rnnsweep.role") != "sweep"
             and (parent is None or r.data.tags.get("rnnsweep.sweep") == parent.info.run_id)]
-
-
-def wait_for(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            value = predicate()
-        except Exception:  # noqa: BLE001 - the store may not exist yet
-            value = None
-        if value:
-            return value
-        time.sleep(0.3)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def descendants(pid: int) -> dict[int, str]:
-    """pid -> start time of every process below ``pid`` (our own CLI subprocess)."""
-    table = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                fields = (entry / "stat").read_text().rpartition(")")[2].split()
-            except OSError:
-                continue
-            table[int(entry.name)] = (int(fields[1]), fields[19])
-    found, frontier = {}, [pid]
-    while frontier:
-        parent = frontier.pop()
-        for child, (ppid, start_time) in table.items():
-            if ppid == parent and child not in found:
-                found[child] = start_time
-                frontier.append(child)
-    return found
-
-
-def alive(processes: dict[int, str]) -> list[int]:
-    living = []
-    for pid, start_time in processes.items():
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-        except OSError:
-            continue
-        if fields[19] == start_time and fields[0] != "Z":
-            living.append(pid)
-    return living
 
 
 def assert_clean_exit(err: str) -> None:

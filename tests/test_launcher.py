@@ -5,11 +5,10 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
+from conftest import alive, run_cli, start_cli, toy, trial_pids, wait_for
 from mlflow.tracking import MlflowClient
 
 # Ray reads this when it is imported: it keeps every server of a test cluster on loopback.
@@ -17,24 +16,23 @@ os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 # Ray would post usage statistics off this machine a minute into a session.
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
-TOY = ["model.input_size=8", "model.hidden_size=16", "seq_len=10", "steps=3", "warmup=1",
-       "min_run_time=0.05"]
+# Every test here starts Ray and CLI subprocesses.
+pytestmark = pytest.mark.slow
+
 TRAIN_1CPU = ["workload=train", "hardware.num_cpus=1"]
 
 
-def sweep_cmd(tmp: Path, *args: str) -> list[str]:
-    return [sys.executable, "-m", "rnnsweep", "-m", *TOY, *args,
-            f"tracking.uri=sqlite:///{tmp}/mlflow.db", f"hydra.sweep.dir={tmp}/multirun"]
+def sweep_args(tmp: Path, *args: str) -> list[str]:
+    return ["-m", *toy(*args), f"tracking.uri=sqlite:///{tmp}/mlflow.db",
+            f"hydra.sweep.dir={tmp}/multirun"]
 
 
 def run_sweep(tmp: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run(sweep_cmd(tmp, *args), cwd=tmp, capture_output=True, text=True,
-                          timeout=timeout)
+    return run_cli(sweep_args(tmp, *args), cwd=tmp, timeout=timeout)
 
 
 def start_sweep(tmp: Path, *args: str) -> subprocess.Popen:
-    return subprocess.Popen(sweep_cmd(tmp, *args), cwd=tmp, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    return start_cli(sweep_args(tmp, *args), cwd=tmp)
 
 
 def runs(tmp: Path, parents: bool = False) -> list:
@@ -48,23 +46,6 @@ def runs(tmp: Path, parents: bool = False) -> list:
 
 def history(tmp: Path, run, key: str) -> list:
     return MlflowClient(f"sqlite:///{tmp}/mlflow.db").get_metric_history(run.info.run_id, key)
-
-
-def wait_for(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def trial_pids(idx: int) -> list[int]:
-    """Ray titles a worker process after the task it runs (``ray::<task name>``)."""
-    found = subprocess.run(["pgrep", "-f", f"ray::rnnsweep-trial-{idx}$"], capture_output=True,
-                           text=True)
-    return [int(p) for p in found.stdout.split()]
 
 
 @pytest.fixture(scope="module")
@@ -151,8 +132,8 @@ def test_killed_worker_is_retried_then_recorded_as_failed(tmp_path, shared_clust
     proc = start_sweep(tmp_path, *long)
     try:
         for idx in (0, 1):
-            os.kill(wait_for(lambda i=idx: trial_pids(i), 120, f"trial {idx}")[0],
-                    signal.SIGKILL)
+            worker = wait_for(lambda i=idx: trial_pids(i), 120, f"trial {idx}")
+            os.kill(next(iter(worker)), signal.SIGKILL)
         out, err = proc.communicate(timeout=300)
     finally:
         proc.kill()
@@ -170,7 +151,9 @@ def test_ctrl_c_or_sigterm_marks_running_and_pending_trials_killed(tmp_path, sig
     proc = start_sweep(tmp_path, *TRAIN_1CPU, "steps=100000", "model.hidden_size=64",
                        "batch=1,2,3")
     try:
-        wait_for(lambda: trial_pids(0) or trial_pids(1), 120, "a running trial")
+        # Found below the CLI this test started: its own embedded Ray's workers.
+        workers = wait_for(lambda: trial_pids(0, proc.pid) | trial_pids(1, proc.pid), 120,
+                           "a running trial")
         proc.send_signal(signum)
         out, err = proc.communicate(timeout=120)
     finally:
@@ -180,7 +163,7 @@ def test_ctrl_c_or_sigterm_marks_running_and_pending_trials_killed(tmp_path, sig
     assert len(children) == 3
     assert {c.info.status for c in children} == {"KILLED"}
     assert runs(tmp_path, parents=True)[0].info.status == "KILLED"
-    wait_for(lambda: not any(trial_pids(i) for i in range(3)), 30, "the workers to exit")
+    wait_for(lambda: not alive(workers), 30, "the workers to exit")
 
 
 def test_sixteen_trials_two_at_a_time_lose_nothing(tmp_path, shared_cluster):

@@ -52,8 +52,13 @@ class Sinks:
     def cancelled(self, idx: int, reason: str) -> None:
         self._each("cancelled", idx, reason)
 
+    def ended(self) -> None:
+        self._each("ended")  # optional: only sinks that show something at the end have it
+
     def _each(self, event: str, *args: Any) -> None:
         for sink in self.sinks:
+            if event == "ended" and not hasattr(sink, event):
+                continue
             try:
                 getattr(sink, event)(*args)
             except Exception as exc:  # noqa: BLE001 - see the class docstring
@@ -69,6 +74,7 @@ class SweepContext:
         self.tracker = None
         self.parent: str | None = None
         self.recording = None
+        self.terminal: SweepSink | None = None
         self.sinks = Sinks([self])
         self.n_submitted = self.n_finished = self.n_failed = self.n_killed = 0
         self.reused_runs: dict[int, str] = {}
@@ -108,8 +114,9 @@ class SweepContext:
             return
         self._opened = True
         self.started_at = time.time()
+        self.terminal = _terminal()
         if self.tracking is None:  # not an rnnsweep config: jobs are run, not recorded
-            self.sinks.sinks.append(_terminal())
+            self.sinks.sinks.append(self.terminal)
             return
         from rnnsweep.sweep.recording import RecordingSink
         from rnnsweep.tracking import Tracker
@@ -124,7 +131,7 @@ class SweepContext:
             print(f"rnnsweep: sweep '{self.name}' -> MLflow parent run {self.parent} "
                   f"(experiment '{self.tracking.experiment}' at {self.tracker.uri})", flush=True)
         self.recording = RecordingSink(self.tracker, self.parent)
-        self.sinks.sinks += [self.recording, _terminal()]
+        self.sinks.sinks += [self.recording, self.terminal]
 
     @property
     def records(self) -> bool:
@@ -159,7 +166,6 @@ class SweepContext:
 
     def record_here(self, name: str, record: TrialRecord, fingerprint: str) -> None:
         """A trial that ran in this process (a single run, Hydra's basic launcher)."""
-        from rnnsweep.sweep.job import summary_line
         from rnnsweep.tracking import FINGERPRINT_TAG
 
         self.open()
@@ -168,10 +174,10 @@ class SweepContext:
         self.n_submitted += 1
         self.n_finished += 1
         self.n_failed += record.outcome == FAILED
-        if self.recording is not None:
-            self.recording.submitted([TrialInfo(idx, name)])
-            self.recording.finished(idx, record)
-        print(summary_line(name, record), flush=True)
+        for sink in (self.recording, self.terminal):
+            if sink is not None:
+                sink.submitted([TrialInfo(idx, name)])
+                sink.finished(idx, record)
 
     @property
     def exit_status(self) -> int:
@@ -192,6 +198,7 @@ class SweepContext:
             return
         self._closed = True
         error = interrupts.as_interrupt(error)
+        self.sinks.ended()  # the terminal's closing table, before the summary line
         stopping = self._stop_ray_in_background()
         if _ran_to_end(error) and self.parent:
             try:

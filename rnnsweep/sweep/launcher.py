@@ -30,7 +30,7 @@ from rnnsweep.sweep import interrupts, worker
 from rnnsweep.sweep.cluster import LaunchError, ray_session
 from rnnsweep.sweep.context import SweepContext
 from rnnsweep.sweep.interrupts import Interrupted
-from rnnsweep.sweep.job import SweepTask, trial_name
+from rnnsweep.sweep.job import SweepTask, trial_name, trial_names
 from rnnsweep.sweep.resources import InfeasibleRequest, Node, Request, check_feasible, plan
 from rnnsweep.sweep.sink import TrialInfo
 from rnnsweep.tracking import CONFIG_HASH_TAG, FINGERPRINT_TAG
@@ -68,6 +68,8 @@ def _launch(launcher, context: SweepContext, job_overrides: Sequence[Sequence[st
     config = launcher.config
     Path(str(config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
     jobs = [_compose(launcher, initial_job_idx + i, list(o)) for i, o in enumerate(job_overrides)]
+    for job, name in zip(jobs, trial_names([j.overrides for j in jobs]), strict=True):
+        job.name = name  # by the keys this sweep varies, and only those
     try:
         with ray_session(config, launcher.settings) as nodes:
             _plan(jobs, nodes)

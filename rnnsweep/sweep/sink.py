@@ -39,3 +39,6 @@ class SweepSink(Protocol):
 
     def cancelled(self, idx: int, reason: str) -> None:
         """Trial ``idx`` was stopped before it finished (interrupt, lost driver)."""
+
+    # Optional: ``ended(self) -> None``, once, when the sweep is over however it ended (the
+    # console's closing table). Sinks without it are not asked.
