@@ -262,11 +262,7 @@ def _describe(error: BaseException | None) -> str:
 
 
 def _terminal() -> SweepSink:
-    """The console's live display where it exists, else plain lines."""
-    try:
-        from rnnsweep.sweep.console import ConsoleSink
-    except ImportError:
-        from rnnsweep.sweep.lines import LineSink
+    """The console: a live display on a terminal, one line per trial in a log."""
+    from rnnsweep.sweep.console import ConsoleSink
 
-        return LineSink()
     return ConsoleSink()
