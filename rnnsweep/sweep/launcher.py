@@ -28,6 +28,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from rnnsweep.record import FAILED, TrialRecord, config_hash, flatten
 from rnnsweep.sweep import interrupts, worker
 from rnnsweep.sweep.cluster import LaunchError, ray_session
+from rnnsweep.sweep.composer import Composer
 from rnnsweep.sweep.context import SweepContext
 from rnnsweep.sweep.interrupts import Interrupted
 from rnnsweep.sweep.job import SweepTask, trial_name, trial_names
@@ -67,7 +68,8 @@ def _launch(launcher, context: SweepContext, job_overrides: Sequence[Sequence[st
             initial_job_idx: int) -> list[JobReturn]:
     config = launcher.config
     Path(str(config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
-    jobs = [_compose(launcher, initial_job_idx + i, list(o)) for i, o in enumerate(job_overrides)]
+    composer = Composer(launcher.hydra_context.config_loader, config)
+    jobs = [_compose(composer, initial_job_idx + i, list(o)) for i, o in enumerate(job_overrides)]
     for job, name in zip(jobs, trial_names([j.overrides for j in jobs]), strict=True):
         job.name = name  # by the keys this sweep varies, and only those
     try:
@@ -79,8 +81,8 @@ def _launch(launcher, context: SweepContext, job_overrides: Sequence[Sequence[st
         raise SystemExit(2) from None
 
 
-def _compose(launcher, idx: int, overrides: list[str]) -> Job:
-    config = launcher.hydra_context.config_loader.load_sweep_config(launcher.config, overrides)
+def _compose(composer: Composer, idx: int, overrides: list[str]) -> Job:
+    config = composer.compose(overrides)
     with open_dict(config):
         config.hydra.job.id = idx
         config.hydra.job.num = idx
