@@ -54,3 +54,18 @@ def test_jobs_do_not_share_state(loader_and_master):
     first, second = composer.compose(["seed=1"]), composer.compose(["seed=2"])
     assert (first.seed, second.seed) == (1, 2)
     assert first.hydra.job.override_dirname == "seed=1"
+
+
+def test_trials_composed_through_the_compose_api_equal_hydras_own():
+    from hydra import compose
+
+    from rnnsweep.sweep.composer import compose_trials
+
+    trials = [["seed=1"], ["seed=2", "batch=8"], ["model=gru", "seed=3"], ["model=gru"]]
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(str(rnnsweep.config.conf_dir()), version_base="1.3"):
+        loader = GlobalHydra.instance().config_loader()
+        mine = compose_trials(trials, lambda o: compose("config", overrides=o), loader)
+        hydras = [compose("config", overrides=t) for t in trials]
+    GlobalHydra.instance().clear()
+    assert [comparable(c) for c in mine] == [comparable(c) for c in hydras]

@@ -12,6 +12,7 @@ is composed the usual way.
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable, Sequence
 
 from hydra._internal.config_loader_impl import ConfigLoaderImpl, get_overrides_dirname
 from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -41,10 +42,7 @@ class Composer:
         return config
 
     def _is_plain_value(self, override: Override) -> bool:
-        return (override.type == OverrideType.CHANGE and override.package is None
-                and not override.is_sweep_override() and not override.is_hydra_override()
-                and not self.loader.repository.group_exists(
-                    override.key_or_group.replace(".", "/")))
+        return is_plain_value(override, self.loader)
 
     @staticmethod
     def _record(config: DictConfig, parsed: list[Override]) -> None:
@@ -56,3 +54,34 @@ class Composer:
             config.hydra.job.override_dirname = get_overrides_dirname(
                 overrides=task, kv_sep=dirname.kv_sep, item_sep=dirname.item_sep,
                 exclude_keys=dirname.exclude_keys)
+
+
+def is_plain_value(override: Override, loader) -> bool:
+    """A ``key=value`` that cannot change the defaults list."""
+    return (override.type == OverrideType.CHANGE and override.package is None
+            and not override.is_sweep_override() and not override.is_hydra_override()
+            and not loader.repository.group_exists(override.key_or_group.replace(".", "/")))
+
+
+def compose_trials(trials: Sequence[Sequence[str]], compose: Callable[[list[str]], DictConfig],
+                   loader) -> list[DictConfig]:
+    """``compose(overrides)`` of every trial (configs without the ``hydra`` node, as
+    Hydra's compose API returns them), sharing one composition between trials that
+    differ only in values. A value that does not apply is composed the usual way, so
+    that its error is the one ``compose`` gives."""
+    parser = OverridesParser.create()
+    shared: dict[tuple[str, ...], DictConfig] = {}
+    composed = []
+    for trial in trials:
+        parsed = parser.parse_overrides(list(trial))
+        values = [o for o in parsed if is_plain_value(o, loader)]
+        key = tuple(o.input_line for o in parsed if o not in values)
+        if key not in shared:
+            shared[key] = compose(list(key))
+        config = copy.deepcopy(shared[key])
+        try:
+            ConfigLoaderImpl._apply_overrides_to_config(values, config)
+        except Exception:  # noqa: BLE001 - composed again below, for Hydra's own message
+            config = compose(list(trial))
+        composed.append(config)
+    return composed
