@@ -69,3 +69,24 @@ def test_trials_composed_through_the_compose_api_equal_hydras_own():
         hydras = [compose("config", overrides=t) for t in trials]
     GlobalHydra.instance().clear()
     assert [comparable(c) for c in mine] == [comparable(c) for c in hydras]
+
+
+@pytest.mark.parametrize("overrides", [["seed=3"], ["model=gru", "precision=bf16"],
+                                       ["+sweep=fused_vs_loop"]])
+def test_launcher_params_equal_the_trials_own_flattening(loader_and_master, overrides):
+    """The launcher's params decide resume (their hash) and go on the run at submission;
+    they must be exactly what the trial records for its own config."""
+    import copy
+
+    from omegaconf import open_dict
+
+    from rnnsweep.record import flatten
+    from rnnsweep.sweep.launcher import _params
+
+    loader, master = loader_and_master
+    config = loader.load_sweep_config(master, overrides)
+    trial = copy.deepcopy(config)
+    with open_dict(trial):
+        del trial["hydra"]
+    expected = flatten(OmegaConf.to_container(trial, resolve=True, enum_to_str=True))
+    assert _params(config) == expected

@@ -10,19 +10,19 @@ terminal); this module makes no MLflow call and prints nothing itself.
 from __future__ import annotations
 
 import contextlib
-import copy
 import os
 import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
 import ray
 from hydra.core.singleton import Singleton
 from hydra.core.utils import JobReturn, JobStatus, configure_log, setup_globals
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from rnnsweep.record import FAILED, TrialRecord, config_hash, flatten
@@ -280,8 +280,14 @@ def _cancel(context: SweepContext, jobs: list[Job], reason: str) -> None:
 
 
 def _params(config: DictConfig) -> dict[str, str]:
-    """The trial's params exactly as the trial itself flattens its config."""
-    task_cfg = copy.deepcopy(config)
-    with open_dict(task_cfg):
-        del task_cfg["hydra"]
-    return flatten(OmegaConf.to_container(task_cfg, resolve=True, enum_to_str=True))
+    """The trial's params exactly as the trial itself flattens its config (without the
+    ``hydra`` node, which is neither copied nor resolved: a per-trial cost at scale)."""
+    tree = {}
+    for key in config:
+        if key == "hydra":
+            continue
+        value = config[key]
+        if isinstance(value, DictConfig | ListConfig):
+            value = OmegaConf.to_container(value, resolve=True, enum_to_str=True)
+        tree[key] = value.name if isinstance(value, Enum) else value
+    return flatten(tree)
