@@ -7,22 +7,27 @@ transactions.
 
 from __future__ import annotations
 
-import os
 import tempfile
 import time
 from collections.abc import Iterable, Iterator
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 
+from filelock import FileLock
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
 from rnnsweep.record import OK, TrialRecord
 
-# MLflow's per-request limits for log_batch.
-MAX_METRICS, MAX_PARAMS, MAX_TAGS = 1000, 100, 100
-PARENT_RUN_ENV = "RNNSWEEP_PARENT_RUN_ID"
+# MLflow's per-request limits for log_batch: of each kind, and in all.
+MAX_METRICS, MAX_PARAMS, MAX_TAGS, MAX_ENTITIES = 1000, 100, 100, 1000
 ROLE_TAG = "rnnsweep.role"
+# On every child run: the run id of its sweep's parent (pandas can group by it directly).
+SWEEP_TAG = "rnnsweep.sweep"
+# On a finished trial: what produced its numbers; resume reuses it only on the same.
+FINGERPRINT_TAG = "rnnsweep.env_fingerprint"
+CONFIG_HASH_TAG = "rnnsweep.config_hash"
 
 
 def resolve_uri(uri: str, base: Path | None = None) -> str:
@@ -40,10 +45,16 @@ def resolve_uri(uri: str, base: Path | None = None) -> str:
 class Tracker:
     def __init__(self, uri: str, experiment: str) -> None:
         self.uri = resolve_uri(uri)
-        self.client = MlflowClient(tracking_uri=self.uri)
-        found = self.client.get_experiment_by_name(experiment)
-        self.experiment_id = (found.experiment_id if found else self.client.create_experiment(
-            experiment, artifact_location=_artifact_root(self.uri, experiment)))
+        # A fresh SQLite store runs its migrations when it is first opened, and two
+        # processes doing that at once leave it half-migrated; two creating one
+        # experiment, one of them fails. One process at a time opens it (the lock sits
+        # beside the database).
+        with _store_lock(self.uri):
+            self.client = MlflowClient(tracking_uri=self.uri)
+            self.client.search_experiments(max_results=1)  # opens (and migrates) it now
+            found = self.client.get_experiment_by_name(experiment)
+            self.experiment_id = (found.experiment_id if found else self.client.create_experiment(
+                experiment, artifact_location=_artifact_root(self.uri, experiment)))
 
     def start_run(self, name: str, tags: dict[str, str] | None = None,
                   parent_run_id: str | None = None) -> str:
@@ -53,27 +64,33 @@ class Tracker:
         run = self.client.create_run(self.experiment_id, tags=all_tags, run_name=name)
         return run.info.run_id
 
-    def write_record(self, run_id: str, record: TrialRecord) -> None:
-        """Logs a finished trial's record onto an existing run and ends the run."""
+    def write_record(self, run_id: str, record: TrialRecord, with_params: bool = True) -> None:
+        """Logs a finished trial's record onto an existing run and ends the run; its params
+        are left out where they were logged when the run was made."""
         now = int(time.time() * 1000)
         metrics = [Metric(k, v, now, 0) for k, v in record.metrics.items()]
         for name, values in record.step_metrics.items():
             metrics += [Metric(name, v, now, step) for step, v in enumerate(values)]
-        self.log(run_id, params=record.params, tags=record.tags, metrics=metrics)
+        self.log(run_id, params=record.params if with_params else None, tags=record.tags,
+                 metrics=metrics)
         if record.artifacts:
             self.log_artifacts(run_id, record.artifacts)
         self.client.set_terminated(run_id, record.status)
 
     def log(self, run_id: str, params: dict[str, str] | None = None,
             tags: dict[str, str] | None = None, metrics: Iterable[Metric] = ()) -> None:
+        """As few ``log_batch`` requests as MLflow's per-request limits allow (usually
+        one): each request is a transaction on a store other sweeps may be writing."""
         params_ = [Param(k, v) for k, v in (params or {}).items()]
         tags_ = [RunTag(k, v) for k, v in (tags or {}).items()]
-        for chunk in _chunks(params_, MAX_PARAMS):
-            self.client.log_batch(run_id, params=chunk)
-        for chunk in _chunks(tags_, MAX_TAGS):
-            self.client.log_batch(run_id, tags=chunk)
-        for chunk in _chunks(list(metrics), MAX_METRICS):
-            self.client.log_batch(run_id, metrics=chunk)
+        metrics_ = list(metrics)
+        while params_ or tags_ or metrics_:
+            batch_params, params_ = params_[:MAX_PARAMS], params_[MAX_PARAMS:]
+            batch_tags, tags_ = tags_[:MAX_TAGS], tags_[MAX_TAGS:]
+            room = min(MAX_METRICS, MAX_ENTITIES - len(batch_params) - len(batch_tags))
+            batch_metrics, metrics_ = metrics_[:room], metrics_[room:]
+            self.client.log_batch(run_id, metrics=batch_metrics, params=batch_params,
+                                  tags=batch_tags)
 
     def log_summary(self, run_id: str, values: dict[str, float]) -> None:
         now = int(time.time() * 1000)
@@ -92,15 +109,21 @@ class Tracker:
         self.client.set_tag(run_id, "rnnsweep.reason", reason[:4000])
         self.client.set_terminated(run_id, status)
 
-    def finished_configs(self) -> dict[str, str]:
-        """config hash -> run id of trials that already finished with an OK outcome."""
-        done: dict[str, str] = {}
+    def finished_configs(self) -> dict[tuple[str, str], tuple[str, str]]:
+        """(config hash, environment fingerprint) -> (run id, run name) of trials that
+        already finished with an OK outcome. Trials recorded without a fingerprint never
+        match: nothing says what produced their numbers."""
+        done: dict[tuple[str, str], tuple[str, str]] = {}
         query = f"attributes.status = 'FINISHED' and tags.`rnnsweep.outcome` = '{OK}'"
         for run in self._search(query):
-            digest = run.data.tags.get("rnnsweep.config_hash")
-            if digest:
-                done.setdefault(digest, run.info.run_id)
+            digest = run.data.tags.get(CONFIG_HASH_TAG)
+            env = run.data.tags.get(FINGERPRINT_TAG)
+            if digest and env:
+                done.setdefault((digest, env), (run.info.run_id, run.info.run_name or ""))
         return done
+
+    def running_sweeps(self) -> list:
+        return list(self._search(f"attributes.status = 'RUNNING' and tags.`{ROLE_TAG}` = 'sweep'"))
 
     def children(self, parent_run_id: str) -> list:
         return list(self._search(f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{parent_run_id}'"))
@@ -125,10 +148,8 @@ def _artifact_root(uri: str, experiment: str) -> str | None:
     return (Path(uri[len(prefix):]).parent / "mlartifacts" / experiment).as_uri()
 
 
-def current_parent_run() -> str | None:
-    return os.environ.get(PARENT_RUN_ENV) or None
-
-
-def _chunks(items: list, size: int) -> Iterator[list]:
-    for start in range(0, len(items), size):
-        yield items[start:start + size]
+def _store_lock(uri: str) -> AbstractContextManager:
+    prefix = "sqlite:///"
+    if not uri.startswith(prefix):
+        return nullcontext()  # a tracking server serialises its own store
+    return FileLock(uri[len(prefix):] + ".lock", timeout=300)

@@ -164,7 +164,7 @@ def build_report(tracker: Tracker, parent_run_id: str) -> Report:
         raise ReportError(f"run {parent_run_id} has no child runs: is it a sweep's parent run?")
     axes = sweep_axes(trials)
     trials.sort(key=lambda t: [_sort_key(t.params.get(a)) for a in axes])
-    sweep = parent.data.tags.get("rnnsweep.sweep") or parent.info.run_name or "sweep"
+    sweep = parent.data.tags.get("rnnsweep.sweep_name") or parent.info.run_name or "sweep"
     devices = sorted({t.device for t in trials if t.device})
     report = Report(parent_run_id, sweep, "; ".join(devices) or "unknown device", axes, trials,
                     *_table(trials, axes))
