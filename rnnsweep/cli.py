@@ -11,7 +11,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from hydra_plugins.rnnsweep_launcher.rnnsweep_launcher import RnnsweepRayLauncherConf
-from rnnsweep import config
+from rnnsweep import config, privacy, redaction
 from rnnsweep.config import sweeps
 from rnnsweep.config.validation import CheckedCommand, ConfigError, check_overrides
 from rnnsweep.sweep.job import trial_name
@@ -33,7 +33,9 @@ _NO_TRIAL_FLAGS = {"--help", "-h", "--hydra-help", "--info", "-i", "--cfg", "-c"
 def main() -> None:
     config.register()
     sweeps.register()
-    args = sys.argv[1:]
+    privacy.telemetry_off()
+    # Before Hydra parses anything: it writes the overrides into multirun.yaml and .hydra/.
+    sys.argv[1:] = args = redaction.hide_in_overrides(sys.argv[1:])
     ray_started = False
     if not _NO_TRIAL_FLAGS.intersection(args):
         multirun = "-m" in args or "--multirun" in args

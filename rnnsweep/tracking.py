@@ -18,6 +18,7 @@ from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
 from rnnsweep.record import OK, TrialRecord
+from rnnsweep.redaction import connection_uri, redact
 
 # MLflow's per-request limits for log_batch.
 MAX_METRICS, MAX_PARAMS, MAX_TAGS = 1000, 100, 100
@@ -39,15 +40,17 @@ def resolve_uri(uri: str, base: Path | None = None) -> str:
 
 class Tracker:
     def __init__(self, uri: str, experiment: str) -> None:
-        self.uri = resolve_uri(uri)
-        self.client = MlflowClient(tracking_uri=self.uri)
+        resolved = resolve_uri(uri)
+        self.uri = redact(resolved)  # shown and recorded; only the client sees credentials
+        self.client = MlflowClient(tracking_uri=connection_uri(resolved))
         found = self.client.get_experiment_by_name(experiment)
         self.experiment_id = (found.experiment_id if found else self.client.create_experiment(
             experiment, artifact_location=_artifact_root(self.uri, experiment)))
 
     def start_run(self, name: str, tags: dict[str, str] | None = None,
                   parent_run_id: str | None = None) -> str:
-        all_tags = {MLFLOW_RUN_NAME: name, **(tags or {})}
+        name = redact(name)
+        all_tags = {MLFLOW_RUN_NAME: name, **{k: redact(v) for k, v in (tags or {}).items()}}
         if parent_run_id:
             all_tags[MLFLOW_PARENT_RUN_ID] = parent_run_id  # the UI nests runs by this tag
         run = self.client.create_run(self.experiment_id, tags=all_tags, run_name=name)
@@ -66,8 +69,9 @@ class Tracker:
 
     def log(self, run_id: str, params: dict[str, str] | None = None,
             tags: dict[str, str] | None = None, metrics: Iterable[Metric] = ()) -> None:
-        params_ = [Param(k, v) for k, v in (params or {}).items()]
-        tags_ = [RunTag(k, v) for k, v in (tags or {}).items()]
+        # Whatever path a URI took into a value, its credentials are not written.
+        params_ = [Param(k, redact(v)) for k, v in (params or {}).items()]
+        tags_ = [RunTag(k, redact(v)) for k, v in (tags or {}).items()]
         for chunk in _chunks(params_, MAX_PARAMS):
             self.client.log_batch(run_id, params=chunk)
         for chunk in _chunks(tags_, MAX_TAGS):
@@ -84,12 +88,12 @@ class Tracker:
             for rel, content in files.items():
                 path = Path(tmp, rel)
                 path.parent.mkdir(parents=True, exist_ok=True)
-                path.write_bytes(content)
+                path.write_bytes(_redact_text_file(rel, content))
             self.client.log_artifacts(run_id, tmp)
 
     def fail_run(self, run_id: str, reason: str, status: str = "FAILED") -> None:
         self.client.set_tag(run_id, "rnnsweep.outcome", status)
-        self.client.set_tag(run_id, "rnnsweep.reason", reason[:4000])
+        self.client.set_tag(run_id, "rnnsweep.reason", redact(reason)[:4000])
         self.client.set_terminated(run_id, status)
 
     def finished_configs(self) -> dict[str, str]:
@@ -123,6 +127,17 @@ def _artifact_root(uri: str, experiment: str) -> str | None:
     if not uri.startswith(prefix):
         return None  # a tracking server decides where artifacts go
     return (Path(uri[len(prefix):]).parent / "mlartifacts" / experiment).as_uri()
+
+
+def _redact_text_file(name: str, content: bytes) -> bytes:
+    """Text artifacts (config.yaml, the report, error.txt) lose any credentials; binary
+    ones (plots, exported models) are written as they are."""
+    if not name.endswith((".yaml", ".yml", ".md", ".html", ".txt", ".json", ".csv", ".log")):
+        return content
+    try:
+        return redact(content.decode()).encode()
+    except UnicodeDecodeError:
+        return content
 
 
 def current_parent_run() -> str | None:

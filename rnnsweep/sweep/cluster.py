@@ -19,6 +19,7 @@ from contextlib import contextmanager
 import ray
 from omegaconf import DictConfig
 
+from rnnsweep import privacy
 from rnnsweep.sweep.resources import LOCAL_ONLY_RAY_ENV, Node, cluster_address
 
 log = logging.getLogger(__name__)
@@ -46,9 +47,11 @@ def connect(address: str | None, settings) -> None:
         log.warning("the embedded Ray will listen beyond loopback: start rnnsweep through "
                     f"its CLI, or set {LOCAL_ONLY_RAY_ENV}=0 before importing ray")
     # "local": always a fresh instance, never a cluster someone started with `ray start`.
-    ray.init(address="local", num_cpus=settings.num_cpus, num_gpus=settings.num_gpus,
-             include_dashboard=settings.dashboard, dashboard_host=settings.dashboard_host,
-             log_to_driver=False, configure_logging=False)
+    with privacy.no_cloud_probes() as worker_env:
+        ray.init(address="local", num_cpus=settings.num_cpus, num_gpus=settings.num_gpus,
+                 include_dashboard=settings.dashboard, dashboard_host=settings.dashboard_host,
+                 log_to_driver=False, configure_logging=False,
+                 runtime_env={"env_vars": worker_env} if worker_env else None)
 
 
 def start_for_cli(address: str | None, settings) -> None:
