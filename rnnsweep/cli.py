@@ -13,6 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 from hydra_plugins.rnnsweep_launcher.rnnsweep_launcher import RnnsweepRayLauncherConf
 from rnnsweep import config, privacy, redaction
 from rnnsweep.config import sweeps
+from rnnsweep.config.store import check_store
 from rnnsweep.config.validation import CheckedCommand, ConfigError, check_overrides
 from rnnsweep.sweep.job import trial_name
 from rnnsweep.sweep.resources import (
@@ -42,6 +43,7 @@ def main() -> None:
         overrides = [a for a in args if not a.startswith("-")]
         try:
             checked = check_overrides(overrides, multirun)
+            check_store(checked.base, overrides, multirun)
         except ConfigError as exc:
             _refuse(exc)
         address = cluster_address(checked.base)

@@ -17,6 +17,7 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
+from rnnsweep.config.store import resolve_uri
 from rnnsweep.record import OK, TrialRecord
 from rnnsweep.redaction import connection_uri, redact
 
@@ -24,18 +25,6 @@ from rnnsweep.redaction import connection_uri, redact
 MAX_METRICS, MAX_PARAMS, MAX_TAGS = 1000, 100, 100
 PARENT_RUN_ENV = "RNNSWEEP_PARENT_RUN_ID"
 ROLE_TAG = "rnnsweep.role"
-
-
-def resolve_uri(uri: str, base: Path | None = None) -> str:
-    """``sqlite:///mlflow.db`` is relative to the launch directory; make it absolute so
-    every process that writes or reads the store means the same file."""
-    prefix = "sqlite:///"
-    if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
-        path = (base or Path.cwd()) / uri[len(prefix):]
-        return f"{prefix}{path.resolve()}"
-    if "://" not in uri:
-        return str(((base or Path.cwd()) / uri).resolve())
-    return uri
 
 
 class Tracker:
