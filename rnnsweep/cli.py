@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 import threading
@@ -13,8 +14,10 @@ from omegaconf import DictConfig, OmegaConf
 from hydra_plugins.rnnsweep_launcher.rnnsweep_launcher import RnnsweepRayLauncherConf
 from rnnsweep import config, privacy, redaction
 from rnnsweep.config import sweeps
+from rnnsweep.config.bounds import check_local_cpus
 from rnnsweep.config.store import check_store
 from rnnsweep.config.validation import CheckedCommand, ConfigError, check_overrides
+from rnnsweep.record import FAILED
 from rnnsweep.sweep.job import trial_name
 from rnnsweep.sweep.resources import (
     LOCAL_ONLY_RAY_ENV,
@@ -38,12 +41,15 @@ def main() -> None:
     # Before Hydra parses anything: it writes the overrides into multirun.yaml and .hydra/.
     sys.argv[1:] = args = redaction.hide_in_overrides(sys.argv[1:])
     ray_started = False
+    multirun = "-m" in args or "--multirun" in args
     if not _NO_TRIAL_FLAGS.intersection(args):
-        multirun = "-m" in args or "--multirun" in args
         overrides = [a for a in args if not a.startswith("-")]
         try:
             checked = check_overrides(overrides, multirun)
             check_store(checked.base, overrides, multirun)
+            if not (multirun and _uses_ray_launcher(checked.base)):
+                for trial in checked.trials:  # runs here, not on a Ray node
+                    check_local_cpus(trial)
         except ConfigError as exc:
             _refuse(exc)
         address = cluster_address(checked.base)
@@ -55,8 +61,9 @@ def main() -> None:
     from rnnsweep.sweep import summary as sweep_summary
     from rnnsweep.sweep.job import task
 
+    outcomes: list[str] = []
     app = hydra.main(version_base="1.3", config_path=str(config.conf_dir()),
-                     config_name="config")(task)
+                     config_name="config")(task if multirun else _noting(task, outcomes))
     try:
         app()
     finally:
@@ -64,8 +71,18 @@ def main() -> None:
             from rnnsweep.sweep import cluster as ray_session
 
             ray_session.stop()
-    if sweep_summary.last_failed:
+    if sweep_summary.last_failed or FAILED in outcomes:
         sys.exit(1)
+
+
+def _noting(task, outcomes: list[str]):
+    """A single run's task, noting its outcome: a failed trial exits 1, as in a sweep."""
+    @functools.wraps(task)  # Hydra unwraps it to name the job after the real task
+    def run(cfg: DictConfig):
+        record = task(cfg)
+        outcomes.append(record.outcome)
+        return record
+    return run
 
 
 def start_ray(checked: CheckedCommand, address: str | None) -> None:

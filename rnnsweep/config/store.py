@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 
 from omegaconf import DictConfig, OmegaConf
 
-from rnnsweep.config.validation import ConfigError
+from rnnsweep.config.errors import ConfigError
 from rnnsweep.redaction import connection_uri, redact
 
 SERVER_TIMEOUT_S = 5.0

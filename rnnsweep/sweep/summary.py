@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from rnnsweep.record import DIVERGED
 from rnnsweep.tracking import Tracker
 
 # How many trials of the last sweep in this process failed; the CLI's exit status.
@@ -21,6 +22,8 @@ def finish_sweep(tracker: Tracker, parent: str, wall_s: float) -> dict[str, floa
         "trials_killed": statuses.count("KILLED"),
         "trials_unsupported": sum(run.data.tags.get("rnnsweep.outcome") == "UNSUPPORTED"
                                   for run in children),
+        "trials_diverged": sum(run.data.tags.get("rnnsweep.outcome") == DIVERGED
+                               for run in children),
         "sweep_wall_s": wall_s,
     }
     if throughputs:
@@ -33,6 +36,7 @@ def finish_sweep(tracker: Tracker, parent: str, wall_s: float) -> dict[str, floa
     last_failed = summary["trials_failed"] + summary["trials_killed"]
     tracker.client.set_terminated(parent, "FAILED" if last_failed else "FINISHED")
     print(f"rnnsweep: {summary['trials_finished']}/{summary['trials']} trials finished, "
-          f"{summary['trials_failed']} failed, {summary['trials_unsupported']} unsupported "
+          f"{summary['trials_failed']} failed, {summary['trials_unsupported']} unsupported, "
+          f"{summary['trials_diverged']} diverged "
           f"in {wall_s:.1f} s (parent run {parent})")
     return summary
