@@ -125,3 +125,7 @@ def check_reachable(address: str) -> None:
         socket.create_connection((host or "127.0.0.1", int(port)), timeout=5).close()
     except (OSError, ValueError) as exc:
         raise LaunchError(f"cannot reach the Ray cluster at {address}: {exc}") from None
+    from rnnsweep.sweep.auth import token_problem
+
+    if problem := token_problem(address):
+        raise LaunchError(f"cannot connect to the Ray cluster at {address}: {problem}")
