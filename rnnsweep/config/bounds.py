@@ -71,10 +71,11 @@ def check_memory(cfg: DictConfig, available_bytes: int | None = None) -> None:
     available = available_bytes or machine_memory_bytes()
     needed = trial_memory_bytes(cfg)
     if available and needed > available:
+        m = cfg.model
         raise ConfigError(
-            f"model.hidden_size={cfg.model.hidden_size}: the trial needs about "
-            f"{_size(needed)} (weights, optimizer state, activations at batch={cfg.batch}, "
-            f"seq_len={cfg.seq_len}) but this machine has {_size(available)}")
+            f"model.hidden_size={m.hidden_size}, model.num_layers={m.num_layers}, "
+            f"batch={cfg.batch}, seq_len={cfg.seq_len}: the trial needs about {_size(needed)} "
+            f"(weights, optimizer state, activations) but this machine has {_size(available)}")
 
 
 def check_local_cpus(cfg: DictConfig) -> None:
