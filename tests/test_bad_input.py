@@ -21,8 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-
 from conftest import BASIC_LAUNCHER, TOY, Store, new_store, run_cli
+
 from rnnsweep.record import TrialRecord
 from rnnsweep.tracking import Tracker
 
