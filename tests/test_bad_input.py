@@ -176,7 +176,10 @@ def results(populated_store, tmp_path_factory):
         if not any(a.startswith("tracking.uri=") for a in args):
             paths.append(f"tracking.uri={store.uri}")
         before = {p: _digest(p) for p in (watched, store.path)}
-        result = run_cli([*_toy_without(case.args), *args, *paths], cwd=tmp, timeout=120)
+        flags = [a for a in args if a.startswith("-")]  # Hydra's parser wants them first
+        overrides = [a for a in args if not a.startswith("-")]
+        result = run_cli([*flags, *_toy_without(case.args), *overrides, *paths], cwd=tmp,
+                         timeout=120)
         after = {p: _digest(p) for p in before}
         return tmp, result, before, after
 
@@ -241,7 +244,7 @@ def test_read_only_working_directory(read_only_dir, populated_store, tmp_path):
 def test_read_only_output_directory(read_only_dir, populated_store, tmp_path):
     store = new_store(populated_store.path, tmp_path / "store")
     digest = _digest(store.path)
-    result = run_cli([*TOY, "-m", "batch=1,2", f"tracking.uri={store.uri}",
+    result = run_cli(["-m", *TOY, "batch=1,2", f"tracking.uri={store.uri}",
                       f"hydra.sweep.dir={read_only_dir / 'multirun'}"], cwd=tmp_path,
                      timeout=120)
     assert result.returncode == 2, result.stderr

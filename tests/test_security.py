@@ -135,7 +135,7 @@ def _stop_group(proc: subprocess.Popen) -> None:
     if proc.poll() is None:
         os.killpg(proc.pid, signal.SIGTERM)
         try:
-            proc.wait(timeout=30)
+            proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(timeout=30)
@@ -178,7 +178,7 @@ def test_credentials_in_the_uri_are_written_nowhere(mlflow_server, tmp_path):
     uri = f"http://alice:{PASSWORD}@127.0.0.1:{port}"
     work = tmp_path / "work"
     work.mkdir()
-    sweep = run_cli([*TOY, "-m", "workload=train",
+    sweep = run_cli(["-m", *TOY, "workload=train",
                      "guard.inject_nan_steps=[0,1,2],[]", f"tracking.uri={uri}"], cwd=work)
     single = run_cli([*TOY, "workload=train", f"tracking.uri={uri}"], cwd=work)
     report = subprocess.run(
@@ -278,7 +278,7 @@ def test_sweep_and_report_send_nothing_off_the_machine(mlflow_store, tmp_path):
         env.pop(key, None)  # rnnsweep's own defaults are what is tested
     traces = []
     commands = [
-        ["-m", "rnnsweep", *TOY, "-m", "batch=1,2", f"tracking.uri={mlflow_store.uri}",
+        ["-m", "rnnsweep", "-m", *TOY, "batch=1,2", f"tracking.uri={mlflow_store.uri}",
          f"hydra.sweep.dir={tmp_path / 'multirun'}"],
         ["-m", "rnnsweep.report", "--tracking-uri", mlflow_store.uri, "--experiment",
          "rnnsweep", "--no-log"],
@@ -328,7 +328,7 @@ def token_cluster(tmp_path) -> Iterator[str]:
 @pytest.mark.slow
 @pytest.mark.parametrize("mode", ["disabled", "token"])
 def test_cluster_refusing_the_token_is_one_line(token_cluster, mode, mlflow_store, tmp_path):
-    result = run_cli([*TOY, "-m", "batch=1", f"ray.address={token_cluster}",
+    result = run_cli(["-m", *TOY, "batch=1", f"ray.address={token_cluster}",
                       f"tracking.uri={mlflow_store.uri}"], cwd=tmp_path, timeout=120,
                      extra_env={"RAY_AUTH_MODE": mode, "RAY_AUTH_TOKEN": "wrong" * 7})
     assert result.returncode == 2, result.stderr[-2000:]
