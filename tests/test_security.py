@@ -27,7 +27,8 @@ from rnnsweep import redaction
 from rnnsweep.record import DIVERGED
 from rnnsweep.trial.run import run_trial
 
-PASSWORD = "s3cr3tpw"
+PASSWORD = "s3cr3tpw-0123456789"
+ADMIN = "admin"  # MLflow's basic-auth app creates this user with MLFLOW_AUTH_ADMIN_PASSWORD
 VENV_BIN = Path(sys.executable).parent
 
 
@@ -143,12 +144,17 @@ def _stop_group(proc: subprocess.Popen) -> None:
 
 @pytest.fixture
 def mlflow_server(_migrated_store, tmp_path) -> Iterator[tuple[int, Path]]:
+    """A real MLflow server on loopback that requires a password (its basic-auth app)."""
+    pytest.importorskip("flask_wtf", reason="MLflow's basic-auth app needs Flask-WTF (dev)")
     root = tmp_path / "server"
     store = new_store(_migrated_store, root)
     port = _free_port()
-    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"}
+    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true",
+           "MLFLOW_AUTH_ADMIN_PASSWORD": PASSWORD,
+           "MLFLOW_FLASK_SERVER_SECRET_KEY": os.urandom(16).hex()}
     proc = subprocess.Popen(
-        [str(VENV_BIN / "mlflow"), "server", "--backend-store-uri", store.uri,
+        [str(VENV_BIN / "mlflow"), "server", "--app-name", "basic-auth",
+         "--backend-store-uri", store.uri,
          "--artifacts-destination", (root / "artifacts").as_uri(), "--host", "127.0.0.1",
          "--port", str(port), "--workers", "1"],
         cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -173,9 +179,9 @@ def _files_containing(root: Path, needle: bytes) -> list[Path]:
 
 
 @pytest.mark.slow
-def test_credentials_in_the_uri_are_written_nowhere(mlflow_server, tmp_path):
+def test_credentials_in_the_uri_are_written_nowhere(mlflow_server, tmp_path, clean_env):
     port, server_root = mlflow_server
-    uri = f"http://alice:{PASSWORD}@127.0.0.1:{port}"
+    uri = f"http://{ADMIN}:{PASSWORD}@127.0.0.1:{port}"
     work = tmp_path / "work"
     work.mkdir()
     sweep = run_cli(["-m", *TOY, "workload=train",
@@ -189,7 +195,10 @@ def test_credentials_in_the_uri_are_written_nowhere(mlflow_server, tmp_path):
     for proc in (sweep, single, report):
         assert proc.returncode == 0, proc.stderr[-3000:]
         assert PASSWORD not in proc.stdout + proc.stderr
-    # The real URI was used: the runs are on the server, under the credential-free URI.
+    # The real URI was used (the server refuses requests without the password): the runs
+    # are on the server, under the credential-free URI.
+    clean_env.setenv(redaction.USERNAME_ENV, ADMIN)
+    clean_env.setenv(redaction.PASSWORD_ENV, PASSWORD)
     client = MlflowClient(f"http://127.0.0.1:{port}")
     exp = client.get_experiment_by_name("rnnsweep")
     runs = client.search_runs([exp.experiment_id])
@@ -209,6 +218,18 @@ def test_credentials_in_the_uri_are_written_nowhere(mlflow_server, tmp_path):
     assert _files_containing(work, PASSWORD.encode()) == []
     assert _files_containing(server_root, PASSWORD.encode()) == []
     assert list(server_root.rglob("config.yaml"))
+
+
+@pytest.mark.slow
+def test_wrong_password_is_one_line(mlflow_server, tmp_path):
+    port, _ = mlflow_server
+    result = run_cli([*TOY, f"tracking.uri=http://{ADMIN}:wrong-{PASSWORD}@127.0.0.1:{port}"],
+                     cwd=tmp_path, timeout=120)
+    assert result.returncode == 2, result.stderr[-2000:]
+    (line,) = result.stderr.splitlines()
+    assert "tracking.uri" in line and "refused the credentials" in line
+    assert PASSWORD not in line
+    assert not (tmp_path / "outputs").exists()
 
 
 # --- nothing leaves the machine ----------------------------------------------------------

@@ -16,13 +16,20 @@ from urllib.parse import urlsplit
 from omegaconf import DictConfig, OmegaConf
 
 from rnnsweep.config.errors import ConfigError
-from rnnsweep.redaction import connection_uri, redact
+from rnnsweep.redaction import (
+    PASSWORD_ENV,
+    TOKEN_ENV,
+    USERNAME_ENV,
+    connection_uri,
+    redact,
+)
 
 SERVER_TIMEOUT_S = 5.0
+AUTH_TIMEOUT_S = 60.0
 # MLflow's experiments.name column is VARCHAR(256).
 MAX_EXPERIMENT_NAME = 256
 DATABASE_SCHEMES = ("postgresql", "mysql", "mssql")
-SCHEMES = ("sqlite", "http", "https", *DATABASE_SCHEMES)
+SCHEMES = ("sqlite", "http", "https", *DATABASE_SCHEMES, "databricks")
 # The Python package that provides each database driver module SQLAlchemy asks for.
 DRIVER_PACKAGES = {"psycopg2": "psycopg2-binary", "psycopg": "psycopg[binary]",
                    "MySQLdb": "mysqlclient", "pymysql": "PyMySQL", "pyodbc": "pyodbc",
@@ -58,6 +65,8 @@ def check_uri(uri: str | None) -> None:
                           f"{', '.join(f'{s}://' for s in SCHEMES)}")
     if scheme == "sqlite":
         _check_sqlite(shown, resolved)
+    elif scheme == "databricks":
+        return  # Databricks' own profile and credentials decide; MLflow reports them
     elif scheme in DATABASE_SCHEMES:
         _check_driver(shown, connection_uri(resolved))
         _check_answers(shown, connection_uri(resolved))
@@ -155,17 +164,53 @@ def _check_answers(shown: str, uri: str) -> None:
 
 
 def _check_server(shown: str, uri: str) -> None:
-    """An MLflow tracking server: one request to its health endpoint, 5 s at most."""
+    """An MLflow tracking server: one request to its health endpoint and one to its API,
+    5 s each at most, with the credentials and TLS settings MLflow itself would use."""
     import requests
 
+    base = uri.rstrip("/")
+    settings = {"timeout": SERVER_TIMEOUT_S, "verify": _tls_verify()}
     try:
-        requests.get(uri.rstrip("/") + "/health", timeout=SERVER_TIMEOUT_S)
+        requests.get(f"{base}/health", **settings)
     except requests.RequestException as exc:
-        where = f"{urlsplit(uri).hostname}:{urlsplit(uri).port or ''}".rstrip(":")
+        parts = urlsplit(uri)
+        where = f"{parts.hostname}:{parts.port}" if parts.port else f"{parts.hostname}"
         reason = (f"no answer within {SERVER_TIMEOUT_S:g} s" if isinstance(exc, requests.Timeout)
                   else f"cannot connect to {where}" if isinstance(exc, requests.ConnectionError)
                   else _reason(exc))
         raise ConfigError(f"{shown}: the server does not answer ({reason})") from None
+    try:  # it answers; checking a password can take the server a while (PBKDF2)
+        answer = requests.get(f"{base}/api/2.0/mlflow/experiments/search",
+                              params={"max_results": 1}, auth=_auth(),
+                              **{**settings, "timeout": (SERVER_TIMEOUT_S, AUTH_TIMEOUT_S)})
+    except requests.RequestException:
+        return  # MLflow itself reports whatever this was
+    if answer.status_code in (401, 403):
+        raise ConfigError(f"{shown}: the server refused the credentials (HTTP "
+                          f"{answer.status_code}); give them in the URI or as "
+                          f"{USERNAME_ENV}/{PASSWORD_ENV} or {TOKEN_ENV}")
+
+
+def _auth():
+    """Basic or bearer credentials, from where MLflow reads them."""
+    import requests
+
+    user, password = os.environ.get(USERNAME_ENV), os.environ.get(PASSWORD_ENV)
+    if user and password:
+        return requests.auth.HTTPBasicAuth(user, password)
+    token = os.environ.get(TOKEN_ENV)
+    if token:
+        def bearer(request):
+            request.headers["Authorization"] = f"Bearer {token}"
+            return request
+        return bearer
+    return None
+
+
+def _tls_verify() -> bool | str:
+    if os.environ.get("MLFLOW_TRACKING_INSECURE_TLS", "").lower() == "true":
+        return False
+    return os.environ.get("MLFLOW_TRACKING_SERVER_CERT_PATH") or True
 
 
 def check_output_dir(overrides: list[str], multirun: bool) -> None:
