@@ -59,6 +59,8 @@ def check_uri(uri: str | None) -> None:
     resolved = resolve_uri(uri)
     scheme = urlsplit(resolved).scheme.split("+", 1)[0]
     shown = f"tracking.uri={redact(uri)}"
+    if scheme in ("", "file") and os.environ.get("MLFLOW_ALLOW_FILE_STORE") == "true":
+        return  # the user opted in to MLflow's file store; it creates its own directory
     if scheme not in SCHEMES:
         what = f"scheme '{scheme}'" if scheme else "a plain path (MLflow's file store)"
         raise ConfigError(f"{shown}: {what} is not supported; allowed: "
