@@ -23,10 +23,13 @@ from pathlib import Path
 import pytest
 from conftest import BASIC_LAUNCHER, TOY, Store, new_store, run_cli
 
+import rnnsweep.config
+import rnnsweep.config.sweeps
+from rnnsweep.config.bounds import check_local_cpus, weight_count
+from rnnsweep.config.store import check_store
+from rnnsweep.config.validation import ConfigError, check_overrides
 from rnnsweep.record import TrialRecord
 from rnnsweep.tracking import Tracker
-
-pytestmark = pytest.mark.slow
 
 
 @dataclass(frozen=True)
@@ -187,10 +190,55 @@ def results(populated_store, tmp_path_factory):
         return dict(zip(CASES, pool.map(call, CASES), strict=True))
 
 
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+def test_memory_estimate_counts_the_models_weights_exactly(cell):
+    from conftest import compose_cfg
+
+    from rnnsweep.trial.run import build_model
+
+    cfg = compose_cfg([f"model={cell}", "model.input_size=7", "model.hidden_size=5",
+                       "model.num_layers=3"])
+    model = build_model(cfg)
+    assert weight_count(cfg) == sum(p.numel() for p in model.parameters())
+
+
 def test_at_least_forty_cases():
     assert len(CASES) >= 40
 
 
+# Cases the in-process check can run in milliseconds (no silent server to wait 5 s on).
+FAST = [name for name, case in CASES.items() if not any(SILENT_PORT in a for a in case.args)]
+
+
+@pytest.mark.parametrize("name", FAST)
+def test_refused_by_the_checks_in_process(name, populated_store, tmp_path, monkeypatch):
+    """The fast tier's view of the same table: the CLI's checks, called directly."""
+    rnnsweep.config.register()  # as the CLI does first
+    rnnsweep.config.sweeps.register()
+    case = CASES[name]
+    store = new_store(populated_store.path, tmp_path / "store")
+    if case.setup:
+        case.setup(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    args = list(case.args)
+    multirun = "-m" in args
+    overrides = [a for a in args if not a.startswith("-")]
+    if not any(a.startswith("tracking.uri=") for a in overrides):
+        overrides.append(f"tracking.uri={store.uri}")
+    overrides = [*_toy_without(case.args), *overrides]
+    with pytest.raises(ConfigError) as refused:
+        checked = check_overrides(overrides, multirun)
+        check_store(checked.base, overrides, multirun)
+        if not multirun:
+            for trial in checked.trials:
+                check_local_cpus(trial)
+    message = str(refused.value)
+    assert "\n" not in message
+    missing = [w for w in case.words if w.lower() not in message.lower()]
+    assert not missing, f"{message!r} lacks {missing}"
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(CASES))
 def test_bad_input_is_one_line_and_changes_nothing(name, results):
     tmp, result, before, after = results[name]
@@ -206,6 +254,7 @@ def test_bad_input_is_one_line_and_changes_nothing(name, results):
     assert not any((tmp / d).exists() for d in ("out", "multirun", "outputs"))
 
 
+@pytest.mark.slow
 def test_missing_parent_directory_is_not_created(results):
     assert not Path("/nonexistent-rnnsweep").exists()
 
@@ -231,6 +280,7 @@ def read_only_dir(tmp_path) -> Iterator[Path]:
         subprocess.run(["umount", str(path)], check=False)
 
 
+@pytest.mark.slow
 def test_read_only_working_directory(read_only_dir, populated_store, tmp_path):
     """The default store (``sqlite:///mlflow.db``) and Hydra's outputs/ both go into the
     working directory; a read-only one is refused before anything starts."""
@@ -241,6 +291,7 @@ def test_read_only_working_directory(read_only_dir, populated_store, tmp_path):
     assert list(read_only_dir.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_read_only_output_directory(read_only_dir, populated_store, tmp_path):
     store = new_store(populated_store.path, tmp_path / "store")
     digest = _digest(store.path)

@@ -91,17 +91,22 @@ def check_local_cpus(cfg: DictConfig) -> None:
 def trial_memory_bytes(cfg: DictConfig) -> int:
     m = cfg.model
     gates = GATES.get(str(m.cell), 4)
-    weights = 0
-    inputs = m.input_size
-    for _ in range(m.num_layers):
-        weights += gates * m.hidden_size * (inputs + m.hidden_size + 2)
-        inputs = m.hidden_size
-    weights += m.hidden_size + 1  # the linear head
+    hidden, inputs, layers = m.hidden_size, m.input_size, m.num_layers
+    weights = weight_count(cfg)
     copies = WEIGHT_COPIES_TRAINING if cfg.workload.train else 1
     # Per time step and layer, training keeps the gates and the hidden and cell states.
-    per_step = m.num_layers * m.hidden_size * (gates + 2)
-    activations = cfg.batch * cfg.seq_len * (per_step + m.input_size)
+    activations = cfg.batch * cfg.seq_len * (layers * hidden * (gates + 2) + inputs)
     return BYTES_PER_VALUE * (copies * weights + activations)
+
+
+def weight_count(cfg: DictConfig) -> int:
+    """The model's parameters: per layer, each gate's input and recurrent weights and its
+    two biases (layer one reads the input, the others the layer below); then the head."""
+    m = cfg.model
+    gates = GATES.get(str(m.cell), 4)
+    hidden, inputs, layers = m.hidden_size, m.input_size, m.num_layers
+    recurrent = gates * hidden * ((inputs + hidden + 2) + (layers - 1) * (2 * hidden + 2))
+    return recurrent + hidden + 1
 
 
 def machine_memory_bytes() -> int | None:
