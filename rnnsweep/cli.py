@@ -18,8 +18,10 @@ import hydra  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
 from hydra_plugins.rnnsweep_launcher.rnnsweep_launcher import RnnsweepRayLauncherConf  # noqa: E402
-from rnnsweep import config, logs  # noqa: E402
+from rnnsweep import config, logs, privacy, redaction  # noqa: E402
 from rnnsweep.config import sweeps  # noqa: E402
+from rnnsweep.config.bounds import check_local_cpus  # noqa: E402
+from rnnsweep.config.store import check_store  # noqa: E402
 from rnnsweep.config.validation import CheckedCommand, ConfigError, check_overrides  # noqa: E402
 from rnnsweep.sweep.interrupts import Interrupted  # noqa: E402
 from rnnsweep.sweep.job import trial_names  # noqa: E402
@@ -55,6 +57,9 @@ def main() -> None:
 def run(args: list[str]) -> int:
     config.register()
     sweeps.register()
+    privacy.telemetry_off()
+    # Before Hydra parses anything: it writes the overrides into multirun.yaml and .hydra/.
+    sys.argv[1:] = args = redaction.hide_in_overrides(args)
     if _NO_TRIAL_FLAGS.intersection(args):
         _hydra_app(None)()
         return 0
@@ -62,6 +67,10 @@ def run(args: list[str]) -> int:
     overrides = [a for a in args if not a.startswith("-")]
     try:
         checked = check_overrides(overrides, multirun)
+        check_store(checked.base, overrides, multirun)
+        if not (multirun and _uses_ray_launcher(checked.base)):
+            for trial in checked.trials:  # runs here, not on a Ray node
+                check_local_cpus(trial)
     except ConfigError as exc:
         _refuse(exc)
     address = cluster_address(checked.base)

@@ -18,7 +18,9 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
+from rnnsweep.config.store import resolve_uri
 from rnnsweep.record import OK, TrialRecord
+from rnnsweep.redaction import connection_uri, redact
 
 # MLflow's per-request limits for log_batch: of each kind, and in all.
 MAX_METRICS, MAX_PARAMS, MAX_TAGS, MAX_ENTITIES = 1000, 100, 100, 1000
@@ -30,27 +32,16 @@ FINGERPRINT_TAG = "rnnsweep.env_fingerprint"
 CONFIG_HASH_TAG = "rnnsweep.config_hash"
 
 
-def resolve_uri(uri: str, base: Path | None = None) -> str:
-    """``sqlite:///mlflow.db`` is relative to the launch directory; make it absolute so
-    every process that writes or reads the store means the same file."""
-    prefix = "sqlite:///"
-    if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
-        path = (base or Path.cwd()) / uri[len(prefix):]
-        return f"{prefix}{path.resolve()}"
-    if "://" not in uri:
-        return str(((base or Path.cwd()) / uri).resolve())
-    return uri
-
-
 class Tracker:
     def __init__(self, uri: str, experiment: str) -> None:
-        self.uri = resolve_uri(uri)
+        resolved = resolve_uri(uri)
+        self.uri = redact(resolved)  # shown and recorded; only the client sees credentials
         # A fresh SQLite store runs its migrations when it is first opened, and two
         # processes doing that at once leave it half-migrated; two creating one
         # experiment, one of them fails. One process at a time opens it (the lock sits
         # beside the database).
-        with _store_lock(self.uri):
-            self.client = MlflowClient(tracking_uri=self.uri)
+        with _store_lock(resolved):
+            self.client = MlflowClient(tracking_uri=connection_uri(resolved))
             self.client.search_experiments(max_results=1)  # opens (and migrates) it now
             found = self.client.get_experiment_by_name(experiment)
             self.experiment_id = (found.experiment_id if found else self.client.create_experiment(
@@ -58,7 +49,8 @@ class Tracker:
 
     def start_run(self, name: str, tags: dict[str, str] | None = None,
                   parent_run_id: str | None = None) -> str:
-        all_tags = {MLFLOW_RUN_NAME: name, **(tags or {})}
+        name = redact(name)
+        all_tags = {MLFLOW_RUN_NAME: name, **{k: redact(v) for k, v in (tags or {}).items()}}
         if parent_run_id:
             all_tags[MLFLOW_PARENT_RUN_ID] = parent_run_id  # the UI nests runs by this tag
         run = self.client.create_run(self.experiment_id, tags=all_tags, run_name=name)
@@ -81,8 +73,9 @@ class Tracker:
             tags: dict[str, str] | None = None, metrics: Iterable[Metric] = ()) -> None:
         """As few ``log_batch`` requests as MLflow's per-request limits allow (usually
         one): each request is a transaction on a store other sweeps may be writing."""
-        params_ = [Param(k, v) for k, v in (params or {}).items()]
-        tags_ = [RunTag(k, v) for k, v in (tags or {}).items()]
+        # Whatever path a URI took into a value, its credentials are not written.
+        params_ = [Param(k, redact(v)) for k, v in (params or {}).items()]
+        tags_ = [RunTag(k, redact(v)) for k, v in (tags or {}).items()]
         metrics_ = list(metrics)
         while params_ or tags_ or metrics_:
             batch_params, params_ = params_[:MAX_PARAMS], params_[MAX_PARAMS:]
@@ -101,12 +94,12 @@ class Tracker:
             for rel, content in files.items():
                 path = Path(tmp, rel)
                 path.parent.mkdir(parents=True, exist_ok=True)
-                path.write_bytes(content)
+                path.write_bytes(_redact_text_file(rel, content))
             self.client.log_artifacts(run_id, tmp)
 
     def fail_run(self, run_id: str, reason: str, status: str = "FAILED") -> None:
         self.client.set_tag(run_id, "rnnsweep.outcome", status)
-        self.client.set_tag(run_id, "rnnsweep.reason", reason[:4000])
+        self.client.set_tag(run_id, "rnnsweep.reason", redact(reason)[:4000])
         self.client.set_terminated(run_id, status)
 
     def finished_configs(self) -> dict[tuple[str, str], tuple[str, str]]:
@@ -153,3 +146,14 @@ def _store_lock(uri: str) -> AbstractContextManager:
     if not uri.startswith(prefix):
         return nullcontext()  # a tracking server serialises its own store
     return FileLock(uri[len(prefix):] + ".lock", timeout=300)
+
+
+def _redact_text_file(name: str, content: bytes) -> bytes:
+    """Text artifacts (config.yaml, the report, error.txt) lose any credentials; binary
+    ones (plots, exported models) are written as they are."""
+    if not name.endswith((".yaml", ".yml", ".md", ".html", ".txt", ".json", ".csv", ".log")):
+        return content
+    try:
+        return redact(content.decode()).encode()
+    except UnicodeDecodeError:
+        return content

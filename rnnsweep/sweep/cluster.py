@@ -18,6 +18,7 @@ from contextlib import contextmanager
 import ray
 from omegaconf import DictConfig
 
+from rnnsweep import privacy
 from rnnsweep.sweep.resources import LOCAL_ONLY_RAY_ENV, Node, cluster_address
 
 log = logging.getLogger(__name__)
@@ -41,9 +42,11 @@ def connect(address: str | None, settings, config: DictConfig | None = None) -> 
         log.warning("the embedded Ray will listen beyond loopback: start rnnsweep through "
                     f"its CLI, or set {LOCAL_ONLY_RAY_ENV}=0 before importing ray")
     # "local": always a fresh instance, never a cluster someone started with `ray start`.
-    ray.init(address="local", num_cpus=settings.num_cpus, num_gpus=settings.num_gpus,
-             include_dashboard=settings.dashboard, dashboard_host=settings.dashboard_host,
-             log_to_driver=False, configure_logging=False)
+    with privacy.no_cloud_probes() as worker_env:
+        ray.init(address="local", num_cpus=settings.num_cpus, num_gpus=settings.num_gpus,
+                 include_dashboard=settings.dashboard, dashboard_host=settings.dashboard_host,
+                 log_to_driver=False, configure_logging=False,
+                 runtime_env={"env_vars": worker_env} if worker_env else None)
 
 
 def prewarm(workers: int) -> None:
@@ -94,3 +97,7 @@ def check_reachable(address: str) -> None:
         socket.create_connection((host or "127.0.0.1", int(port)), timeout=5).close()
     except (OSError, ValueError) as exc:
         raise LaunchError(f"cannot reach the Ray cluster at {address}: {exc}") from None
+    from rnnsweep.sweep.auth import token_problem
+
+    if problem := token_problem(address):
+        raise LaunchError(f"cannot connect to the Ray cluster at {address}: {problem}")

@@ -5,6 +5,8 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING
 
+from rnnsweep.record import DIVERGED
+
 if TYPE_CHECKING:
     from rnnsweep.sweep.context import SweepContext
 
@@ -27,6 +29,8 @@ def finish_sweep(context: SweepContext) -> dict[str, float]:
         "trials_killed": statuses.count("KILLED"),
         "trials_unsupported": sum(run.data.tags.get("rnnsweep.outcome") == "UNSUPPORTED"
                                   for run in children + reused),
+        "trials_diverged": sum(run.data.tags.get("rnnsweep.outcome") == DIVERGED
+                               for run in children + reused),
         "sweep_wall_s": time.time() - context.started_at,
     }
     if throughputs:
@@ -39,7 +43,8 @@ def finish_sweep(context: SweepContext) -> dict[str, float]:
     reused_note = f" ({summary['trials_reused']} reused)" if reused else ""
     print(f"rnnsweep: {summary['trials_finished'] + summary['trials_reused']}/"
           f"{summary['trials']} trials finished{reused_note}, {summary['trials_failed']} failed, "
-          f"{summary['trials_unsupported']} unsupported in {summary['sweep_wall_s']:.1f} s "
+          f"{summary['trials_unsupported']} unsupported, "
+          f"{summary['trials_diverged']} diverged in {summary['sweep_wall_s']:.1f} s "
           f"(parent run {parent})", flush=True)
     return summary
 
