@@ -65,7 +65,8 @@ def _run(cfg: DictConfig, record: TrialRecord, num_threads: int) -> None:
     torch.set_num_threads(num_threads)
     device = resolve_device(_name(cfg.hardware.device))
     record.tags.update(environment.device_tags(device))
-    environment.reset_peak_memory(device)
+    peak = environment.PeakMemory(device)
+    peak.start()  # before the model exists: its weights are part of the trial's memory
     model = build_model(cfg).to(device)
     amp_dtype = _check_precision(cfg, model, device)
     metrics = record.metrics
@@ -78,8 +79,8 @@ def _run(cfg: DictConfig, record: TrialRecord, num_threads: int) -> None:
         _bench(cfg, model, device, amp_dtype, num_threads, metrics, seq_flops)
     if cfg.workload.deploy:
         _deploy(cfg, model, device, record)
-    metrics["peak_mem_mb"], kind = environment.peak_memory_mb(device)
-    record.tags["rnnsweep.peak_mem_kind"] = kind
+    metrics.update(peak.stop())
+    record.tags["rnnsweep.peak_mem_kind"] = peak.kind
 
 
 def _check_precision(cfg: DictConfig, model: RecurrentNet,
