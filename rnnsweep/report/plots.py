@@ -17,6 +17,8 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from rnnsweep.report.text import plain
+
 # Fixed pixel size (no tight bounding box): a reader sees every plot at the same scale.
 WIDTH_IN, HEIGHT_IN, DPI = 11.0, 5.5, 100
 SIZE_PX = (int(WIDTH_IN * DPI), int(HEIGHT_IN * DPI))
@@ -29,10 +31,23 @@ Series = Mapping[str, Sequence[tuple[float, float]]]
 
 @dataclass(frozen=True)
 class Fit:
-    """A least-squares line ``y = slope * x + intercept``."""
+    """A least-squares line ``y = slope * x + intercept`` and its R²."""
 
     slope: float
     intercept: float
+    r2: float = math.nan
+
+
+@dataclass(frozen=True)
+class Bar:
+    """One fused-vs-loop pair: medians and IQRs in ms, and whether either timing is noisy."""
+
+    label: str
+    fused_ms: float
+    loop_ms: float
+    fused_iqr_ms: float = 0.0
+    loop_iqr_ms: float = 0.0
+    noisy: bool = False
 
 
 @dataclass(frozen=True)
@@ -43,13 +58,20 @@ class FitPanel:
 
 
 def batch_scaling(throughput: Series, ms_per_seq: Series, speedups: Mapping[str, str], *,
-                  sweep: str, device: str) -> bytes:
-    """``speedups``: series label -> its speedup, written into the time-per-sequence legend."""
+                  sweep: str, device: str,
+                  ms_per_seq_iqr: Mapping[str, Sequence[float]] | None = None) -> bytes:
+    """``speedups``: series label -> its speedup, written into the time-per-sequence legend;
+    ``ms_per_seq_iqr``: each point's IQR, drawn as a ±IQR error bar."""
     fig, (left, right) = _figure(2, f"{sweep}: batch parallelism", device)
     for label, points in throughput.items():
         _line(left, points, label)
     for label, points in ms_per_seq.items():
-        _line(right, points, ": ".join(part for part in (label, speedups.get(label)) if part))
+        (line,) = _line(right, points,
+                        ": ".join(part for part in (label, speedups.get(label)) if part))
+        errors = (ms_per_seq_iqr or {}).get(label)
+        if errors and any(errors):
+            xs, ys = zip(*points, strict=True)
+            right.errorbar(xs, ys, yerr=errors, fmt="none", capsize=4, color=line.get_color())
     for ax, series in ((left, throughput), (right, ms_per_seq)):
         # Batch sizes are usually powers of two; base-2 log spacing puts them evenly apart.
         ax.set_xscale("log", base=2)
@@ -71,23 +93,29 @@ def batch_scaling(throughput: Series, ms_per_seq: Series, speedups: Mapping[str,
     return _png(fig)
 
 
-def fused_vs_loop(labels: Sequence[str], fused_ms: Sequence[float], loop_ms: Sequence[float],
-                  *, sweep: str, device: str) -> bytes:
+def fused_vs_loop(bars: Sequence[Bar], *, sweep: str, device: str) -> bytes:
+    """Median latencies with ±IQR error bars; a noisy pair's speedup is marked so."""
     fig, (ax,) = _figure(1, f"{sweep}: fused library kernel vs. per-timestep loop", device)
     width = 0.38
-    xs = range(len(labels))
-    fused = ax.bar([x - width / 2 for x in xs], fused_ms, width, label="fused (nn.LSTM/GRU/RNN)")
-    loop = ax.bar([x + width / 2 for x in xs], loop_ms, width, label="loop (cell per timestep)")
-    ax.bar_label(fused, fmt="%.3g", padding=2)
-    ax.bar_label(loop, fmt="%.3g", padding=2)
-    for x, f, lp in zip(xs, fused_ms, loop_ms, strict=True):
+    xs = range(len(bars))
+    fused_ms = [b.fused_ms for b in bars]
+    loop_ms = [b.loop_ms for b in bars]
+    fused = ax.bar([x - width / 2 for x in xs], fused_ms, width, label="fused (nn.LSTM/GRU/RNN)",
+                   yerr=[b.fused_iqr_ms for b in bars], capsize=4)
+    loop = ax.bar([x + width / 2 for x in xs], loop_ms, width, label="loop (cell per timestep)",
+                  yerr=[b.loop_iqr_ms for b in bars], capsize=4)
+    ax.bar_label(fused, fmt=plain, padding=2)
+    ax.bar_label(loop, fmt=plain, padding=2)
+    for x, bar in zip(xs, bars, strict=True):
+        f, lp = bar.fused_ms, bar.loop_ms
         # The speedup sits above the taller bar of its pair, where the eye compares them.
-        ax.annotate(f"fused {lp / f:.2f}x faster" if f <= lp else f"loop {f / lp:.2f}x faster",
+        text = f"fused {lp / f:.2f}x faster" if f <= lp else f"loop {f / lp:.2f}x faster"
+        ax.annotate(text + (" (noisy)" if bar.noisy else ""),
                     (x, max(f, lp)), xytext=(0, 16), textcoords="offset points",
                     ha="center", fontweight="bold")
-    ax.set_xticks(list(xs), labels)
+    ax.set_xticks(list(xs), [b.label for b in bars])
     ax.set_xlabel("cell")
-    ax.set_ylabel("forward latency (ms per batch)")
+    ax.set_ylabel("forward latency (ms per batch, median ±IQR)")
     ax.set_ylim(top=max([*fused_ms, *loop_ms]) * 1.25)
     ax.legend(loc="upper left")
     return _png(fig)
@@ -95,7 +123,8 @@ def fused_vs_loop(labels: Sequence[str], fused_ms: Sequence[float], loop_ms: Seq
 
 def training_curves(loss: Series, grad_norm: Series, clipped_norm: Series,
                     max_norms: Sequence[float], *, sweep: str, device: str) -> bytes:
-    fig, (left, right) = _figure(2, f"{sweep}: training loss and gradient norm", device)
+    title = "training loss and gradient norm" + (" with clipping" if max_norms else "")
+    fig, (left, right) = _figure(2, f"{sweep}: {title}", device)
     loss_log = _wide(loss.values())
     for label, points in loss.items():
         _line(left, points, label, log_y=loss_log)
@@ -115,7 +144,8 @@ def training_curves(loss: Series, grad_norm: Series, clipped_norm: Series,
                        xytext=(4, 3), textcoords="offset points", fontsize=9)
     right.set_xlabel("training step")
     right.set_ylabel("global gradient L2 norm" + (" (log scale)" if norm_log else ""))
-    right.set_title("gradient norm: solid before clipping, dotted after")
+    right.set_title("gradient norm: solid before clipping, dotted after" if max_norms
+                    else "gradient norm (no clipping)")
     for ax, log in ((left, loss_log), (right, norm_log)):
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         if log:
@@ -135,7 +165,9 @@ def linear_fits(panels: Sequence[FitPanel], *, xlabel: str, title: str, sweep: s
                 xs = [0.0, max(x for x, _ in points)]
                 ax.plot(xs, [fit.slope * x + fit.intercept for x in xs], "--",
                         color=dots.get_color(),
-                        label=f"fit {fit.slope:.4g} ms/timestep" + (f" ({label})" if label else ""))
+                        label=f"fit {plain(fit.slope)} ms/timestep"
+                        + ("" if math.isnan(fit.r2) else f", R² {fit.r2:.3f}")
+                        + (f" ({label})" if label else ""))
         ax.set_xlim(left=0)
         ax.set_ylim(bottom=0)
         ax.set_xlabel(xlabel)
@@ -150,7 +182,7 @@ def metric_bars(labels: Sequence[str], metrics: Mapping[str, Sequence[float]], *
     fig, axes = _figure(len(metrics), f"{sweep}: trials compared", device)
     for ax, (ylabel, values) in zip(axes, metrics.items(), strict=True):
         bars = ax.bar(range(len(labels)), values, color=[f"C{i % 10}" for i in range(len(labels))])
-        ax.bar_label(bars, fmt="%.3g", padding=2, fontsize=8)
+        ax.bar_label(bars, fmt=plain, padding=2, fontsize=8)
         ax.set_xticks(range(len(labels)), labels, rotation=30 if len(labels) > 3 else 0,
                       ha="right" if len(labels) > 3 else "center", fontsize=8)
         ax.set_xlabel("trial")
@@ -184,7 +216,7 @@ def _wide(series: Iterable[Sequence[tuple[float, float]]]) -> bool:
 
 def _ticks_at_data(ax: Axes, xs: Sequence[float]) -> None:
     ticks = sorted(set(xs))
-    ax.set_xticks(ticks, [f"{x:g}" for x in ticks])
+    ax.set_xticks(ticks, [plain(x) for x in ticks])
     ax.minorticks_off()
 
 
