@@ -109,6 +109,7 @@ def column(report: Report, name: str) -> list[str]:
     return [row[index] for row in report.rows]
 
 
+@pytest.mark.slow  # three CLI sweeps in subprocesses
 def test_batch_report_has_a_row_per_trial_and_the_per_sequence_speedup(sweeps, reports):
     report = reports["batch"]
     assert report.axes == ["batch"]
@@ -130,6 +131,7 @@ def test_batch_report_has_a_row_per_trial_and_the_per_sequence_speedup(sweeps, r
     assert list(report.plots) == [PLOTS["batch"]]
 
 
+@pytest.mark.slow  # three CLI sweeps in subprocesses
 def test_fused_vs_loop_sweep_gives_bars_with_each_cells_speedup(reports):
     report = reports["fused"]
     assert report.axes == ["model.cell"]
@@ -144,6 +146,7 @@ def test_fused_vs_loop_sweep_gives_bars_with_each_cells_speedup(reports):
         assert trial.metrics["impl_max_abs_diff"] < 1e-4
 
 
+@pytest.mark.slow  # three CLI sweeps in subprocesses
 def test_clipping_sweep_gives_loss_and_grad_norm_curves(reports):
     report = reports["clipping"]
     assert report.axes == ["clipping.max_norm"]
@@ -156,6 +159,7 @@ def test_clipping_sweep_gives_loss_and_grad_norm_curves(reports):
             assert float(clipped) <= float(max_norm) * 1.001
 
 
+@pytest.mark.slow  # three CLI sweeps in subprocesses
 @pytest.mark.parametrize("sweep", list(PLOTS))
 def test_plots_are_readable_pngs_with_coloured_content(reports, sweep):
     png = reports[sweep].plots[PLOTS[sweep]]
@@ -171,6 +175,7 @@ def test_plots_are_readable_pngs_with_coloured_content(reports, sweep):
     assert (np.ptp(rgb, axis=1) > 0.3).any()  # coloured data series, not only black text
 
 
+@pytest.mark.slow  # three CLI sweeps in subprocesses
 def test_write_report_logs_markdown_html_and_plots_on_the_parent(sweeps):
     sweep = sweeps["fused"]
     report = write_report(sweep.tracker, sweep.parent)
@@ -185,6 +190,7 @@ def test_write_report_logs_markdown_html_and_plots_on_the_parent(sweeps):
         assert "report.md" not in {a.path for a in client.list_artifacts(trial.run_id)}
 
 
+@pytest.mark.slow  # three CLI sweeps in subprocesses
 def test_report_failure_at_the_end_of_a_sweep_is_a_warning_not_an_exception(sweeps, capsys):
     # A trial's run id is not a sweep's parent: it has no children, so no report.
     sweep = sweeps["batch"]
@@ -210,6 +216,7 @@ def test_axes_merge_params_that_one_choice_sets_together():
     assert sweep_axes(trials) == ["precision.name", "batch"]
 
 
+@pytest.mark.slow  # three CLI sweeps in subprocesses
 def test_cli_prints_the_table_and_logs_the_report(sweeps, tmp_path):
     sweep = sweeps["batch"]
     # The default store, sqlite:///mlflow.db, is resolved against the working directory.
@@ -229,6 +236,7 @@ def test_cli_prints_the_table_and_logs_the_report(sweeps, tmp_path):
     assert logged == {PLOTS["batch"]}
 
 
+@pytest.mark.slow  # three CLI sweeps in subprocesses
 def test_cli_no_log_only_prints(sweeps, capsys):
     sweep = sweeps["clipping"]
     client = sweep.tracker.client
@@ -238,6 +246,7 @@ def test_cli_no_log_only_prints(sweeps, capsys):
     assert [(a.path, a.file_size) for a in client.list_artifacts(sweep.parent)] == before
 
 
+@pytest.mark.slow  # three CLI sweeps in subprocesses
 def test_cli_unknown_run_id_is_a_one_line_error_and_exit_2(sweeps):
     result = subprocess.run(
         [sys.executable, "-m", "rnnsweep.report", "--run-id", "0" * 32, "--tracking-uri",
@@ -321,6 +330,7 @@ def test_precision_report_gives_speedup_over_fp32_and_lists_unsupported(tracker)
     assert "fp16 speedup" not in " ".join(speedups)
 
 
+@pytest.mark.slow  # exports to TorchScript and ONNX
 def test_deployment_report_has_parity_columns_and_a_verdict(tracker):
     parent = record_sweep(tracker, [["workload=deploy", "hardware=cpu", f"batch={b}",
                                      "chunk_len=5", "repeats=2"] for b in (2, 3)])
