@@ -229,3 +229,26 @@ def _png(fig: Figure) -> bytes:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png")
     return buffer.getvalue()
+
+
+def ratios(labels: Sequence[str], values: Sequence[float], lows: Sequence[float],
+           highs: Sequence[float], threshold: float, *, title: str) -> bytes:
+    """``rnnsweep.compare``: one ratio per row with its interval; 1 and the threshold band
+    drawn, so a point right of the band with its whole interval is a significant slowdown."""
+    fig = Figure(figsize=(WIDTH_IN, max(2.5, 0.4 * len(labels) + 1.5)), dpi=DPI,
+                 layout="constrained")
+    ax = fig.subplots()
+    ys = list(range(len(labels)))
+    err = [[v - lo if math.isfinite(lo) else 0 for v, lo in zip(values, lows, strict=True)],
+           [hi - v if math.isfinite(hi) else 0 for v, hi in zip(values, highs, strict=True)]]
+    ax.errorbar(values, ys, xerr=err, fmt="o", capsize=4)
+    ax.axvline(1.0, color="black", linewidth=1)
+    ax.axvspan(1 / (1 + threshold), 1 + threshold, color="grey", alpha=0.15,
+               label=f"within ±{threshold:.0%}: same within noise")
+    ax.set_yticks(ys, labels, fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel("time ratio B/A (above 1: B slower)")
+    ax.set_title(title)
+    ax.grid(True, axis="x", alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    return _png(fig)

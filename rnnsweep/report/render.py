@@ -54,10 +54,10 @@ def markdown(report: Report) -> str:
     lines = [f"# Sweep report: {report.title}", "",
              f"Parent run `{report.parent_run_id}` · {len(report.trials)} trials · "
              f"axes: {', '.join(report.axes) or 'none'} · device: {report.device}", ""]
-    lines += _markdown_table(report.columns, report.rows)
+    lines += markdown_table(report.columns, report.rows)
     if report.findings:
         lines += ["", "## Findings", ""]
-        lines += _markdown_table(["finding", "value", "detail"],
+        lines += markdown_table(["finding", "value", "detail"],
                                  [[f.what, value(f), f.detail] for f in report.findings])
     if report.notes:
         lines += ["", "## Notes", "", *report.notes]
@@ -127,7 +127,7 @@ def _cell(trial: Trial, metric: str) -> str:
     return f"{text} ±{plain(iqr)}" if iqr else text
 
 
-def _markdown_table(columns: list[str], rows: list[list[str]]) -> list[str]:
+def markdown_table(columns: list[str], rows: list[list[str]]) -> list[str]:
     # Padded to equal widths so the same text reads as a table in a terminal too.
     cells = [[c.replace("|", "\\|").replace("\n", " ") for c in row] for row in [columns, *rows]]
     widths = [max(len(row[i]) for row in cells) for i in range(len(columns))]
