@@ -60,7 +60,9 @@ def markdown(report: Report) -> str:
         lines += markdown_table(["finding", "value", "detail"],
                                  [[f.what, value(f), f.detail] for f in report.findings])
     if report.notes:
-        lines += ["", "## Notes", "", *report.notes]
+        lines += ["", "## Notes"]
+        for note in report.notes:  # a blank line before each group's heading
+            lines += [note] if note.startswith("- ") else ["", note, ""]
     if report.plots:
         lines += ["", "## Plots", ""] + [f"![{p}]({p})" for p in report.plots]
     return "\n".join(lines) + "\n"
@@ -101,8 +103,7 @@ def html(report: Report) -> str:
         parts += ["<h2>Findings</h2>", '<div class="scroll"><table><tr><th>finding</th>'
                   f"<th>value</th><th>detail</th></tr>{rows}</table></div>"]
     if report.notes:
-        parts += ["<h2>Notes</h2>", "<ul>" + "".join(
-            f"<li>{html_.escape(n.removeprefix('- '))}</li>" for n in report.notes) + "</ul>"]
+        parts += ["<h2>Notes</h2>", _notes_html(report.notes)]
     for path, png in report.plots.items():
         data = base64.b64encode(png).decode()
         parts.append(f'<h3>{html_.escape(path)}</h3><img alt="{html_.escape(path)}" '
@@ -111,6 +112,21 @@ def html(report: Report) -> str:
             "<meta name='viewport' content='width=device-width'>"
             f"<style>{STYLE}</style><title>{html_.escape(report.title)}</title></head>"
             f"<body>{''.join(parts)}</body></html>\n")
+
+
+def _notes_html(notes: list[str]) -> str:
+    """Headings as paragraphs, each followed by its ``- `` items as a list."""
+    out, items = [], []
+    for note in [*notes, ""]:
+        if note.startswith("- "):
+            items.append(f"<li>{html_.escape(note[2:])}</li>")
+            continue
+        if items:
+            out.append("<ul>" + "".join(items) + "</ul>")
+            items = []
+        if note:
+            out.append(f"<p>{html_.escape(note)}</p>")
+    return "".join(out)
 
 
 def value(finding: Finding) -> str:

@@ -241,15 +241,19 @@ def notes_section(report: Report) -> None:
                          for t in noisy]
     not_ok = [t for t in report.trials if not t.ok]
     if not_ok:
-        report.notes.append(f"{len(not_ok)} trials did not give numbers:")
+        report.notes.append(f"{_trials(len(not_ok))} did not give numbers:")
         report.notes += [f"- {_who(report, t)}: {t.outcome}"
                          + (f": {cut(t.reason, NOTE_CHARS)}" if t.reason else "")
                          for t in not_ok]
     reused = [t for t in report.trials if t.reused]
     if reused:
-        report.notes.append(f"{len(reused)} trials were reused from earlier sweeps "
-                            "(same config and environment), not rerun:")
+        report.notes.append(f"{_trials(len(reused))} reused from earlier sweeps (same config "
+                            "and environment), not rerun:")
         report.notes += [f"- {_who(report, t)}" for t in reused]
+
+
+def _trials(count: int) -> str:
+    return f"{count} trial was" if count == 1 else f"{count} trials were"
 
 
 def _who(report: Report, trial) -> str:

@@ -9,6 +9,8 @@ def plain(value: float, digits: int = 3) -> str:
     """``6790.4`` -> ``"6,790"``, ``0.000123`` -> ``"0.000123"``: never ``6.79e+03``."""
     if not math.isfinite(value):
         return str(value)
+    if abs(value) < 1e-12:  # rounding error around zero, e.g. an exact fit's residual
+        return "0"
     if value == int(value) and abs(value) < 1e15:
         return f"{int(value):,}"
     if abs(value) >= 10 ** (digits - 1):
