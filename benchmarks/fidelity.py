@@ -111,7 +111,7 @@ def main() -> int:
         "trained": lambda: timed(trained, x, args.threads, args.min_run_time),
         "rnnsweep": lambda: trial_latency(args.threads, args.min_run_time),
     }
-    print(f"load average before: {os.getloadavg()}  threads: {args.threads}")
+    print(f"load average before: {os.getloadavg()}  threads: {args.threads}", flush=True)
     results: dict[str, list[float]] = {name: [] for name in variants}
     names = list(variants)
     for round_ in range(args.rounds):
@@ -119,6 +119,8 @@ def main() -> int:
         for name in order:
             torch.set_num_threads(args.threads)
             results[name].append(variants[name]())
+        print(f"round {round_ + 1}: " + "  ".join(
+            f"{name} {results[name][-1] * 1e3:.3f}" for name in names), flush=True)
     print(f"load average after:  {os.getloadavg()}")
     print(f"{'variant':<10} {'median ms':>10} {'ratio to seed_way':>18} {'(min-max)':>14}")
     for name in names:
