@@ -90,11 +90,42 @@ def trial_latency(threads: int, min_run_time: float) -> float:
     return record.metrics["latency_ms"] / 1e3
 
 
+def alternated(first, second, calls: int) -> tuple[float, float, float, float]:
+    """Single calls of two callables alternated ``calls`` times: drift at any time scale
+    longer than one call hits both. Returns each side's median and mean per call (s)."""
+    times: tuple[list[float], list[float]] = ([], [])
+    with torch.inference_mode():
+        for _ in range(3):
+            first(), second()
+        for i in range(calls):
+            for side in ((0, 1) if i % 2 == 0 else (1, 0)):  # who goes first alternates too
+                start = time.perf_counter()
+                (first, second)[side]()
+                times[side].append(time.perf_counter() - start)
+    return (statistics.median(times[0]), statistics.median(times[1]),
+            statistics.fmean(times[0]), statistics.fmean(times[1]))
+
+
+def fine(lstm, fresh, trained, x, calls: int) -> None:
+    """The candidate causes, each as one alternated pair (ratio of per-call medians)."""
+    print(f"alternated single calls ({calls} each), ratio of per-call medians:")
+    pairs = {"head (RecurrentNet / nn.LSTM)": (lambda: fresh(x), lambda: lstm(x)),
+             "trained weights (trained / fresh)": (lambda: trained(x), lambda: fresh(x))}
+    for name, (a, b) in pairs.items():
+        med_a, med_b, _, _ = alternated(a, b, calls)
+        print(f"  {name:<36} {med_a / med_b:.3f}  ({med_a * 1e3:.3f} / {med_b * 1e3:.3f} ms)")
+    med, _, mean, _ = alternated(lambda: lstm(x), lambda: lstm(x), calls)
+    print(f"  {'statistic (mean / median, bare)':<36} {mean / med:.3f}  "
+          f"({mean * 1e3:.3f} / {med * 1e3:.3f} ms)")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
     parser.add_argument("--min-run-time", type=float, default=1.0)
+    parser.add_argument("--calls", type=int, default=200,
+                        help="alternated single calls per pair in the fine comparison")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(SEED + 1)
@@ -121,6 +152,7 @@ def main() -> int:
             results[name].append(variants[name]())
         print(f"round {round_ + 1}: " + "  ".join(
             f"{name} {results[name][-1] * 1e3:.3f}" for name in names), flush=True)
+    fine(lstm, fresh, trained, x, args.calls)
     print(f"load average after:  {os.getloadavg()}")
     print(f"{'variant':<10} {'median ms':>10} {'ratio to seed_way':>18} {'(min-max)':>14}")
     for name in names:
