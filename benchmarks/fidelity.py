@@ -16,6 +16,17 @@ difference on the way from the bare loop to the trial, all at the same thread co
 Variants alternate within each round (order rotated per round) so machine drift hits all;
 each figure is the median over rounds, and each ratio the median of per-round ratios to
 seed_way. The load average is printed: on a loaded machine the figures say little.
+Then each candidate cause is measured alone by alternating single calls of the two sides
+(which cancels drift far better than rounds of whole measurements).
+
+Measured 2026-11-27 on the shared 2-core machine, load average 10-15, ``--threads 1
+--rounds 3 --calls 300``: the rounds spread 0.6-1.9x (no 5% effect can be resolved that
+way here); alternated calls: the head costs 1.1% (30.654 vs 30.319 ms), the trained weights
+1.0% (40.363 vs 39.956 ms, within noise: the weights do not change the work), and the
+seed's statistic (the mean of 50 calls) reads 17% *above* the median under load, so it
+does not explain a bare loop that measures less. About 1-2% of the 5% is the head, which
+is part of the model rnnsweep times (tag ``rnnsweep.timing.scope``); the rest was not
+resolved on this machine and needs a quiet one.
 """
 
 from __future__ import annotations

@@ -158,6 +158,10 @@ def _bench(cfg: DictConfig, model: RecurrentNet, device: torch.device,
     forward = _forward_fn(model, x, device, amp_dtype)
     own = timing.time_call(forward, device, num_threads, cfg.warmup, cfg.min_run_time)
     _timed(record, "latency_ms", own, _shared(cfg))
+    # What latency_ms times, so a bare loop that differs can be told why (fidelity.py).
+    record.tags["rnnsweep.timing.scope"] = (
+        f"median of {timing.STATISTIC}; one forward of the model with its per-timestep "
+        "linear head, the trial's (trained) weights, under inference_mode")
     metrics["latency_ms"] = own.median_ms
     metrics["latency_ms_per_seq"] = own.median_ms / cfg.batch
     metrics["throughput_seq_per_s"] = cfg.batch / own.median_s

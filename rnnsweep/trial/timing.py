@@ -15,6 +15,9 @@ from torch.utils import benchmark
 
 from rnnsweep.trial.noise import Load, LoadWindow, verdict
 
+# What the reported figure is: a block's mean per call, median over blocks.
+STATISTIC = "blocks (torch.utils.benchmark.Timer.blocked_autorange)"
+
 
 @dataclass
 class Timing:
