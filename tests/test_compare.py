@@ -48,16 +48,19 @@ def test_the_same_sweep_twice_reads_same_within_noise(store, same_twice, capsys,
 
 @pytest.mark.slow  # timed toy trials, a quarter second each
 def test_a_slower_sweep_is_flagged_slower_and_fails_the_gate(store):
+    # About 2,500x the work per call: slower beyond even the noisy band (4x) on a loaded
+    # machine. The sizes differ, so they are left out of matching.
+    bigger = ("model.hidden_size", "model.input_size", "seq_len")
     a = record_sweep(store, [[*TIMED, "batch=16"]], "small")
     b = record_sweep(store, [[*TIMED, "batch=16", "model.hidden_size=256",
-                              "model.input_size=128"]], "big")
-    ignore = ["--ignore", "model.hidden_size", "--ignore", "model.input_size"]
-    (pair,) = compare.compare(store, a, b, 0.10, ("model.hidden_size", "model.input_size"))
-    assert pair.verdict == compare.SLOWER and pair.ratio > 1.5 and pair.low > 1
+                              "model.input_size=128", "seq_len=100"]], "big")
+    ignore = [arg for key in bigger for arg in ("--ignore", key)]
+    (pair,) = compare.compare(store, a, b, 0.10, bigger)
+    assert pair.verdict == compare.SLOWER and pair.ratio > 4 and pair.low > 1, pair
     assert compare.main([a, b, "--tracking-uri", store.uri, "--no-log", *ignore]) == 1
     # The other way round, B is faster: no gate.
-    (back,) = compare.compare(store, b, a, 0.10, ("model.hidden_size", "model.input_size"))
-    assert back.verdict == compare.FASTER and back.ratio < 1 / 1.5 and back.high < 1
+    (back,) = compare.compare(store, b, a, 0.10, bigger)
+    assert back.verdict == compare.FASTER and back.ratio < 1 / 4 and back.high < 1, back
     assert compare.main([b, a, "--tracking-uri", store.uri, "--no-log", *ignore]) == 0
 
 
