@@ -16,7 +16,8 @@ from rnnsweep.trial.noise import IQR_LIMIT, Load, verdict
 from rnnsweep.trial.run import run_trial
 
 BURN = "import time\nend = time.time() + 60\nwhile time.time() < end: pass\n"
-TIMED = [*TOY, "workload=bench", "hardware=cpu", "hardware.num_cpus=1", "min_run_time=0.5"]
+TIMED = [*TOY, "workload=train_bench", "hardware=cpu", "hardware.num_cpus=1",
+         "min_run_time=0.5"]
 
 
 @pytest.fixture
@@ -37,10 +38,12 @@ def test_a_trial_timed_beside_cpu_burners_is_flagged(burners):
     record = run_trial(compose_cfg(TIMED))
     assert record.outcome == "OK", record.reason
     assert record.tags["rnnsweep.timing.noisy"] == "true"
-    assert "latency_ms: " in record.tags["rnnsweep.timing.noise_reason"]
-    assert "other processes used" in record.tags["rnnsweep.timing.noise_reason"]
+    reason = record.tags["rnnsweep.timing.noise_reason"]
+    assert "latency_ms: " in reason and "step_time_ms: " in reason  # each timed figure
+    assert "other processes used" in reason
     # The burners alone are one CPU each; whatever else runs here only adds to it.
     assert record.metrics["latency_other_cpus"] >= 0.75
+    assert record.metrics["step_time_other_cpus"] >= 0.75
     assert record.metrics["latency_blocks"] >= 1
     assert len(record.step_metrics["timing/latency_ms"]) >= 1
 
