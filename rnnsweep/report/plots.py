@@ -71,7 +71,8 @@ def batch_scaling(throughput: Series, ms_per_seq: Series, speedups: Mapping[str,
         errors = (ms_per_seq_iqr or {}).get(label)
         if errors and any(errors):
             xs, ys = zip(*points, strict=True)
-            right.errorbar(xs, ys, yerr=errors, fmt="none", capsize=4, color=line.get_color())
+            right.errorbar(xs, ys, yerr=_half_spread(ys, errors), fmt="none", capsize=4,
+                           color=line.get_color())
     for ax, series in ((left, throughput), (right, ms_per_seq)):
         # Batch sizes are usually powers of two; base-2 log spacing puts them evenly apart.
         ax.set_xscale("log", base=2)
@@ -86,7 +87,7 @@ def batch_scaling(throughput: Series, ms_per_seq: Series, speedups: Mapping[str,
     left.set_title("throughput")
     # A linear axis from 0 shows the per-sequence gain as the ratio it is.
     right.set_ylim(bottom=0)
-    right.set_ylabel("forward latency per sequence (ms)")
+    right.set_ylabel("forward latency per sequence (ms; bars: IQR)")
     right.set_title("time per sequence")
     right.legend(loc="upper right", fontsize=10)
     _legend(left, len(throughput))
@@ -94,18 +95,21 @@ def batch_scaling(throughput: Series, ms_per_seq: Series, speedups: Mapping[str,
 
 
 def fused_vs_loop(bars: Sequence[Bar], *, sweep: str, device: str) -> bytes:
-    """Median latencies with ±IQR error bars; a noisy pair's speedup is marked so."""
+    """Medians with error bars half the IQR each way (the middle half of the timing blocks,
+    when they spread evenly); a noisy pair's speedup is marked so."""
     fig, (ax,) = _figure(1, f"{sweep}: fused library kernel vs. per-timestep loop", device)
     width = 0.38
     xs = range(len(bars))
     fused_ms = [b.fused_ms for b in bars]
     loop_ms = [b.loop_ms for b in bars]
+    tallest = max([*fused_ms, *loop_ms])
     fused = ax.bar([x - width / 2 for x in xs], fused_ms, width, label="fused (nn.LSTM/GRU/RNN)",
-                   yerr=[b.fused_iqr_ms for b in bars], capsize=4)
+                   yerr=_half_spread(fused_ms, [b.fused_iqr_ms for b in bars]), capsize=4)
     loop = ax.bar([x + width / 2 for x in xs], loop_ms, width, label="loop (cell per timestep)",
-                  yerr=[b.loop_iqr_ms for b in bars], capsize=4)
-    ax.bar_label(fused, fmt=plain, padding=2)
-    ax.bar_label(loop, fmt=plain, padding=2)
+                  yerr=_half_spread(loop_ms, [b.loop_iqr_ms for b in bars]), capsize=4)
+    # Inside the bars: an error bar's end would push an edge label off the chart.
+    ax.bar_label(fused, fmt=plain, label_type="center", color="white", fontweight="bold")
+    ax.bar_label(loop, fmt=plain, label_type="center", color="white", fontweight="bold")
     for x, bar in zip(xs, bars, strict=True):
         f, lp = bar.fused_ms, bar.loop_ms
         # The speedup sits above the taller bar of its pair, where the eye compares them.
@@ -115,10 +119,17 @@ def fused_vs_loop(bars: Sequence[Bar], *, sweep: str, device: str) -> bytes:
                     ha="center", fontweight="bold")
     ax.set_xticks(list(xs), [b.label for b in bars])
     ax.set_xlabel("cell")
-    ax.set_ylabel("forward latency (ms per batch, median ±IQR)")
-    ax.set_ylim(top=max([*fused_ms, *loop_ms]) * 1.25)
-    ax.legend(loc="upper left")
+    ax.set_ylabel("forward latency (ms per batch; median, bars: IQR)")
+    # A wild spread is clipped rather than squashing the medians it qualifies.
+    ax.set_ylim(bottom=0, top=tallest * 1.3)
+    fig.legend(loc="outside lower center", ncol=2)
     return _png(fig)
+
+
+def _half_spread(values: Sequence[float], iqrs: Sequence[float]) -> list[list[float]]:
+    """Asymmetric error bars of half the IQR each way, never below zero."""
+    return [[min(v, q / 2) for v, q in zip(values, iqrs, strict=True)],
+            [q / 2 for q in iqrs]]
 
 
 def training_curves(loss: Series, grad_norm: Series, clipped_norm: Series,

@@ -236,7 +236,7 @@ def notes_section(report: Report) -> None:
     noisy = [t for t in timed if t.noisy]
     if noisy:
         report.notes.append(f"Noisy timings in {len(noisy)} of {len(timed)} timed trials "
-                            "(error bars show ±IQR):")
+                            "(error bars span the IQR):")
         report.notes += [f"- {_who(report, t)}: {cut(t.noise_reason, NOTE_CHARS)}"
                          for t in noisy]
     not_ok = [t for t in report.trials if not t.ok]
