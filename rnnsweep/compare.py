@@ -145,7 +145,9 @@ def table(pairs: list[Pair], a: str, b: str) -> str:
 def plot(pairs: list[Pair], a: str, b: str, threshold: float) -> bytes:
     from rnnsweep.report import plots
 
-    return plots.ratios([f"{p.name} {p.metric}" for p in pairs], [p.ratio for p in pairs],
+    labels = [f"{p.name} {p.metric}: {p.verdict}" + (" (noisy)" if p.noisy else "")
+              for p in pairs]
+    return plots.ratios(labels, [p.ratio for p in pairs],
                         [p.low for p in pairs], [p.high for p in pairs], threshold,
                         title=f"B {b[:8]} vs A {a[:8]}: time ratio B/A (95% CI)")
 
