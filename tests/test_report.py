@@ -353,6 +353,10 @@ def test_reused_runs_are_in_the_report_marked_reused(tracker):
     assert [t.reused for t in report.trials] == [True, True, False]
     assert column(report, "outcome")[:2] == ["OK (reused)", "OK (reused)"]
     assert any("2 trials were reused" in n for n in report.notes)
+    # A sweep that reused everything still gets a complete report.
+    everything = record_sweep(tracker, [], parent_tags={
+        f"{REUSED_PREFIX}{run_id}": f"batch={batch}" for batch, run_id in reused.items()})
+    assert column(build_report(tracker, everything), "outcome") == ["OK (reused)"] * 2
 
 
 def test_noisy_trials_are_flagged_in_table_notes_and_html(tracker):
@@ -370,6 +374,13 @@ def test_noisy_trials_are_flagged_in_table_notes_and_html(tracker):
     assert 'class="noisy"' in page and "overflow-x:auto" in page and "max-width:100%" in page
     run = report.trials[0]
     assert f'href="/#/experiments/{run.experiment_id}/runs/{run.run_id}"' in page
+
+
+def test_the_end_of_a_sweep_warns_of_noisy_timings(tracker, capsys):
+    parent = record_sweep(tracker, [["batch=2", "workload=bench", "hardware.exclusive=false"]])
+    assert write_report_safely(tracker, parent) is not None
+    err = capsys.readouterr().err
+    assert "rnnsweep: warning: 1 of 1 timed trials have noisy timings" in err
 
 
 def test_csv_export_has_one_typed_row_per_trial(tracker, tmp_path):
