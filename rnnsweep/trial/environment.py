@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import platform
 import resource
 import socket
@@ -60,6 +61,7 @@ class PeakMemory:
             torch.cuda.reset_peak_memory_stats(self.device)
             self.kind = "cuda_max_allocated"
             return
+        _trim_heap()
         self.start_mb = _status_mb("VmRSS")
         if _reset_rss_high_water():
             self.kind = "rss_above_start_vmhwm"
@@ -77,6 +79,15 @@ class PeakMemory:
         else:
             peak = _status_mb("VmHWM")
         return {"peak_mem_mb": max(0.0, peak - self.start_mb), "peak_rss_mb": peak}
+
+
+def _trim_heap() -> None:
+    """Hands memory that earlier trials freed back to the OS (glibc keeps it otherwise), so
+    this trial's allocations show above its starting point instead of reusing that slack."""
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: the baseline keeps the slack
+        pass
 
 
 def _reset_rss_high_water() -> bool:
