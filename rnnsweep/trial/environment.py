@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import platform
 import resource
@@ -84,10 +85,8 @@ class PeakMemory:
 def _trim_heap() -> None:
     """Hands memory that earlier trials freed back to the OS (glibc keeps it otherwise), so
     this trial's allocations show above its starting point instead of reusing that slack."""
-    try:
+    with contextlib.suppress(OSError, AttributeError):  # not glibc: the slack stays
         ctypes.CDLL(None).malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc: the baseline keeps the slack
-        pass
 
 
 def _reset_rss_high_water() -> bool:
