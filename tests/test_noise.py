@@ -48,6 +48,19 @@ def test_a_trial_timed_beside_cpu_burners_is_flagged(burners):
     assert len(record.step_metrics["timing/latency_ms"]) >= 1
 
 
+def test_a_call_slower_than_min_run_time_still_gets_blocks_to_judge():
+    import time
+
+    import torch
+
+    from rnnsweep.trial import timing
+    from rnnsweep.trial.noise import MIN_BLOCKS
+
+    slow = timing.time_call(lambda: time.sleep(0.06), torch.device("cpu"), 1, 0, 0.05)
+    assert slow.blocks == len(slow.times_s) == MIN_BLOCKS
+    assert 0.05 < slow.median_s < 1.0
+
+
 def test_a_trial_on_a_device_it_shared_is_flagged():
     record = run_trial(compose_cfg([*TIMED, "min_run_time=0.05", "hardware.exclusive=false"]))
     assert record.tags["rnnsweep.timing.noisy"] == "true"

@@ -12,8 +12,9 @@ from dataclasses import dataclass, field
 
 import torch
 from torch.utils import benchmark
+from torch.utils.benchmark.utils import common
 
-from rnnsweep.trial.noise import Load, LoadWindow, verdict
+from rnnsweep.trial.noise import MIN_BLOCKS, Load, LoadWindow, verdict
 
 # What the reported figure is: a block's mean per call, median over blocks.
 STATISTIC = "blocks (torch.utils.benchmark.Timer.blocked_autorange)"
@@ -45,10 +46,20 @@ def time_call(fn: Callable[[], object], device: torch.device, num_threads: int,
     timer = benchmark.Timer(stmt="fn()", globals={"fn": fn}, num_threads=num_threads)
     window = LoadWindow(device.index or 0 if device.type == "cuda" else None)
     window.start()
-    measurement = timer.blocked_autorange(min_run_time=min_run_time)
+    measurement = _at_least(MIN_BLOCKS, timer, timer.blocked_autorange(min_run_time=min_run_time))
     load = window.stop()
     return Timing(measurement.median, measurement.iqr, len(measurement.times),
                   list(measurement.times), load, num_threads)
+
+
+def _at_least(blocks: int, timer: benchmark.Timer,
+              measurement: common.Measurement) -> common.Measurement:
+    """A call slower than ``min_run_time`` fills one block, which has no spread: time more
+    blocks of the same size so the IQR (and compare's interval) has something to say."""
+    raw = list(measurement.raw_times)
+    while len(raw) < blocks:
+        raw += timer.timeit(measurement.number_per_run).raw_times
+    return common.Measurement(measurement.number_per_run, raw, measurement.task_spec)
 
 
 def matmul_gflops(device: torch.device, num_threads: int, size: int = 1024,
