@@ -240,3 +240,146 @@ def test_cli_unknown_run_id_is_a_one_line_error_and_exit_2(sweeps):
     assert result.stdout == ""
     assert result.stderr.strip().splitlines() == [
         f"rnnsweep.report: error: no run '{'0' * 32}' in {sweeps['batch'].uri}"]
+
+
+# --- report logic on sweeps recorded through the Tracker (no CLI, no Ray) -------------------
+
+from recorded import record_sweep  # noqa: E402
+
+from rnnsweep.report import sections, text  # noqa: E402
+from rnnsweep.report.reading import REUSED_PREFIX  # noqa: E402
+
+
+@pytest.fixture
+def tracker(mlflow_store) -> Tracker:
+    return Tracker(mlflow_store.uri, "rnnsweep")
+
+
+@pytest.mark.parametrize(("value", "shown"), [
+    (6790.4, "6,790"), (0.000123, "0.000123"), (12.345, "12.3"), (1.5, "1.5"), (128.0, "128"),
+    (1e-9, "0.000000001"), (float("nan"), "nan")])
+def test_numbers_are_plain(value, shown):
+    assert text.plain(value) == shown
+
+
+def test_reasons_are_cut_at_word_boundaries():
+    reason = "precision=fp16 (autocast + GradScaler) needs CUDA; this trial runs on cpu."
+    cut = text.cut(reason, 40)
+    assert len(cut) <= 40 and cut.endswith("…")
+    assert reason.startswith(cut[:-1]) and reason[len(cut) - 1] == " "  # ends on a whole word
+    assert text.cut("short", 40) == "short"
+
+
+def seq_len_report(times: dict[int, float]) -> Report:
+    trials = [Trial(f"run{n}", "OK", "", {"seq_len": str(n)}, {"latency_ms": ms}, "cpu")
+              for n, ms in times.items()]
+    report = Report("p", "sweep", "cpu", ["seq_len"], trials, [], [])
+    sections.seq_len_section(report)
+    return report
+
+
+def test_a_linear_fit_is_called_linear_with_its_r2_and_standard_error():
+    report = seq_len_report({25: 1.0, 50: 2.02, 100: 3.98, 200: 8.0})
+    (finding,) = report.findings
+    assert finding.value == pytest.approx(0.04, rel=0.02)
+    assert "R² 1.000: linear" in finding.detail and "(SE)" in finding.detail
+
+
+def test_a_curved_fit_is_not_called_linear():
+    report = seq_len_report({25: 1.0, 50: 4.0, 100: 16.0, 200: 64.0, 400: 256.0})
+    (finding,) = report.findings
+    assert "not linear" in finding.detail
+    fit = sections.fit_line(np.array([25.0, 50, 100, 200, 400]),
+                            np.array([1.0, 4, 16, 64, 256]))
+    assert fit.r2 < sections.LINEAR_R2 and fit.slope_se > 0
+
+
+def test_precision_report_gives_speedup_over_fp32_and_lists_unsupported(tracker):
+    parent = record_sweep(tracker, [[f"precision={p}", "workload=train", "hardware=cpu"]
+                                    for p in ("fp32", "bf16", "fp16")])
+    report = build_report(tracker, parent)
+    assert report.axes == ["precision.name"]
+    by_name = {t.params["precision.name"]: t for t in report.trials}
+    assert by_name["fp16"].outcome == "UNSUPPORTED"
+    notes = "\n".join(report.notes)
+    assert f"{by_name['fp16'].run_id[:8]} (precision.name=fp16): UNSUPPORTED: " \
+           "precision=fp16 (autocast + GradScaler) needs CUDA" in notes
+    speedups = {f.what: f.value for f in report.findings if "over fp32" in f.what}
+    if by_name["bf16"].ok:  # bf16 LSTM needs AVX-512 on CPU; otherwise it is in the notes
+        base, bf16 = by_name["fp32"].metrics, by_name["bf16"].metrics
+        assert speedups["bf16 speedup over fp32, training step"] == pytest.approx(
+            base["step_time_ms"] / bf16["step_time_ms"])
+    else:
+        assert speedups == {} and "precision.name=bf16): UNSUPPORTED" in notes
+    assert "fp16 speedup" not in " ".join(speedups)
+
+
+@pytest.mark.slow  # exports to TorchScript and ONNX
+def test_deployment_report_has_parity_columns_and_a_verdict(tracker):
+    parent = record_sweep(tracker, [["workload=deploy", "hardware=cpu", f"batch={b}",
+                                     "chunk_len=5", "repeats=2"] for b in (2, 3)])
+    report = build_report(tracker, parent)
+    assert "parity" in report.columns and "stream_max_abs_diff" in report.columns
+    assert column(report, "parity") == ["ok", "ok"], report.markdown
+    (finding,) = [f for f in report.findings if f.what.startswith("deployment parity")]
+    assert finding.value == 2 and finding.detail == "parity: every path matches eager"
+    assert "streaming" in finding.what and "onnx" in finding.what
+
+
+def test_reused_runs_are_in_the_report_marked_reused(tracker):
+    first = record_sweep(tracker, [["batch=2", "workload=bench"], ["batch=4", "workload=bench"]])
+    reused = {t.params["batch"]: t.run_id for t in build_report(tracker, first).trials}
+    second = record_sweep(tracker, [["batch=8", "workload=bench"]],
+                          parent_tags={f"{REUSED_PREFIX}{reused['2']}": "batch=2",
+                                       f"{REUSED_PREFIX}{reused['4']}": "batch=4"})
+    report = build_report(tracker, second)
+    assert column(report, "batch") == ["2", "4", "8"]
+    assert [t.reused for t in report.trials] == [True, True, False]
+    assert column(report, "outcome")[:2] == ["OK (reused)", "OK (reused)"]
+    assert any("2 trials were reused" in n for n in report.notes)
+    # A sweep that reused everything still gets a complete report.
+    everything = record_sweep(tracker, [], parent_tags={
+        f"{REUSED_PREFIX}{run_id}": f"batch={batch}" for batch, run_id in reused.items()})
+    assert column(build_report(tracker, everything), "outcome") == ["OK (reused)"] * 2
+
+
+def test_noisy_trials_are_flagged_in_table_notes_and_html(tracker):
+    parent = record_sweep(tracker, [["batch=2", "workload=bench", "hardware.exclusive=false"],
+                                    ["batch=4", "workload=bench", "hardware.exclusive=false"]])
+    report = build_report(tracker, parent)
+    assert column(report, "timing") == ["noisy", "noisy"]
+    first = report.trials[0]
+    # The median ±IQR; one timing block has no IQR to show.
+    assert ("±" in column(report, "latency_ms")[0]) == (first.metrics["latency_iqr_ms"] > 0)
+    notes = "\n".join(report.notes)
+    assert "Noisy timings in 2 of 2 timed trials" in notes
+    assert "shared its device (hardware.exclusive=false)" in notes
+    page = report.html
+    assert 'class="noisy"' in page and "overflow-x:auto" in page and "max-width:100%" in page
+    run = report.trials[0]
+    assert f'href="/#/experiments/{run.experiment_id}/runs/{run.run_id}"' in page
+
+
+def test_the_end_of_a_sweep_warns_of_noisy_timings(tracker, capsys):
+    parent = record_sweep(tracker, [["batch=2", "workload=bench", "hardware.exclusive=false"]])
+    assert write_report_safely(tracker, parent) is not None
+    err = capsys.readouterr().err
+    assert "rnnsweep: warning: 1 of 1 timed trials have noisy timings" in err
+
+
+def test_csv_export_has_one_typed_row_per_trial(tracker, tmp_path):
+    pandas = pytest.importorskip("pandas")
+    parent = record_sweep(tracker, [["batch=2", "workload=bench"], ["batch=4", "workload=bench"]])
+    out = tmp_path / "trials.csv"
+    assert main(["--run-id", parent, "--tracking-uri", tracker.uri, "--no-log",
+                 "--csv", str(out)]) == 0
+    frame = pandas.read_csv(out)
+    assert len(frame) == 2
+    assert frame["batch"].tolist() == [2, 4] and frame["batch"].dtype.kind == "i"
+    assert frame["latency_ms"].dtype.kind == "f" and (frame["latency_ms"] > 0).all()
+    assert frame["outcome"].tolist() == ["OK", "OK"]
+    assert "loss" not in frame and not any("/" in c for c in frame.columns)
+    parquet = tmp_path / "trials.parquet"
+    assert main(["--run-id", parent, "--tracking-uri", tracker.uri, "--no-log",
+                 "--csv", str(parquet)]) == 0
+    assert pandas.read_parquet(parquet)["batch"].tolist() == [2, 4]

@@ -1,5 +1,5 @@
 import sys
 
-from rnnsweep.report.build import main
+from rnnsweep.report.cli import main
 
 sys.exit(main())

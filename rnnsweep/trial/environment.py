@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import platform
 import resource
 import socket
+import threading
 from pathlib import Path
 
 import torch
@@ -36,14 +39,86 @@ def device_tags(device: torch.device) -> dict[str, str]:
     }
 
 
-def reset_peak_memory(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
+# --- peak memory ------------------------------------------------------------------------------
+# Ray reuses worker processes, so the process-wide ``ru_maxrss`` only ever rises in the order
+# trials ran. On CPU the kernel's own high-water mark (VmHWM) is reset at the trial's start
+# by writing "5" to /proc/self/clear_refs (Linux >= 4.0): exact, and free during the trial.
+# Where that file is not writable, a thread samples VmRSS every few milliseconds instead.
+SAMPLE_S = 0.002
 
 
-def peak_memory_mb(device: torch.device) -> tuple[float, str]:
-    """Peak memory and what it measures: tensor memory on CUDA, process RSS on CPU."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20, "cuda_max_allocated"
-    # ru_maxrss is in KiB on Linux; it covers the whole process, Python included.
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "process_max_rss"
+class PeakMemory:
+    """The trial's own peak memory: on CUDA, ``max_memory_allocated`` since the trial's start;
+    on CPU, the process's resident high-water mark minus its resident size at the start."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.start_mb = 0.0
+        self.kind = ""
+        self._sampler: _RssSampler | None = None
+
+    def start(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self.kind = "cuda_max_allocated"
+            return
+        _trim_heap()
+        self.start_mb = _status_mb("VmRSS")
+        if _reset_rss_high_water():
+            self.kind = "rss_above_start_vmhwm"
+        else:
+            self._sampler = _RssSampler()
+            self._sampler.start()
+            self.kind = "rss_above_start_sampled"
+
+    def stop(self) -> dict[str, float]:
+        """``peak_mem_mb`` (the trial's own) and, on CPU, ``peak_rss_mb`` (the process's)."""
+        if self.device.type == "cuda":
+            return {"peak_mem_mb": torch.cuda.max_memory_allocated(self.device) / 2**20}
+        if self._sampler is not None:
+            peak = max(self._sampler.stop(), _status_mb("VmRSS"))
+        else:
+            peak = _status_mb("VmHWM")
+        return {"peak_mem_mb": max(0.0, peak - self.start_mb), "peak_rss_mb": peak}
+
+
+def _trim_heap() -> None:
+    """Hands memory that earlier trials freed back to the OS (glibc keeps it otherwise), so
+    this trial's allocations show above its starting point instead of reusing that slack."""
+    with contextlib.suppress(OSError, AttributeError):  # not glibc: the slack stays
+        ctypes.CDLL(None).malloc_trim(0)
+
+
+def _reset_rss_high_water() -> bool:
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        return False
+    return True
+
+
+def _status_mb(field: str) -> float:
+    """A ``/proc/self/status`` size in MiB (0 where /proc is missing)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 if field == "VmHWM" else 0.0
+
+
+class _RssSampler(threading.Thread):
+    def __init__(self) -> None:
+        super().__init__(name="rnnsweep-rss-sampler", daemon=True)
+        self.peak = 0.0
+        self._done = threading.Event()
+
+    def run(self) -> None:
+        while not self._done.wait(SAMPLE_S):
+            self.peak = max(self.peak, _status_mb("VmRSS"))
+
+    def stop(self) -> float:
+        self._done.set()
+        self.join()
+        return self.peak

@@ -10,13 +10,15 @@ import math
 import os
 import tempfile
 import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 
 from rnnsweep.record import DIVERGED, FAILED, UNSUPPORTED, TrialRecord, config_hash, flatten
-from rnnsweep.trial import data, environment, timing, training
+from rnnsweep.trial import data, environment, noise, timing, training
 from rnnsweep.trial.models import RecurrentNet, forward_flops_per_sequence, with_impl
 
 LOGGED_SERIES = ("loss", "grad_norm", "grad_norm_clipped", "saturation", "grad_scale")
@@ -65,7 +67,8 @@ def _run(cfg: DictConfig, record: TrialRecord, num_threads: int) -> None:
     torch.set_num_threads(num_threads)
     device = resolve_device(_name(cfg.hardware.device))
     record.tags.update(environment.device_tags(device))
-    environment.reset_peak_memory(device)
+    peak = environment.PeakMemory(device)
+    peak.start()  # before the model exists: its weights are part of the trial's memory
     model = build_model(cfg).to(device)
     amp_dtype = _check_precision(cfg, model, device)
     metrics = record.metrics
@@ -73,13 +76,15 @@ def _run(cfg: DictConfig, record: TrialRecord, num_threads: int) -> None:
                                            cfg.model.hidden_size, cfg.model.num_layers,
                                            cfg.seq_len)
     if cfg.workload.train:
-        _train(cfg, model, device, amp_dtype, record, seq_flops)
+        with _loaded(record, "step_time_ms", device, num_threads, _shared(cfg)):
+            _train(cfg, model, device, amp_dtype, record, seq_flops)
     if cfg.workload.bench:
-        _bench(cfg, model, device, amp_dtype, num_threads, metrics, seq_flops)
+        _bench(cfg, model, device, amp_dtype, num_threads, record, seq_flops)
     if cfg.workload.deploy:
-        _deploy(cfg, model, device, record)
-    metrics["peak_mem_mb"], kind = environment.peak_memory_mb(device)
-    record.tags["rnnsweep.peak_mem_kind"] = kind
+        with _loaded(record, "stream_latency_ms_p50", device, num_threads, _shared(cfg)):
+            _deploy(cfg, model, device, record)
+    metrics.update(peak.stop())
+    record.tags["rnnsweep.peak_mem_kind"] = peak.kind
 
 
 def _check_precision(cfg: DictConfig, model: RecurrentNet,
@@ -147,15 +152,20 @@ def _train(cfg: DictConfig, model: RecurrentNet, device: torch.device,
 
 
 def _bench(cfg: DictConfig, model: RecurrentNet, device: torch.device,
-           amp_dtype: torch.dtype | None, num_threads: int, metrics: dict[str, float],
+           amp_dtype: torch.dtype | None, num_threads: int, record: TrialRecord,
            seq_flops: int) -> None:
+    metrics = record.metrics
     torch.manual_seed(cfg.seed + 1)
     x = torch.randn(cfg.batch, cfg.seq_len, cfg.model.input_size, device=device)
     model.eval()
     forward = _forward_fn(model, x, device, amp_dtype)
     own = timing.time_call(forward, device, num_threads, cfg.warmup, cfg.min_run_time)
+    _timed(record, "latency_ms", own, _shared(cfg))
+    # What latency_ms times, so a bare loop that differs can be told why (fidelity.py).
+    record.tags["rnnsweep.timing.scope"] = (
+        f"median of {timing.STATISTIC}; one forward of the model with its per-timestep "
+        "linear head, the trial's (trained) weights, under inference_mode")
     metrics["latency_ms"] = own.median_ms
-    metrics["latency_iqr_ms"] = own.iqr_s * 1e3
     metrics["latency_ms_per_seq"] = own.median_ms / cfg.batch
     metrics["throughput_seq_per_s"] = cfg.batch / own.median_s
     metrics["throughput_tok_per_s"] = cfg.batch * cfg.seq_len / own.median_s
@@ -170,11 +180,70 @@ def _bench(cfg: DictConfig, model: RecurrentNet, device: torch.device,
                                   cfg.min_run_time)
         with torch.inference_mode():
             diff = (forward()[0].float() - other_forward()[0].float()).abs().max().item()
-        times = {model.impl: own.median_ms, other_impl: theirs.median_ms}
-        metrics["latency_ms_fused"] = times["fused"]
-        metrics["latency_ms_loop"] = times["loop"]
-        metrics["fused_speedup"] = times["loop"] / times["fused"]
+        times = {model.impl: own, other_impl: theirs}
+        _timed(record, f"latency_ms_{other_impl}", theirs, _shared(cfg))
+        # The trial's own implementation was timed above as latency_ms: the same blocks.
+        record.step_metrics[f"timing/latency_ms_{model.impl}"] = (
+            record.step_metrics["timing/latency_ms"])
+        for suffix in ("iqr_ms", "blocks", "other_cpus"):
+            if f"latency_{suffix}" in metrics:
+                metrics[f"latency_{model.impl}_{suffix}"] = metrics[f"latency_{suffix}"]
+        metrics["latency_ms_fused"] = times["fused"].median_ms
+        metrics["latency_ms_loop"] = times["loop"].median_ms
+        metrics["fused_speedup"] = times["loop"].median_s / times["fused"].median_s
         metrics["impl_max_abs_diff"] = diff
+
+
+# Block times kept per timed metric (for ``rnnsweep.compare``'s confidence intervals).
+MAX_BLOCKS_KEPT = 200
+
+
+def _timed(record: TrialRecord, metric: str, measured: timing.Timing, shared: str) -> None:
+    """A timed figure's spread, the load beside it, and its noise verdict on the record:
+    metrics ``<metric-stem>_iqr_ms``/``_blocks``/``_other_cpus``, the block times as the
+    series ``timing/<metric>``, and the trial's ``rnnsweep.timing.noisy``/``noise_reason``
+    tags (noisy when any of its timed figures is)."""
+    stem = metric.replace("latency_ms", "latency")
+    record.metrics[f"{stem}_iqr_ms"] = measured.iqr_s * 1e3
+    record.metrics[f"{stem}_blocks"] = float(measured.blocks)
+    if measured.load is not None:
+        record.metrics[f"{stem}_other_cpus"] = measured.load.other_cpus
+    times = measured.times_s
+    step = max(1, -(-len(times) // MAX_BLOCKS_KEPT))
+    record.step_metrics[f"timing/{metric}"] = [t * 1e3 for t in times[::step]]
+    noisy, reason = measured.verdict(shared)
+    _add_verdict(record, metric, noisy, reason)
+
+
+def _add_verdict(record: TrialRecord, metric: str, noisy: bool, reason: str) -> None:
+    tags = record.tags
+    if noisy:
+        earlier = tags.get("rnnsweep.timing.noise_reason", "")
+        tags["rnnsweep.timing.noise_reason"] = "; ".join(
+            filter(None, [earlier, f"{metric}: {reason}"]))[:4000]
+    tags["rnnsweep.timing.noisy"] = str(
+        noisy or tags.get("rnnsweep.timing.noisy") == "true").lower()
+
+
+@contextmanager
+def _loaded(record: TrialRecord, metric: str, device: torch.device, threads: int,
+            shared: str) -> Iterator[None]:
+    """A noise verdict from the load beside a timed phase that has no blocks of its own
+    (training steps, streaming chunks): only the load and sharing tests apply."""
+    window = noise.LoadWindow(device.index or 0 if device.type == "cuda" else None)
+    window.start()
+    yield
+    if metric in record.metrics:
+        load = window.stop()
+        record.metrics[f"{metric.removesuffix('_ms')}_other_cpus"] = load.other_cpus
+        _add_verdict(record, metric, *noise.verdict(1.0, 0.0, noise.MIN_BLOCKS, load, threads,
+                                                    shared))
+
+
+def _shared(cfg: DictConfig) -> str:
+    """Why this trial's device was shared with others, as far as the trial can know (the
+    launcher's placement tags tell the rest)."""
+    return "hardware.exclusive=false" if cfg.hardware.get("exclusive") is False else ""
 
 
 def _forward_fn(model: RecurrentNet, x: torch.Tensor, device: torch.device,

@@ -1,0 +1,58 @@
+"""``python -m rnnsweep.report``: rebuild a sweep's report, print it, log it, export it."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from mlflow.exceptions import MlflowException
+
+from rnnsweep import redaction
+from rnnsweep.report.reading import ReportError, locate
+from rnnsweep.report.text import one_line
+from rnnsweep.tracking import resolve_uri
+
+
+def main(argv: list[str] | None = None) -> int:
+    from rnnsweep.report import tidy
+    from rnnsweep.report.build import build_report
+
+    args = _parser().parse_args(argv)
+    try:
+        tracker, parent = locate(resolve_uri(redaction.hide_credentials(args.tracking_uri)), args.run_id, args.experiment)
+        report = build_report(tracker, parent)
+    except (ReportError, MlflowException) as exc:
+        print(f"rnnsweep.report: error: {one_line(str(exc))}", file=sys.stderr)
+        return 2
+    print(report.markdown, end="")
+    if args.out:
+        written = report.save(args.out)
+        print(f"wrote {len(written)} files under {args.out}")
+    if args.csv:
+        count = tidy.write(report.trials, args.csv)  # sorted along the sweep's axes
+        print(f"wrote {count} rows to {args.csv}")
+    if not args.no_log:
+        tracker.log_artifacts(parent, report.artifacts())
+        print(f"logged {', '.join(report.artifacts())} on parent run {parent}")
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m rnnsweep.report",
+        description="Rebuild a sweep's report from MLflow: print its table and log report.md, "
+                    "report.html and plots/*.png onto the sweep's parent run.")
+    which = parser.add_mutually_exclusive_group(required=True)
+    which.add_argument("--run-id", help="the sweep's parent run")
+    which.add_argument("--experiment", help="report the latest sweep of this experiment")
+    parser.add_argument("--tracking-uri", default="sqlite:///mlflow.db",
+                        help="MLflow store or server (default: %(default)s, relative to the "
+                             "current directory)")
+    parser.add_argument("--no-log", action="store_true",
+                        help="only print; log nothing onto the parent run")
+    parser.add_argument("--out", type=Path, help="also write the report's files into OUT")
+    parser.add_argument("--csv", type=Path, metavar="PATH",
+                        help="also write one row per trial (typed params, summary metrics) to "
+                             "PATH: CSV, or Parquet when PATH ends in .parquet")
+    return parser

@@ -1,0 +1,104 @@
+"""The report's data: trials as read from MLflow, findings, and the report itself."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+# Metrics that time something: a trial with any of them is a timed trial.
+TIMED_METRICS = ("latency_ms", "step_time_ms", "stream_latency_ms_p50")
+
+
+@dataclass
+class Trial:
+    run_id: str
+    outcome: str  # OK / UNSUPPORTED / FAILED / DIVERGED, or the run status without a trial outcome
+    reason: str
+    params: dict[str, str]
+    metrics: dict[str, float]
+    device: str  # "" when the trial failed before it saw its device
+    tags: dict[str, str] = field(default_factory=dict)
+    reused: bool = False  # measured by an earlier sweep and reused by this one (resume)
+    experiment_id: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.outcome == "OK"
+
+    @property
+    def timed(self) -> bool:
+        return any(m in self.metrics for m in TIMED_METRICS)
+
+    @property
+    def noise_reason(self) -> str:
+        """Why this trial's timings are not to be trusted; ``""`` when nothing says so. The
+        trial's own verdict, plus the launcher's placement: a timed trial that ran beside
+        others on a device it did not hold alone."""
+        reasons = []
+        if self.tags.get("rnnsweep.timing.noisy") == "true":
+            reasons.append(self.tags.get("rnnsweep.timing.noise_reason", "noisy"))
+        beside = self.tags.get("rnnsweep.ray.trials_beside", "0")
+        if (self.timed and beside.isdigit() and int(beside) > 0
+                and self.tags.get("rnnsweep.ray.exclusive") != "True"):
+            reasons.append(f"ran beside {beside} other trial{'s' if beside != '1' else ''} "
+                           "on a shared device")
+        return "; ".join(reasons)
+
+    @property
+    def noisy(self) -> bool:
+        return bool(self.noise_reason)
+
+
+@dataclass
+class Finding:
+    what: str
+    value: float
+    unit: str  # "x" for a speedup, "ms/timestep" for a slope
+    detail: str = ""  # e.g. a fit's R² and standard error, or a verdict
+
+
+@dataclass
+class Report:
+    parent_run_id: str
+    sweep: str
+    device: str
+    axes: list[str]
+    trials: list[Trial]
+    columns: list[str]
+    rows: list[list[str]]
+    findings: list[Finding] = field(default_factory=list)
+    plots: dict[str, bytes] = field(default_factory=dict)  # "plots/<name>.png" -> PNG
+    notes: list[str] = field(default_factory=list)  # noisy, unsupported, failed trials
+    experiment_id: str = ""
+
+    @property
+    def title(self) -> str:
+        """The sweep's name; a command-line sweep (named just "sweep") by its axes."""
+        if self.sweep == "sweep" and self.axes:
+            return f"sweep over {', '.join(self.axes)}"
+        return self.sweep
+
+    @property
+    def markdown(self) -> str:
+        from rnnsweep.report import render
+        return render.markdown(self)
+
+    @property
+    def html(self) -> str:
+        """The same report as one self-contained page (plots inlined), which MLflow's
+        artifact viewer can show without resolving relative links."""
+        from rnnsweep.report import render
+        return render.html(self)
+
+    def artifacts(self) -> dict[str, bytes]:
+        return {"report.md": self.markdown.encode(), "report.html": self.html.encode(),
+                **self.plots}
+
+    def save(self, out_dir: Path) -> list[Path]:
+        written = []
+        for rel, content in self.artifacts().items():
+            path = out_dir / rel
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(content)
+            written.append(path)
+        return written

@@ -1,0 +1,96 @@
+"""Reading a sweep back from MLflow, through ``MlflowClient`` only (never the store's files),
+so a report can be rebuilt for any past sweep, from any store or tracking server."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from rnnsweep import redaction
+from rnnsweep.report.model import Trial
+from rnnsweep.tracking import ROLE_TAG, Tracker
+
+# A resumed sweep's parent names each run it reused instead of rerunning:
+# ``rnnsweep.reused.<run id>`` = the trial's name.
+REUSED_PREFIX = "rnnsweep.reused."
+
+
+class ReportError(Exception):
+    """A one-line, user-facing reason why no report can be built."""
+
+
+def sweep_trials(tracker: Tracker, parent) -> list[Trial]:
+    """The parent's child runs, then the runs it reused from earlier sweeps (marked so)."""
+    trials = [to_trial(run) for run in tracker.children(parent.info.run_id)]
+    own = {t.run_id for t in trials}
+    for key in sorted(parent.data.tags):
+        run_id = key.removeprefix(REUSED_PREFIX)
+        if key.startswith(REUSED_PREFIX) and run_id not in own:
+            try:
+                run = tracker.client.get_run(run_id)
+            except MlflowException:
+                continue  # deleted since: the tag alone says it was reused
+            trial = to_trial(run)
+            trial.reused = True
+            trials.append(trial)
+    return trials
+
+
+def to_trial(run) -> Trial:
+    tags = run.data.tags
+    return Trial(run_id=run.info.run_id, outcome=tags.get("rnnsweep.outcome") or run.info.status,
+                 reason=tags.get("rnnsweep.reason", ""), params=dict(run.data.params),
+                 metrics=dict(run.data.metrics), device=device_name(tags), tags=dict(tags),
+                 experiment_id=run.info.experiment_id)
+
+
+def device_name(tags: dict[str, str]) -> str:
+    name = tags.get("rnnsweep.device", "")
+    if name == "cpu":
+        threads = tags.get("rnnsweep.num_threads")
+        return f"CPU {tags.get('rnnsweep.cpu_model', '')}".strip() + (
+            f" ({threads} thread{'' if threads == '1' else 's'})" if threads else "")
+    return name
+
+
+def history(client: MlflowClient, run_id: str, key: str) -> list[tuple[float, float]]:
+    return sorted((m.step, m.value) for m in client.get_metric_history(run_id, key))
+
+
+def locate(uri: str, run_id: str | None, experiment: str | None) -> tuple[Tracker, str]:
+    """The tracker for the parent run's experiment, and the parent run id. Nothing is created:
+    a mistyped path or name is an error, not a new empty store or experiment."""
+    tracker, parents = locate_sweeps(uri, [run_id] if run_id else [], experiment, count=1)
+    return tracker, parents[0]
+
+
+def locate_sweeps(uri: str, run_ids: list[str], experiment: str | None,
+                  count: int) -> tuple[Tracker, list[str]]:
+    """``run_ids`` when given (all in one experiment), else the ``count`` latest sweep parent
+    runs of ``experiment``, oldest first."""
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
+        raise ReportError(f"no MLflow store at {uri}")
+    client = MlflowClient(tracking_uri=redaction.connection_uri(uri))
+    if run_ids:
+        names = set()
+        for run_id in run_ids:
+            try:
+                run = client.get_run(run_id)
+            except MlflowException:
+                raise ReportError(f"no run {run_id!r} in {uri}") from None
+            names.add(client.get_experiment(run.info.experiment_id).name)
+        if len(names) > 1:
+            raise ReportError(f"runs {', '.join(run_ids)} belong to different experiments: "
+                              f"{', '.join(sorted(names))}")
+        return Tracker(uri, names.pop()), run_ids
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        raise ReportError(f"no experiment {experiment!r} in {uri}")
+    latest = client.search_runs([found.experiment_id], f"tags.`{ROLE_TAG}` = 'sweep'",
+                                order_by=["attributes.start_time DESC"], max_results=count)
+    if len(latest) < count:
+        raise ReportError(f"experiment {experiment!r} has {len(latest)} sweep parent runs, "
+                          f"{count} needed")
+    return Tracker(uri, experiment), [run.info.run_id for run in reversed(latest)]
