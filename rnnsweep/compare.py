@@ -160,8 +160,8 @@ def main(argv: list[str] | None = None) -> int:
               "last two sweeps of --experiment", file=sys.stderr)
         return 2
     try:
-        tracker, (a, b) = locate_sweeps(resolve_uri(redaction.hide_credentials(args.tracking_uri)), args.sweeps,
-                                        args.experiment, count=2)
+        uri = resolve_uri(redaction.hide_credentials(args.tracking_uri))
+        tracker, (a, b) = locate_sweeps(uri, args.sweeps, args.experiment, count=2)
         pairs = compare(tracker, a, b, args.threshold, tuple(args.ignore),
                         args.noisy_threshold)
     except (ReportError, MlflowException) as exc:

@@ -20,7 +20,8 @@ def main(argv: list[str] | None = None) -> int:
 
     args = _parser().parse_args(argv)
     try:
-        tracker, parent = locate(resolve_uri(redaction.hide_credentials(args.tracking_uri)), args.run_id, args.experiment)
+        uri = resolve_uri(redaction.hide_credentials(args.tracking_uri))
+        tracker, parent = locate(uri, args.run_id, args.experiment)
         report = build_report(tracker, parent)
     except (ReportError, MlflowException) as exc:
         print(f"rnnsweep.report: error: {one_line(str(exc))}", file=sys.stderr)
