@@ -83,7 +83,7 @@ def start_ray(checked: CheckedCommand, address: str | None) -> None:
                              name="open-store")
     store.start()
     try:
-        ray_session.start_for_cli(address, checked.base.hydra.launcher)
+        ray_session.start_for_cli(address, checked.base.hydra.launcher, checked.base)
         nodes = ray_session.nodes()
         requests = {i: plan(t, nodes) for i, t in enumerate(checked.trials)}
         check_feasible(requests, nodes,

@@ -111,6 +111,11 @@ class RayConfig:
     address: str | None = None  # None: $RAY_ADDRESS, else an embedded local Ray
     max_retries: int = 2  # retries of a trial whose worker process died
     rerun: bool = False  # run trials even when an identical config already finished
+    # What travels to a named cluster's nodes (Ray's runtime_env), so that they need only
+    # Python, Ray and torch: rnnsweep itself, the user's packages, a working directory.
+    ship: bool = True
+    packages: list[str] = field(default_factory=list)  # import names of the user's code
+    working_dir: str | None = None  # e.g. "." : uploaded, and the trials' working dir
 
 
 @dataclass
