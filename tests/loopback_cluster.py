@@ -88,9 +88,13 @@ class LoopbackCluster:
         args = [str(self.python), "-m", "ray.scripts.scripts", "start", "--block",
                 "--node-ip-address=127.0.0.1", f"--num-cpus={num_cpus:g}",
                 f"--num-gpus={num_gpus:g}", "--disable-usage-stats",
-                f"--dashboard-agent-listen-port={free_port()}"]
+                f"--dashboard-agent-listen-port={free_port()}",
+                # A temp dir per node, as on separate machines: nodes sharing one would
+                # share runtime_env packages, and one node's clean-up would delete
+                # another's working directory.
+                f"--temp-dir={self.root / ('ray-' + name)}"]
         if head:
-            args += ["--head", f"--port={self.port}", f"--temp-dir={self.root / 'ray'}",
+            args += ["--head", f"--port={self.port}",
                      f"--ray-client-server-port={free_port()}"]
             if dashboard:
                 args += ["--include-dashboard=true", "--dashboard-host=127.0.0.1",

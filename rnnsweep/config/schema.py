@@ -72,6 +72,10 @@ class HardwareConfig:
     num_gpus: float = 0.0
     # None: timed trials get their device to themselves, training-only trials pack.
     exclusive: bool | None = None
+    # TEST-ONLY: run the trial's math on this device whatever Ray granted, to exercise GPU
+    # placement on logical GPUs (`ray start --num-gpus 2` on a CPU machine). Recorded as
+    # the tag rnnsweep.compute_device; never set it for real measurements.
+    compute_device: Device | None = None
 
 
 @dataclass

@@ -33,7 +33,14 @@ from rnnsweep.record import FAILED, TrialRecord, config_hash, flatten
 from rnnsweep.sweep import worker as ray_task
 from rnnsweep.sweep.cluster import LaunchError, ray_session
 from rnnsweep.sweep.job import summary_line, trial_name
-from rnnsweep.sweep.resources import InfeasibleRequest, Node, Request, check_feasible, plan
+from rnnsweep.sweep.resources import (
+    InfeasibleRequest,
+    Node,
+    Request,
+    check_feasible,
+    gpu_tags,
+    plan,
+)
 from rnnsweep.tracking import Tracker, current_parent_run
 
 
@@ -164,7 +171,7 @@ def _collect(jobs: list[Job], nodes: list[Node], progress, tracker: Tracker | No
                 job.state = "running"
         for ref in ready:
             job = pending.pop(ref)
-            _finish(job, jobs, nodes, started, tracker)
+            _finish(job, jobs, nodes, started, tracker, progress)
             print(f"  #{job.idx} {job.summary}", flush=True)
         line = _progress_line(jobs)
         if line != last_line:
@@ -173,7 +180,7 @@ def _collect(jobs: list[Job], nodes: list[Node], progress, tracker: Tracker | No
 
 
 def _finish(job: Job, jobs: list[Job], nodes: list[Node], started: dict[int, float],
-            tracker: Tracker | None) -> None:
+            tracker: Tracker | None, progress) -> None:
     try:
         ret, job.info = ray.get(job.ref)
     except ray.exceptions.RayError as exc:
@@ -192,7 +199,7 @@ def _finish(job: Job, jobs: list[Job], nodes: list[Node], started: dict[int, flo
     job.state = "failed" if record.outcome == FAILED else "done"
     job.info["node_ip"] = next((n.address for n in nodes if n.node_id == job.info.get("node_id")),
                                "?")
-    record.tags.update(_placement_tags(job, jobs, started))
+    record.tags.update(_placement_tags(job, jobs, started, progress))
     if tracker and job.run_id:
         tracker.write_record(job.run_id, record)
     job.summary = f"{summary_line(job.name, record)}  @ {job.info.get('node_ip', '?')}"
@@ -210,7 +217,8 @@ def _failed_return(job: Job, reason: str, as_record: bool) -> JobReturn:
     return ret
 
 
-def _placement_tags(job: Job, jobs: list[Job], started: dict[int, float]) -> dict[str, str]:
+def _placement_tags(job: Job, jobs: list[Job], started: dict[int, float],
+                    progress) -> dict[str, str]:
     begin = job.info.get("started") or started.get(job.idx) or 0.0
     end = job.info.get("finished") or time.time()
     beside = 0
@@ -227,7 +235,21 @@ def _placement_tags(job: Job, jobs: list[Job], started: dict[int, float]) -> dic
         "rnnsweep.ray.resources": job.request.describe() if job.request else "",
         "rnnsweep.ray.exclusive": str(job.request.exclusive if job.request else ""),
         "rnnsweep.ray.trials_beside": str(beside),
+        # Wall-clock window on the worker: who overlapped whom, from the runs alone.
+        "rnnsweep.ray.started_at": f"{begin:.3f}",
+        "rnnsweep.ray.finished_at": f"{end:.3f}",
+        **gpu_tags(job.info, _neighbours(job, jobs, progress), end),
     }
+
+
+def _neighbours(job: Job, jobs: list[Job], progress) -> list[dict[str, Any]]:
+    """Where the sweep's other started trials ran, for GPU co-tenancy: only asked of the
+    progress actor when this trial holds a GPU."""
+    if not job.info.get("gpu_ids"):
+        return []
+    placed = ray.get(progress.placements.remote())
+    return [other.info if other.info.get("finished") else placed.get(other.idx, {})
+            for other in jobs if other is not job and other.idx in placed]
 
 
 def _skip(job: Job, run_id: str) -> None:

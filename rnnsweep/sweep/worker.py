@@ -30,8 +30,10 @@ def execute(hydra_context, task_function, config: DictConfig, singleton_state, p
     Singleton.set_state(singleton_state)
     os.environ[RECORDS_TO_DRIVER_ENV] = "1"
     info = {"node_id": ray.get_runtime_context().get_node_id(), "host": socket.gethostname(),
-            "pid": os.getpid(), "started": time.time()}
-    progress.start.remote(idx, info["started"])
+            "pid": os.getpid(), "started": time.time(),
+            # The GPU ids Ray granted this trial (it sets CUDA_VISIBLE_DEVICES to them).
+            "gpu_ids": [str(i) for i in ray.get_gpu_ids()]}
+    progress.start.remote(idx, info["started"], info)
     ret = run_job(hydra_context=hydra_context, task_function=task_function, config=config,
                   job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir")
     info["finished"] = time.time()
@@ -44,9 +46,15 @@ class Progress:
 
     def __init__(self) -> None:
         self.started: dict[int, float] = {}
+        self.placed: dict[int, dict[str, Any]] = {}
 
-    def start(self, idx: int, at: float) -> None:
+    def start(self, idx: int, at: float, placement: dict[str, Any] | None = None) -> None:
         self.started[idx] = at
+        self.placed[idx] = placement or {}
+
+    def placements(self) -> dict[int, dict[str, Any]]:
+        """Where each started trial runs (node, GPU ids): who shares a GPU with whom."""
+        return dict(self.placed)
 
     def snapshot(self) -> dict[int, float]:
         return dict(self.started)
