@@ -164,3 +164,19 @@ def test_ray_job_submit_recipe(cluster, tmp_path):
     runs = _child_runs(tmp_path / "mlflow.db")
     assert sorted(r.data.params["batch"] for r in runs) == ["1", "2"]
     assert {r.data.tags["rnnsweep.outcome"] for r in runs} == {"OK"}
+
+
+@pytest.mark.slow
+def test_cluster_refusing_our_token_is_one_line(cluster, tmp_path):
+    env = {k: v for k, v in cluster.driver_env().items() if not k.startswith("RAY_AUTH")}
+    env["HOME"] = str(tmp_path)  # no ~/.ray/auth_token to fall back on
+    refused = run_cli(["-m", *TRAIN, "batch=1,2", f"ray.address={cluster.address}",
+                       f"tracking.uri=sqlite:///{tmp_path}/mlflow.db",
+                       f"hydra.sweep.dir={tmp_path}/multirun"], cwd=tmp_path, extra_env=env,
+                      timeout=120)
+    assert refused.returncode == 2, refused.stderr[-3000:]
+    last = refused.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"rnnsweep: error: cannot connect to the Ray cluster at "
+                           f"{cluster.address}")
+    assert "Traceback" not in refused.stderr
+    assert not _child_runs(tmp_path / "mlflow.db")
