@@ -148,3 +148,18 @@ def test_fractional_gpu_trial_caps_its_cuda_memory():
             torch.empty(int(total * 0.3), dtype=torch.uint8, device="cuda")
     finally:
         torch.cuda.set_per_process_memory_fraction(1.0)  # the other GPU tests share it
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a CPU machine")
+def test_gpu_check_without_cuda_says_so_and_exits_2():
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "gpu_check.py")],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert done.stderr.strip().startswith("gpu_check: no CUDA device here")
+    assert len(done.stderr.strip().splitlines()) == 1

@@ -79,11 +79,11 @@ def check_feasible(requests: dict[int, Request], nodes: list[Node],
     for idx, req in requests.items():
         if not any(n.cpus >= req.num_cpus and n.gpus >= req.num_gpus for n in nodes):
             sizes = ", ".join(f"{n.address}: CPU={n.cpus:g} GPU={n.gpus:g}" for n in nodes)
-            if req.num_gpus and not any(n.gpus for n in nodes):
-                sizes += "; this cluster has no GPUs: use hardware=cpu or a cluster with GPUs"
+            hint = ("; this cluster has no GPUs: use hardware=cpu or a cluster with GPUs"
+                    if req.num_gpus and not any(n.gpus for n in nodes) else "")
             raise InfeasibleRequest(
                 f"trial #{idx} ({names[idx]}) asks for {req.describe()} but no Ray node has "
-                f"that (nodes: {sizes or 'none'})")
+                f"that (nodes: {sizes or 'none'}){hint}")
 
 
 def concurrent_trials(requests: list[Request], nodes: list[Node]) -> int:
