@@ -106,6 +106,8 @@ def test_nodes_cannot_import_rnnsweep(cluster):
     bare = subprocess.run([str(cluster.python), "-c", "import torch, ray, hydra, rnnsweep"],
                           cwd=cluster.root, env=cluster.env, capture_output=True, text=True)
     assert "No module named 'rnnsweep'" in bare.stderr
+    # The nodes run that interpreter: the head's ray start was launched with it.
+    assert cluster.nodes[0].process.args[0] == str(cluster.python)
 
 
 @pytest.mark.slow
@@ -113,8 +115,11 @@ def test_sweep_ships_its_code_and_lands_on_both_nodes(cluster, tmp_path):
     # A user package the driver can import (PYTHONPATH) and the nodes cannot: shipped.
     (tmp_path / "lib" / "userpkg").mkdir(parents=True)
     (tmp_path / "lib" / "userpkg" / "__init__.py").write_text("ANSWER = 42\n")
+    (tmp_path / "wd").mkdir()
+    (tmp_path / "wd" / "notes.txt").write_text("the user's files travel too\n")
     env = {**cluster.driver_env(), "PYTHONPATH": f"{REPO}:{tmp_path / 'lib'}"}
     done = run_cli(["-m", *TRAIN, "batch=1,2,3,4", "ray.packages=[userpkg]",
+                    f"ray.working_dir={tmp_path / 'wd'}",
                     f"ray.address={cluster.address}", f"tracking.uri=sqlite:///{tmp_path}/m.db",
                     f"hydra.sweep.dir={tmp_path}/multirun"], cwd=tmp_path, extra_env=env)
     assert done.returncode == 0, done.stderr[-3000:]

@@ -63,6 +63,20 @@ def test_compute_device_override_is_recorded_not_silent():
         [*TOY, "workload=train", "steps=1", "hardware=cpu"])).tags
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a CPU machine")
+def test_shared_gpu_on_a_cpu_machine_is_refused_as_shared_gpu():
+    from rnnsweep import config
+    from rnnsweep.config import sweeps
+    from rnnsweep.config.validation import ConfigError, check_overrides
+
+    config.register()  # as the CLI does before it checks a command line
+    sweeps.register()
+    with pytest.raises(ConfigError, match=r"^hardware=shared_gpu \(hardware.num_gpus=0.25"):
+        check_overrides(["hardware=shared_gpu"], multirun=False)
+    with pytest.raises(ConfigError, match=r"^hardware=gpu \(hardware.device=cuda"):
+        check_overrides(["hardware=gpu"], multirun=False)
+
+
 # --- a two-node loopback cluster with two logical GPUs per node ---------------------------
 
 
