@@ -247,7 +247,10 @@ def _neighbours(job: Job, jobs: list[Job], progress) -> list[dict[str, Any]]:
     progress actor when this trial holds a GPU."""
     if not job.info.get("gpu_ids"):
         return []
-    placed = ray.get(progress.placements.remote())
+    try:
+        placed = ray.get(progress.placements.remote())
+    except ray.exceptions.RayError:  # a lost progress actor costs the running neighbours
+        placed = {o.idx: {} for o in jobs if o.info.get("finished")}
     return [other.info if other.info.get("finished") else placed.get(other.idx, {})
             for other in jobs if other is not job and other.idx in placed]
 
