@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -206,6 +207,8 @@ def main() -> int:
         print(f"{row.check:<{width}}  {row.verdict:<7}  {row.figure}")
     failed = [r for r in rows if r.ok is False]
     print(f"\n{len(failed)} check(s) failed" if failed else "\nall checks passed")
+    if args.keep is None:
+        shutil.rmtree(workdir, ignore_errors=True)
     return 1 if failed else 0
 
 
