@@ -1,21 +1,31 @@
-"""``python -m rnnsweep``: check the command line, start Ray, then hand over to Hydra."""
+"""``python -m rnnsweep``: check the command line, start Ray, then hand over to Hydra
+inside the sweep's context, which always closes what the sweep opened."""
 
 from __future__ import annotations
 
-import os
-import sys
-import threading
-from typing import NoReturn
+# First, before the seconds of imports below: a signal at any moment ends the command
+# with one line, never a traceback.
+from rnnsweep.sweep import interrupts
 
-import hydra
-from omegaconf import DictConfig, OmegaConf
+interrupts.install()
 
-from hydra_plugins.rnnsweep_launcher.rnnsweep_launcher import RnnsweepRayLauncherConf
-from rnnsweep import config
-from rnnsweep.config import sweeps
-from rnnsweep.config.validation import CheckedCommand, ConfigError, check_overrides
-from rnnsweep.sweep.job import trial_name
-from rnnsweep.sweep.resources import (
+import os  # noqa: E402
+import sys  # noqa: E402
+import threading  # noqa: E402
+from typing import NoReturn  # noqa: E402
+
+import hydra  # noqa: E402
+from omegaconf import DictConfig, OmegaConf  # noqa: E402
+
+from hydra_plugins.rnnsweep_launcher.rnnsweep_launcher import RnnsweepRayLauncherConf  # noqa: E402
+from rnnsweep import config, logs, privacy, redaction  # noqa: E402
+from rnnsweep.config import sweeps  # noqa: E402
+from rnnsweep.config.bounds import check_local_cpus  # noqa: E402
+from rnnsweep.config.store import check_store  # noqa: E402
+from rnnsweep.config.validation import CheckedCommand, ConfigError, check_overrides  # noqa: E402
+from rnnsweep.sweep.interrupts import Interrupted  # noqa: E402
+from rnnsweep.sweep.job import trial_names  # noqa: E402
+from rnnsweep.sweep.resources import (  # noqa: E402
     LOCAL_ONLY_RAY_ENV,
     USAGE_STATS_RAY_ENV,
     InfeasibleRequest,
@@ -31,40 +41,60 @@ _NO_TRIAL_FLAGS = {"--help", "-h", "--hydra-help", "--info", "-i", "--cfg", "-c"
 
 
 def main() -> None:
+    logs.setup()  # before Ray, MLflow or matplotlib is imported: they speak on import
+    try:
+        status = run(sys.argv[1:])
+    except (Interrupted, SystemExit) as exc:
+        stopped = interrupts.as_interrupt(exc)
+        if not isinstance(stopped, Interrupted):
+            raise
+        print(f"rnnsweep: stopped by {stopped.name}; unfinished trials are marked KILLED",
+              file=sys.stderr)
+        status = stopped.exit_status
+    sys.exit(status)
+
+
+def run(args: list[str]) -> int:
     config.register()
     sweeps.register()
-    args = sys.argv[1:]
-    ray_started = False
-    if not _NO_TRIAL_FLAGS.intersection(args):
-        multirun = "-m" in args or "--multirun" in args
-        overrides = [a for a in args if not a.startswith("-")]
-        try:
-            checked = check_overrides(overrides, multirun)
-        except ConfigError as exc:
-            _refuse(exc)
-        address = cluster_address(checked.base)
-        keep_ray_local(address)
-        if multirun and _uses_ray_launcher(checked.base):
-            start_ray(checked, address)
-            ray_started = True
-    # Imported only now: torch and MLflow cost seconds that a refused command should not pay.
-    from rnnsweep.sweep import summary as sweep_summary
-    from rnnsweep.sweep.job import task
-
-    app = hydra.main(version_base="1.3", config_path=str(config.conf_dir()),
-                     config_name="config")(task)
+    privacy.telemetry_off()
+    # Before Hydra parses anything: it writes the overrides into multirun.yaml and .hydra/.
+    sys.argv[1:] = args = redaction.hide_in_overrides(args)
+    if _NO_TRIAL_FLAGS.intersection(args):
+        _hydra_app(None)()
+        return 0
+    multirun = "-m" in args or "--multirun" in args
+    overrides = [a for a in args if not a.startswith("-")]
     try:
-        app()
-    finally:
-        if ray_started:
-            from rnnsweep.sweep import cluster as ray_session
+        checked = check_overrides(overrides, multirun)
+        check_store(checked.base, overrides, multirun)
+        if not (multirun and _uses_ray_launcher(checked.base)):
+            for trial in checked.trials:  # runs here, not on a Ray node
+                check_local_cpus(trial)
+    except ConfigError as exc:
+        _refuse(exc)
+    address = cluster_address(checked.base)
+    keep_ray_local(address)
+    # Imported only now: MLflow costs seconds that a refused command should not pay.
+    from rnnsweep.sweep.context import SweepContext
+    from rnnsweep.sweep.job import SweepTask
 
-            ray_session.stop()
-    if sweep_summary.last_failed:
-        sys.exit(1)
+    with SweepContext.for_sweep(checked.base, overrides, multirun) as context:
+        if multirun and _uses_ray_launcher(checked.base):
+            start_ray(checked, address, context)
+        context.open()
+        _hydra_app(SweepTask(context))()
+    return context.exit_status
 
 
-def start_ray(checked: CheckedCommand, address: str | None) -> None:
+def _hydra_app(task):
+    from rnnsweep.sweep.job import SweepTask
+
+    return hydra.main(version_base="1.3", config_path=str(config.conf_dir()),
+                      config_name="config")(task or SweepTask())
+
+
+def start_ray(checked: CheckedCommand, address: str | None, context) -> None:
     """Starts (or connects to) the sweep's Ray before Hydra runs, so that Ray's start-up
     and the workers' imports overlap the driver's own; the launcher then finds it
     connected. An unreachable cluster, or a trial no node can hold, is refused here,
@@ -83,11 +113,12 @@ def start_ray(checked: CheckedCommand, address: str | None) -> None:
                              name="open-store")
     store.start()
     try:
-        ray_session.start_for_cli(address, checked.base.hydra.launcher, checked.base)
+        ray_session.connect(address, checked.base.hydra.launcher, checked.base)
+        context.own_ray(embedded=address is None)
+        interrupts.install()  # over Ray's C++ SIGTERM handler, which dumps native stacks
         nodes = ray_session.nodes()
         requests = {i: plan(t, nodes) for i, t in enumerate(checked.trials)}
-        check_feasible(requests, nodes,
-                       {i: trial_name(o) for i, o in enumerate(checked.overrides)})
+        check_feasible(requests, nodes, dict(enumerate(trial_names(checked.overrides))))
     except (ray_session.LaunchError, InfeasibleRequest) as exc:
         store.join()
         _refuse(exc)

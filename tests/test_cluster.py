@@ -11,13 +11,13 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import REPO, TOY, run_cli
+from conftest import REPO, run_cli, toy
 from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 
 from rnnsweep.sweep import shipping
 
-TRAIN = [*TOY, "workload=train", "hardware=cpu", "hardware.num_cpus=1"]
+TRAIN = toy("workload=train", "hardware=cpu", "hardware.num_cpus=1")
 
 
 # --- what travels (no Ray) ----------------------------------------------------------------

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TOY, compose_cfg, run_cli
+from conftest import compose_cfg, run_cli, toy
 from mlflow.tracking import MlflowClient
 
 from rnnsweep.sweep.resources import gpu_tags
@@ -20,8 +20,8 @@ from rnnsweep.trial.run import memory_fraction, run_trial
 
 # Timed (workload=bench) trials: hardware=gpu takes a whole GPU, shared_gpu a quarter.
 # Half a CPU each, so that CPUs never limit how many trials share a GPU.
-BENCH_ON_LOGICAL_GPUS = [*TOY, "workload=bench", "min_run_time=0.5", "hardware.num_cpus=0.5",
-                         "hardware.compute_device=cpu"]
+BENCH_ON_LOGICAL_GPUS = toy("workload=bench", "min_run_time=0.5", "hardware.num_cpus=0.5",
+                            "hardware.compute_device=cpu")
 
 
 # --- the policy, without Ray --------------------------------------------------------------
@@ -54,13 +54,13 @@ def test_memory_cap_is_the_granted_fraction_on_cuda_only():
 
 
 def test_compute_device_override_is_recorded_not_silent():
-    cfg = compose_cfg([*TOY, "workload=train", "steps=1", "hardware=cpu",
-                       "hardware.compute_device=cpu"])
+    cfg = compose_cfg(toy("workload=train", "steps=1", "hardware=cpu",
+                          "hardware.compute_device=cpu"))
     record = run_trial(cfg)
     assert record.outcome == "OK"
     assert record.tags["rnnsweep.compute_device"].startswith("cpu (test-only override")
     assert "rnnsweep.compute_device" not in run_trial(compose_cfg(
-        [*TOY, "workload=train", "steps=1", "hardware=cpu"])).tags
+        toy("workload=train", "steps=1", "hardware=cpu"))).tags
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a CPU machine")
@@ -151,7 +151,7 @@ def test_request_larger_than_any_node_is_refused_up_front(gpu_cluster, tmp_path)
 
 @pytest.mark.gpu
 def test_fractional_gpu_trial_caps_its_cuda_memory():
-    cfg = compose_cfg([*TOY, "workload=train", "steps=1", "hardware=shared_gpu"])
+    cfg = compose_cfg(toy("workload=train", "steps=1", "hardware=shared_gpu"))
     try:
         record = run_trial(cfg)
         assert record.outcome == "OK", record.reason

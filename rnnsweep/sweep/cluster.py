@@ -2,9 +2,9 @@
 
 The CLI starts it as soon as the command line has been checked, so that Ray's start-up
 and the workers' imports overlap the driver's own (MLflow, the store, composing the
-trials), and its shutdown begins as the sweep ends, overlapping the report. Started any
-other way (Hydra's launcher API, a notebook), the launcher opens and closes it around
-the sweep.
+trials); the sweep context then owns it and stops it as the sweep ends, overlapping the
+report. Started any other way (Hydra's launcher API, a notebook), the launcher opens and
+closes it around the sweep.
 """
 
 from __future__ import annotations
@@ -13,13 +13,13 @@ import copy
 import logging
 import os
 import socket
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 import ray
 from omegaconf import DictConfig
 
+from rnnsweep import privacy
 from rnnsweep.sweep.resources import LOCAL_ONLY_RAY_ENV, Node, cluster_address
 from rnnsweep.sweep.shipping import ShippingError, check_nodes, runtime_env_for
 
@@ -28,10 +28,6 @@ log = logging.getLogger(__name__)
 
 class LaunchError(RuntimeError):
     pass
-
-
-_cli_session = False  # Ray was started by the CLI, which stops it
-_stopping: threading.Thread | None = None
 
 
 def connect(address: str | None, settings, config: DictConfig | None = None) -> None:
@@ -45,9 +41,11 @@ def connect(address: str | None, settings, config: DictConfig | None = None) -> 
         log.warning("the embedded Ray will listen beyond loopback: start rnnsweep through "
                     f"its CLI, or set {LOCAL_ONLY_RAY_ENV}=0 before importing ray")
     # "local": always a fresh instance, never a cluster someone started with `ray start`.
-    ray.init(address="local", num_cpus=settings.num_cpus, num_gpus=settings.num_gpus,
-             include_dashboard=settings.dashboard, dashboard_host=settings.dashboard_host,
-             log_to_driver=False, configure_logging=False)
+    with privacy.no_cloud_probes() as worker_env:
+        ray.init(address="local", num_cpus=settings.num_cpus, num_gpus=settings.num_gpus,
+                 include_dashboard=settings.dashboard, dashboard_host=settings.dashboard_host,
+                 log_to_driver=False, configure_logging=False,
+                 runtime_env={"env_vars": worker_env} if worker_env else None)
 
 
 def connect_cluster(address: str, config: DictConfig | None) -> None:
@@ -74,29 +72,6 @@ def connect_cluster(address: str, config: DictConfig | None) -> None:
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
-
-
-def start_for_cli(address: str | None, settings, config: DictConfig | None = None) -> None:
-    global _cli_session
-    connect(address, settings, config)
-    _cli_session = True
-
-
-def stop_in_background() -> None:
-    """Begins shutting down the CLI's Ray. Shutting down mostly waits for Ray's processes
-    to exit, so the sweep's report is written meanwhile."""
-    global _stopping
-    if _cli_session and _stopping is None and ray.is_initialized():
-        _stopping = threading.Thread(target=ray.shutdown, name="ray-shutdown")
-        _stopping.start()
-
-
-def stop() -> None:
-    """Ends the CLI's Ray: waits for a shutdown already begun, or shuts down now."""
-    if _stopping is not None:
-        _stopping.join()
-    elif _cli_session and ray.is_initialized():
-        ray.shutdown()
 
 
 def prewarm(workers: int) -> None:
@@ -147,3 +122,7 @@ def check_reachable(address: str) -> None:
         socket.create_connection((host or "127.0.0.1", int(port)), timeout=5).close()
     except (OSError, ValueError) as exc:
         raise LaunchError(f"cannot reach the Ray cluster at {address}: {exc}") from None
+    from rnnsweep.sweep.auth import token_problem
+
+    if problem := token_problem(address):
+        raise LaunchError(f"cannot connect to the Ray cluster at {address}: {problem}")

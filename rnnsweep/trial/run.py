@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from rnnsweep.record import FAILED, UNSUPPORTED, TrialRecord, config_hash, flatten
+from rnnsweep.record import DIVERGED, FAILED, UNSUPPORTED, TrialRecord, config_hash, flatten
 from rnnsweep.trial import data, environment, timing, training
 from rnnsweep.trial.models import RecurrentNet, forward_flops_per_sequence, with_impl
 
@@ -154,6 +154,9 @@ def _train(cfg: DictConfig, model: RecurrentNet, device: torch.device,
     record.step_metrics.update({k: v for k, v in result.series.items() if k in LOGGED_SERIES})
     metrics = record.metrics
     metrics.update({k: float(v) for k, v in result.counts.items()})
+    if cfg.steps and result.counts.get("nonfinite_steps") == cfg.steps:
+        record.outcome = DIVERGED
+        record.reason = f"all {cfg.steps} training steps were non-finite (skipped)"
     if cfg.steps:
         metrics["final_loss"] = result.series["loss"][-1]
         # Skipped (non-finite) steps are counted above; the maxima describe the others.
