@@ -72,6 +72,10 @@ class HardwareConfig:
     num_gpus: float = 0.0
     # None: timed trials get their device to themselves, training-only trials pack.
     exclusive: bool | None = None
+    # TEST-ONLY: run the trial's math on this device whatever Ray granted, to exercise GPU
+    # placement on logical GPUs (`ray start --num-gpus 2` on a CPU machine). Recorded as
+    # the tag rnnsweep.compute_device; never set it for real measurements.
+    compute_device: Device | None = None
 
 
 @dataclass
@@ -111,6 +115,11 @@ class RayConfig:
     address: str | None = None  # None: $RAY_ADDRESS, else an embedded local Ray
     max_retries: int = 2  # retries of a trial whose worker process died
     rerun: bool = False  # run trials even when an identical config already finished
+    # What travels to a named cluster's nodes (Ray's runtime_env), so that they need only
+    # Python, Ray and torch: rnnsweep itself, the user's packages, a working directory.
+    ship: bool = True
+    packages: list[str] = field(default_factory=list)  # import names of the user's code
+    working_dir: str | None = None  # e.g. "." : uploaded, and the trials' working dir
 
 
 @dataclass

@@ -94,8 +94,17 @@ def check_trial(cfg: DictConfig) -> None:
         import torch
 
         if not torch.cuda.is_available():
-            raise ConfigError("hardware=gpu: this machine has no CUDA device; allowed here: "
-                              "hardware=auto or hardware=cpu (or name a Ray cluster with GPUs)")
+            raise ConfigError(f"{_gpu_request(cfg)}: this machine has no CUDA device; allowed "
+                              "here: hardware=auto or hardware=cpu (or name a Ray cluster with "
+                              "GPUs: ray.address=HOST:PORT)")
+
+
+def _gpu_request(cfg: DictConfig) -> str:
+    """The GPU request in the words of the option that makes it (gpu or shared_gpu)."""
+    gpus = float(cfg.hardware.num_gpus or 0)
+    if 0 < gpus < 1:
+        return f"hardware=shared_gpu (hardware.num_gpus={gpus:g}, a fraction of one GPU)"
+    return f"hardware=gpu (hardware.device=cuda, hardware.num_gpus={gpus:g})"
 
 
 def _require(cfg: DictConfig, key: str, ok, allowed: str) -> None:

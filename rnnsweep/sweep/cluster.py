@@ -9,6 +9,7 @@ closes it around the sweep.
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import socket
@@ -20,6 +21,7 @@ from omegaconf import DictConfig
 
 from rnnsweep import privacy
 from rnnsweep.sweep.resources import LOCAL_ONLY_RAY_ENV, Node, cluster_address
+from rnnsweep.sweep.shipping import ShippingError, check_nodes, runtime_env_for
 
 log = logging.getLogger(__name__)
 
@@ -29,14 +31,11 @@ class LaunchError(RuntimeError):
 
 
 def connect(address: str | None, settings, config: DictConfig | None = None) -> None:
-    """Connects to the named cluster (starting nothing), or starts an embedded local Ray
-    bound to loopback and sized by the launcher's settings."""
+    """Connects to the named cluster (starting nothing), shipping the code its nodes need
+    (``config``'s ``ray`` node says what), or starts an embedded local Ray bound to
+    loopback and sized by the launcher's settings."""
     if address:
-        check_reachable(address)
-        try:
-            ray.init(address=address, log_to_driver=False, configure_logging=False)
-        except Exception as exc:  # Ray raises several types for a bad address
-            raise LaunchError(f"cannot connect to the Ray cluster at {address}: {exc}") from None
+        connect_cluster(address, config)
         return
     if os.environ.get(LOCAL_ONLY_RAY_ENV) != "0":
         log.warning("the embedded Ray will listen beyond loopback: start rnnsweep through "
@@ -47,6 +46,32 @@ def connect(address: str | None, settings, config: DictConfig | None = None) -> 
                  include_dashboard=settings.dashboard, dashboard_host=settings.dashboard_host,
                  log_to_driver=False, configure_logging=False,
                  runtime_env={"env_vars": worker_env} if worker_env else None)
+
+
+def connect_cluster(address: str, config: DictConfig | None) -> None:
+    check_reachable(address)
+    try:
+        runtime_env = runtime_env_for(config)
+    except ShippingError as exc:
+        raise LaunchError(str(exc)) from None
+    try:
+        # A copy: ray.init rewrites the paths in the dict it is given into package URIs.
+        ray.init(address=address, runtime_env=copy.deepcopy(runtime_env), log_to_driver=False,
+                 configure_logging=False)
+    except Exception as exc:  # Ray raises several types for a bad address
+        raise LaunchError(f"cannot connect to the Ray cluster at {address}: "
+                          f"{_first_line(exc)}") from None
+    if runtime_env:
+        try:
+            check_nodes(runtime_env)
+        except ShippingError as exc:
+            ray.shutdown()
+            raise LaunchError(str(exc)) from None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def prewarm(workers: int) -> None:
@@ -76,7 +101,7 @@ def ray_session(config: DictConfig, settings) -> Iterator[list[Node]]:
     if ray.is_initialized():
         yield nodes()
         return
-    connect(cluster_address(config), settings)
+    connect(cluster_address(config), settings, config)
     try:
         yield nodes()
     finally:

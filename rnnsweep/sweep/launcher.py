@@ -32,7 +32,14 @@ from rnnsweep.sweep.composer import Composer
 from rnnsweep.sweep.context import SweepContext
 from rnnsweep.sweep.interrupts import Interrupted
 from rnnsweep.sweep.job import SweepTask, trial_name, trial_names
-from rnnsweep.sweep.resources import InfeasibleRequest, Node, Request, check_feasible, plan
+from rnnsweep.sweep.resources import (
+    InfeasibleRequest,
+    Node,
+    Request,
+    check_feasible,
+    gpu_tags,
+    plan,
+)
 from rnnsweep.sweep.sink import TrialInfo
 from rnnsweep.tracking import CONFIG_HASH_TAG, FINGERPRINT_TAG
 
@@ -189,7 +196,9 @@ def _collect(context: SweepContext, jobs: list[Job], nodes: list[Node], poll_s: 
             # Ray checks for signals while it waits; our handler's raise comes back
             # wrapped in a SystemError.
             raise (interrupts.as_interrupt(exc)) from None
-        for ref in ready:
+        # Starts before finishes: a trial that finishes in the same batch as a neighbour's
+        # start still counts that neighbour (its GPU co-tenant) among those beside it.
+        for ref in sorted(ready, key=lambda r: pending[r].state != "pending"):
             job = pending[ref]
             if _advance(job, context, jobs, nodes):
                 del pending[ref]
@@ -267,7 +276,20 @@ def _placement_tags(job: Job, jobs: list[Job]) -> dict[str, str]:
         "rnnsweep.ray.resources": job.request.describe() if job.request else "",
         "rnnsweep.ray.exclusive": str(job.request.exclusive if job.request else ""),
         "rnnsweep.ray.trials_beside": str(beside),
+        # Wall-clock window on the worker: who overlapped whom, from the runs alone.
+        "rnnsweep.ray.started_at": f"{begin:.3f}",
+        "rnnsweep.ray.finished_at": f"{end:.3f}",
+        **gpu_tags(job.info, _neighbours(job, jobs), end),
     }
+
+
+def _neighbours(job: Job, jobs: list[Job]) -> list[dict[str, Any]]:
+    """What the sweep's other trials told of themselves when they started (node, GPU
+    ids, start time; their finish too once they are over), for GPU co-tenancy: gpu_tags
+    keeps those on this trial's GPUs while it ran. Only gathered when it holds a GPU."""
+    if not job.info.get("gpu_ids"):
+        return []
+    return [other.info for other in jobs if other is not job and other.info.get("started")]
 
 
 def _cancel(context: SweepContext, jobs: list[Job], reason: str) -> None:

@@ -79,9 +79,11 @@ def check_feasible(requests: dict[int, Request], nodes: list[Node],
     for idx, req in requests.items():
         if not any(n.cpus >= req.num_cpus and n.gpus >= req.num_gpus for n in nodes):
             sizes = ", ".join(f"{n.address}: CPU={n.cpus:g} GPU={n.gpus:g}" for n in nodes)
+            hint = ("; this cluster has no GPUs: use hardware=cpu or a cluster with GPUs"
+                    if req.num_gpus and not any(n.gpus for n in nodes) else "")
             raise InfeasibleRequest(
                 f"trial #{idx} ({names[idx]}) asks for {req.describe()} but no Ray node has "
-                f"that (nodes: {sizes or 'none'})")
+                f"that (nodes: {sizes or 'none'}){hint}")
 
 
 def concurrent_trials(requests: list[Request], nodes: list[Node]) -> int:
@@ -96,3 +98,19 @@ def concurrent_trials(requests: list[Request], nodes: list[Node]) -> int:
         by_gpu = node.gpus // smallest.num_gpus if smallest.num_gpus else len(requests)
         fit += int(min(by_cpu, by_gpu))
     return min(len(requests), fit)
+
+
+def gpu_tags(info: dict, neighbours: list[dict], end: float) -> dict[str, str]:
+    """The GPU ids Ray granted a trial and who shared them: the other trials on the same
+    node holding one of those ids at some moment while this one ran (``info`` and each
+    neighbour: ``node_id``, ``gpu_ids``, ``started``, and ``finished`` once known)."""
+    ids = set(info.get("gpu_ids") or [])
+    if not ids:
+        return {}
+    begin = info.get("started") or 0.0
+    sharing = [n for n in neighbours
+               if n.get("node_id") == info.get("node_id") and ids & set(n.get("gpu_ids") or [])
+               and (n.get("started") or 0.0) < end and (n.get("finished") or end) > begin]
+    return {"rnnsweep.ray.gpu_ids": ",".join(sorted(ids)),
+            "rnnsweep.ray.gpu_cotenants": str(len(sharing)),
+            "rnnsweep.ray.gpu_shared": str(bool(sharing)).lower()}

@@ -29,7 +29,10 @@ def execute(hydra_context, task_function, config: DictConfig, singleton_state,
     has no process whose loss could take the sweep down.
     """
     info = {"node_id": ray.get_runtime_context().get_node_id(), "host": socket.gethostname(),
-            "pid": os.getpid(), "started": time.time()}
+            "pid": os.getpid(), "started": time.time(),
+            # The GPU ids Ray granted this trial (it sets CUDA_VISIBLE_DEVICES to them):
+            # the driver tells GPU co-tenants apart by these start infos.
+            "gpu_ids": [str(i) for i in ray.get_gpu_ids()]}
     yield STARTED, info
     # Relative paths (Hydra's output dirs, the user's files) mean what they mean to the
     # driver, wherever the cluster was started, when this node can see that directory.

@@ -55,6 +55,25 @@ def resolve_device(requested: str) -> torch.device:
     return torch.device(requested)
 
 
+def memory_fraction(num_gpus: float, device_type: str) -> float | None:
+    """The share of one GPU's memory a trial may allocate: its share of the GPU when Ray
+    granted it a fraction of one, else no cap."""
+    if device_type == "cuda" and 0 < float(num_gpus) < 1:
+        return float(num_gpus)
+    return None
+
+
+def _compute_device(cfg: DictConfig, record: TrialRecord) -> str:
+    """``hardware.device`` (what Ray granted), unless the test-only
+    ``hardware.compute_device`` says otherwise; that override is recorded, never silent."""
+    override = OmegaConf.select(cfg, "hardware.compute_device")
+    if override is None:
+        return _name(cfg.hardware.device)
+    record.tags["rnnsweep.compute_device"] = f"{_name(override)} (test-only override of " \
+                                             f"hardware.device={_name(cfg.hardware.device)})"
+    return _name(override)
+
+
 def build_model(cfg: DictConfig) -> RecurrentNet:
     torch.manual_seed(cfg.seed)  # same seed, same weights: fused and loop stay comparable
     m = cfg.model
@@ -65,8 +84,14 @@ def build_model(cfg: DictConfig) -> RecurrentNet:
 
 def _run(cfg: DictConfig, record: TrialRecord, num_threads: int) -> None:
     torch.set_num_threads(num_threads)
-    device = resolve_device(_name(cfg.hardware.device))
+    device = resolve_device(_compute_device(cfg, record))
     record.tags.update(environment.device_tags(device))
+    fraction = memory_fraction(cfg.hardware.num_gpus, device.type)
+    if fraction is not None:
+        # A trial granted part of a GPU fails alone when it outgrows its share, rather
+        # than starving the trials packed beside it.
+        torch.cuda.set_per_process_memory_fraction(fraction, device)
+        record.tags["rnnsweep.cuda_memory_fraction"] = f"{fraction:g}"
     peak = environment.PeakMemory(device)
     peak.start()  # before the model exists: its weights are part of the trial's memory
     model = build_model(cfg).to(device)

@@ -1,0 +1,141 @@
+"""What a named cluster's nodes get from the driver: rnnsweep's code and the user's.
+
+Ray's ``runtime_env`` uploads local directories to the cluster and unpacks them on each
+node before a worker starts, so a node needs only Python, Ray and torch: rnnsweep and
+its Hydra launcher shim travel as ``py_modules``; the user's code travels as a
+``working_dir`` (``ray.working_dir``) or as packages named by import name
+(``ray.packages``). The embedded local Ray shares this machine's environment and gets
+nothing.
+"""
+
+from __future__ import annotations
+
+import atexit
+import importlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+# Set by Ray's job manager in a submitted job's driver: the job's own runtime_env.
+JOB_CONFIG_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"
+# Never worth uploading from a working directory: stores, outputs, environments, VCS.
+EXCLUDES = [".git", ".venv", "venv", "__pycache__", "*.pyc", "mlflow.db", "mlruns",
+            "multirun", "outputs", "*.egg-info"]
+
+
+class ShippingError(ValueError):
+    """A one-line, user-facing error about what should travel to the cluster."""
+
+
+def runtime_env_for(config: DictConfig | None) -> dict | None:
+    """The ``runtime_env`` for ``ray.init`` on a named cluster, from the ``ray`` config
+    (``ray.ship``, ``ray.working_dir``, ``ray.packages``); None when nothing travels."""
+    ray_cfg = OmegaConf.select(config, "ray") if config is not None else None
+    if ray_cfg is None or not OmegaConf.select(ray_cfg, "ship", default=True):
+        return None
+    modules = [_rnnsweep_dir(), _launcher_shim_dir()]
+    modules += [_package_dir(name) for name in OmegaConf.select(ray_cfg, "packages") or []]
+    env: dict = {"py_modules": [str(m) for m in modules], "excludes": EXCLUDES}
+    working_dir = OmegaConf.select(ray_cfg, "working_dir")
+    if working_dir:
+        path = Path(str(working_dir)).expanduser().resolve()
+        if not path.is_dir():
+            raise ShippingError(f"ray.working_dir={working_dir}: not a directory")
+        env["working_dir"] = str(path)
+    return _without_job_keys(env)
+
+
+def _without_job_keys(env: dict) -> dict | None:
+    """Inside ``ray job submit``, the job's own code (``--working-dir``, ``py_modules``)
+    is already on every node, and Ray refuses a driver that sets the same keys again."""
+    job = json.loads(os.environ.get(JOB_CONFIG_ENV, "{}") or "{}")
+    job_env = job.get("runtime_env") or {}
+    if job_env.get("working_dir") or job_env.get("py_modules"):
+        return None
+    return env
+
+
+def _rnnsweep_dir() -> Path:
+    import rnnsweep
+
+    return Path(rnnsweep.__file__).resolve().parent
+
+
+def _launcher_shim_dir() -> Path:
+    """``hydra_plugins`` holding only rnnsweep's shim. An installed namespace directory
+    may hold other plugins, which have no business on the nodes: those get a copy of the
+    shim alone (Ray uploads it during ``ray.init``; the copy goes when this process does)."""
+    from hydra_plugins import rnnsweep_launcher
+
+    source = Path(rnnsweep_launcher.__file__).resolve().parent
+    if {p.name for p in source.parent.iterdir()} <= {source.name, "__pycache__"}:
+        return source.parent
+    staging = Path(tempfile.mkdtemp(prefix="rnnsweep-ship-")) / "hydra_plugins"
+    atexit.register(shutil.rmtree, staging.parent, True)
+    shutil.copytree(source, staging / source.name,
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    return staging
+
+
+def _package_dir(name: str) -> Path:
+    """A user's package by import name, as the directory Ray uploads."""
+    try:
+        module = importlib.import_module(str(name))
+    except ImportError as exc:
+        raise ShippingError(f"ray.packages: cannot import {name!r} here to ship it: "
+                            f"{exc}") from None
+    paths = list(getattr(module, "__path__", []))
+    if paths:
+        return Path(paths[0]).resolve()
+    if module.__file__:  # a single-file module
+        return Path(module.__file__).resolve()
+    raise ShippingError(f"ray.packages: {name!r} has no files to ship")
+
+
+def check_nodes(runtime_env: dict, timeout_s: float = 180.0) -> None:
+    """Builds the runtime environment on every node now, with one tiny task per node that
+    imports what a trial imports, so a node that cannot build it is named up front
+    rather than failing each trial that lands there."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    probe = ray.remote(num_cpus=0, max_retries=0)(_import_trial_side)
+    modules = [Path(m).stem for m in runtime_env.get("py_modules", [])]
+    refs = {}
+    for node in ray.nodes():
+        if node.get("Alive"):
+            strategy = NodeAffinitySchedulingStrategy(node["NodeID"], soft=False)
+            ref = probe.options(scheduling_strategy=strategy).remote(modules)
+            refs[ref] = f"{node.get('NodeManagerAddress', '?')} ({node['NodeID'][:8]})"
+    ready, pending = ray.wait(list(refs), num_returns=len(refs), timeout=timeout_s)
+    for ref in ready:
+        try:
+            ray.get(ref)
+        except ray.exceptions.RuntimeEnvSetupError as exc:
+            raise ShippingError(f"node {refs[ref]} cannot build the runtime environment: "
+                                f"{_reason(exc)}") from None
+        except ray.exceptions.RayError as exc:
+            raise ShippingError(f"node {refs[ref]} cannot import the trial code: "
+                                f"{_reason(exc)}") from None
+    if pending:
+        raise ShippingError(f"node {refs[pending[0]]} did not start a worker with the "
+                            f"runtime environment within {timeout_s:g} s")
+
+
+def _import_trial_side(modules: list[str]) -> None:
+    import hydra_plugins.rnnsweep_launcher.rnnsweep_launcher  # noqa: F401
+    import rnnsweep.sweep.worker  # noqa: F401
+
+    for name in modules:
+        importlib.import_module(name)
+
+
+def _reason(exc: BaseException) -> str:
+    """The last meaningful line of Ray's multi-line error: the cause, not the banner."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return next((line for line in reversed(lines) if "Error" in line), lines[-1] if lines else
+                type(exc).__name__)

@@ -1,0 +1,175 @@
+"""A real multi-node Ray cluster on 127.0.0.1: one ``ray start --block`` process per node.
+
+Unlike ``ray.cluster_utils.Cluster``, the nodes are separate ``ray start`` processes, as
+on real machines, and they run from a *bare* virtual environment: a fresh venv whose
+only link to this one is a ``.pth`` line naming this venv's site-packages. torch, Ray
+and Hydra import there, but rnnsweep's own editable-install ``.pth`` is never processed,
+so ``import rnnsweep`` fails on the nodes unless rnnsweep ships its code to them.
+
+The cluster is started and stopped by the PIDs this module started (never ``ray stop``,
+which would stop every Ray on the machine). It uses its own temp dir, free ports, a
+token of its own (``RAY_AUTH_MODE=token`` with ``RAY_AUTH_TOKEN``, not ``~/.ray``), and
+a HOME holding a ``ray_bootstrap_config.yaml``: Ray's dashboard reads that file for its
+cluster report and, without it, probes cloud metadata servers off the machine.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+# Environment that would tie the nodes to this checkout or to another Ray.
+_DROP_ENV = ("PYTHONPATH", "RAY_ADDRESS", "VIRTUAL_ENV", "RNNSWEEP_PARENT_RUN_ID",
+             "RNNSWEEP_RECORDS_TO_DRIVER")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def bare_venv(root: Path) -> Path:
+    """A venv that sees this venv's packages but not rnnsweep; returns its python."""
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(root)], check=True)
+    python = root / "bin" / "python"
+    site = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()"
+                           "['purelib'])"], check=True, capture_output=True, text=True)
+    Path(site.stdout.strip(), "host-packages.pth").write_text(
+        sysconfig.get_paths()["purelib"] + "\n")
+    return python
+
+
+@dataclass
+class Node:
+    name: str
+    process: subprocess.Popen
+    log: Path
+
+
+@dataclass
+class LoopbackCluster:
+    root: Path
+    python: Path
+    env: dict[str, str]
+    port: int
+    dashboard_port: int | None
+    nodes: list[Node] = field(default_factory=list)
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def dashboard_url(self) -> str:
+        return f"http://127.0.0.1:{self.dashboard_port}"
+
+    def driver_env(self) -> dict[str, str]:
+        """What a driver on this machine needs to join: the token, and no RAY_ADDRESS."""
+        env = {k: v for k, v in os.environ.items() if k not in _DROP_ENV}
+        env.update({k: self.env[k] for k in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN",
+                                             "RAY_USAGE_STATS_ENABLED")})
+        return env
+
+    def start_node(self, name: str, num_cpus: float, num_gpus: float, head: bool,
+                   dashboard: bool = False) -> None:
+        log = self.root / f"{name}.log"
+        args = [str(self.python), "-m", "ray.scripts.scripts", "start", "--block",
+                "--node-ip-address=127.0.0.1", f"--num-cpus={num_cpus:g}",
+                f"--num-gpus={num_gpus:g}", "--disable-usage-stats",
+                f"--dashboard-agent-listen-port={free_port()}",
+                # A temp dir per node, as on separate machines: nodes sharing one would
+                # share runtime_env packages, and one node's clean-up would delete
+                # another's working directory.
+                f"--temp-dir={self.root / ('ray-' + name)}"]
+        if head:
+            args += ["--head", f"--port={self.port}",
+                     f"--ray-client-server-port={free_port()}"]
+            if dashboard:
+                args += ["--include-dashboard=true", "--dashboard-host=127.0.0.1",
+                         f"--dashboard-port={self.dashboard_port}"]
+            else:
+                args += ["--include-dashboard=false"]
+        else:
+            args += [f"--address={self.address}"]
+        with open(log, "w") as out:
+            process = subprocess.Popen(args, cwd=self.root, env=self.env, stdout=out,
+                                       stderr=subprocess.STDOUT, start_new_session=True)
+        self.nodes.append(Node(name, process, log))
+
+    def wait_for_nodes(self, count: int, timeout: float = 120) -> None:
+        probe = ("import ray, time\n"
+                 f"ray.init(address='{self.address}', log_to_driver=False)\n"
+                 f"while sum(n['Alive'] for n in ray.nodes()) < {count}: time.sleep(0.5)\n")
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for node in self.nodes:
+                if node.process.poll() is not None:
+                    raise RuntimeError(f"ray node {node.name} exited: {node.log.read_text()}")
+            try:
+                subprocess.run([str(self.python), "-c", probe], env=self.env, check=True,
+                               capture_output=True, timeout=max(5.0, deadline - time.monotonic()))
+                return
+            except (subprocess.CalledProcessError, subprocess.TimeoutExpired):
+                time.sleep(1)
+        raise TimeoutError(f"{count} Ray nodes did not come up in {timeout:.0f} s")
+
+    def stop(self) -> None:
+        """SIGTERM to each ``ray start --block`` (it then stops its own node's processes),
+        SIGKILL to its process group if it lingers."""
+        for node in reversed(self.nodes):
+            if node.process.poll() is None:
+                node.process.send_signal(signal.SIGTERM)
+        for node in reversed(self.nodes):
+            try:
+                node.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(node.process.pid, signal.SIGKILL)
+                node.process.wait(timeout=10)
+        # Each node ran in a session of its own; sweep up anything its raylet left.
+        for node in self.nodes:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(node.process.pid, signal.SIGKILL)
+
+
+def start_cluster(nodes: list[dict], dashboard: bool = False) -> LoopbackCluster:
+    """``nodes``: one dict per node (``num_cpus``, ``num_gpus``); the first is the head."""
+    # Short: Ray's Unix socket paths under its temp dir must stay under 108 characters.
+    root = Path(tempfile.mkdtemp(prefix="rsc-", dir="/tmp"))
+    python = bare_venv(root / "venv")
+    home = root / "home"
+    home.mkdir()
+    (home / "ray_bootstrap_config.yaml").write_text("provider:\n  type: local\n")
+    env = {k: v for k, v in os.environ.items() if k not in _DROP_ENV}
+    env.update({"HOME": str(home), "RAY_AUTH_MODE": "token",
+                "RAY_AUTH_TOKEN": secrets.token_hex(16), "RAY_USAGE_STATS_ENABLED": "0",
+                "PATH": f"{python.parent}{os.pathsep}{env.get('PATH', '')}"})
+    cluster = LoopbackCluster(root, python, env, free_port(),
+                              free_port() if dashboard else None)
+    try:
+        for i, spec in enumerate(nodes):
+            cluster.start_node(f"node{i}", spec["num_cpus"], spec.get("num_gpus", 0),
+                               head=i == 0, dashboard=dashboard)
+            if i == 0:
+                cluster.wait_for_nodes(1)
+        cluster.wait_for_nodes(len(nodes))
+    except BaseException:
+        cluster.stop()
+        raise
+    return cluster
+
+
+def remove(cluster: LoopbackCluster) -> None:
+    cluster.stop()
+    shutil.rmtree(cluster.root, ignore_errors=True)
