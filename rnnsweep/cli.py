@@ -42,10 +42,13 @@ def main() -> None:
     logs.setup()  # before Ray, MLflow or matplotlib is imported: they speak on import
     try:
         status = run(sys.argv[1:])
-    except Interrupted as exc:
-        print(f"rnnsweep: stopped by {exc.name}; unfinished trials are marked KILLED",
+    except (Interrupted, SystemExit) as exc:
+        stopped = interrupts.as_interrupt(exc)
+        if not isinstance(stopped, Interrupted):
+            raise
+        print(f"rnnsweep: stopped by {stopped.name}; unfinished trials are marked KILLED",
               file=sys.stderr)
-        status = exc.exit_status
+        status = stopped.exit_status
     sys.exit(status)
 
 

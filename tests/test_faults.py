@@ -6,13 +6,14 @@ that process's own descendants, found through /proc from its PID: never by name.
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
-from conftest import alive, descendants, start_cli, toy, wait_for
+from conftest import alive, descendants, start_cli, toy, trial_pids, wait_for
 from mlflow.tracking import MlflowClient
 
 pytestmark = pytest.mark.slow
@@ -163,3 +164,59 @@ def test_a_failing_sweep_closes_its_parent_failed(tmp_path):
     (parent,) = parents(store)
     assert parent.info.status == "FAILED"
     assert "exit status 1" in parent.data.tags["rnnsweep.reason"]
+
+
+def test_losing_a_trials_process_does_not_abort_the_sweep(tmp_path):
+    """Progress rides on each trial's own task, so no other process (no actor) can take
+    the sweep down: killing the worker that carries trial 0's start and result fails
+    that trial alone, and the sweep closes normally around it."""
+    store = tmp_path / "mlflow.db"
+    proc = start(tmp_path, store, "batch=1,2", *TRAIN, "steps=400", "model.hidden_size=64",
+                 "ray.max_retries=0")
+    try:
+        worker = wait_for(lambda: trial_pids(0, proc.pid), 120, "trial 0's worker")
+        proc_pid = next(iter(worker))
+        os.kill(proc_pid, signal.SIGKILL)
+        out, err = finish(proc)
+    finally:
+        proc.kill()
+    assert proc.returncode == 1, err[-3000:]  # a failed trial, not an aborted sweep
+    assert_clean_exit(err)
+    by_batch = {c.data.params["batch"]: c for c in children(store)}
+    assert by_batch["1"].info.status == "FAILED"
+    assert "WorkerCrashedError after 0 retries" in by_batch["1"].data.tags["rnnsweep.reason"]
+    assert by_batch["2"].info.status == "FINISHED"
+    assert parents(store)[0].info.status == "FAILED"
+
+
+def test_resume_reuses_only_trials_from_the_same_environment(tmp_path):
+    store = tmp_path / "mlflow.db"
+    sweep = ["batch=1,2", *TRAIN, "steps=2"]
+    first = start(tmp_path, store, *sweep)
+    assert first.wait(timeout=300) == 0
+    (earlier,) = parents(store)
+    # One of them as if measured on another machine (another device, torch or CPU count).
+    elsewhere = next(c for c in children(store, earlier) if c.data.params["batch"] == "2")
+    MlflowClient(f"sqlite:///{store}").set_tag(elsewhere.info.run_id,
+                                               "rnnsweep.env_fingerprint", "0123456789abcdef")
+    again = start(tmp_path, store, *sweep)
+    out, err = finish(again)
+    assert again.returncode == 0, err[-3000:]
+    (resumed,) = [p for p in parents(store) if p.info.run_id != earlier.info.run_id]
+    reused = {k.removeprefix("rnnsweep.reused."): v for k, v in resumed.data.tags.items()
+              if k.startswith("rnnsweep.reused.")}
+    kept = next(c for c in children(store, earlier) if c.data.params["batch"] == "1")
+    assert list(reused) == [kept.info.run_id]
+    assert "batch=1" in reused[kept.info.run_id]
+    assert [c.data.params["batch"] for c in children(store, resumed)] == ["2"]
+    assert resumed.data.metrics["trials"] == 2 and resumed.data.metrics["trials_reused"] == 1
+
+    # Everything reusable: the sweep still describes every trial it stands for.
+    third = start(tmp_path, store, *sweep)
+    out, err = finish(third)
+    assert third.returncode == 0, err[-3000:]
+    latest = max(parents(store), key=lambda p: p.info.start_time)
+    assert latest.info.status == "FINISHED"
+    assert children(store, latest) == []
+    assert latest.data.metrics["trials"] == 2 and latest.data.metrics["trials_reused"] == 2
+    assert "2/2 trials finished" in out

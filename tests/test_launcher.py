@@ -158,7 +158,7 @@ def test_ctrl_c_or_sigterm_marks_running_and_pending_trials_killed(tmp_path, sig
         out, err = proc.communicate(timeout=120)
     finally:
         proc.kill()
-    assert proc.returncode == 130, err[-3000:]
+    assert proc.returncode == 128 + signum, err[-3000:]  # 130 or 143, as a shell reports
     children = runs(tmp_path)
     assert len(children) == 3
     assert {c.info.status for c in children} == {"KILLED"}

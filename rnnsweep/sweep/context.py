@@ -197,6 +197,7 @@ class SweepContext:
         if self._closed:
             return
         self._closed = True
+        error = interrupts.as_interrupt(error)
         self.sinks.ended()  # the terminal's closing table, before the summary line
         stopping = self._stop_ray_in_background()
         if _ran_to_end(error) and self.parent:
@@ -261,11 +262,7 @@ def _describe(error: BaseException | None) -> str:
 
 
 def _terminal() -> SweepSink:
-    """The console's live display where it exists, else plain lines."""
-    try:
-        from rnnsweep.sweep.console import ConsoleSink
-    except ImportError:
-        from rnnsweep.sweep.lines import LineSink
+    """The console: a live display on a terminal, one line per trial in a log."""
+    from rnnsweep.sweep.console import ConsoleSink
 
-        return LineSink()
     return ConsoleSink()

@@ -12,6 +12,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
+# The first stopping signal this process received. A handler that raises inside a C
+# extension (Ray's wait loop checks for signals) comes back wrapped in another error, or
+# is swallowed by a library; this says a signal arrived whatever became of the raise.
+_received: list[int] = []
 
 
 class Interrupted(BaseException):
@@ -29,7 +33,20 @@ class Interrupted(BaseException):
 
 
 def _raise(signum, frame) -> None:
+    _received.append(signum)
     raise Interrupted(signum)
+
+
+def received() -> Interrupted | None:
+    """The signal that stopped this process, if one did."""
+    return Interrupted(_received[0]) if _received else None
+
+
+def as_interrupt(error: BaseException | None) -> BaseException | None:
+    """``error``, or the interrupt behind it when a signal arrived."""
+    if isinstance(error, Interrupted):
+        return error
+    return received() or error
 
 
 def install() -> None:

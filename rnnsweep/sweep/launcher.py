@@ -26,7 +26,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from rnnsweep.record import FAILED, TrialRecord, config_hash, flatten
-from rnnsweep.sweep import worker
+from rnnsweep.sweep import interrupts, worker
 from rnnsweep.sweep.cluster import LaunchError, ray_session
 from rnnsweep.sweep.context import SweepContext
 from rnnsweep.sweep.interrupts import Interrupted
@@ -179,9 +179,14 @@ def _submission_tags(job: Job, digests: dict[int, str]) -> dict[str, str]:
 def _collect(context: SweepContext, jobs: list[Job], nodes: list[Node], poll_s: float) -> None:
     pending = {job.ref: job for job in jobs}
     while pending:
-        ready, _ = ray.wait(list(pending), num_returns=1, timeout=poll_s)
-        if ready:  # and whatever else is ready by now, in one call
-            ready, _ = ray.wait(list(pending), num_returns=len(pending), timeout=0)
+        try:
+            ready, _ = ray.wait(list(pending), num_returns=1, timeout=poll_s)
+            if ready:  # and whatever else is ready by now, in one call
+                ready, _ = ray.wait(list(pending), num_returns=len(pending), timeout=0)
+        except Exception as exc:
+            # Ray checks for signals while it waits; our handler's raise comes back
+            # wrapped in a SystemError.
+            raise (interrupts.as_interrupt(exc)) from None
         for ref in ready:
             job = pending[ref]
             if _advance(job, context, jobs, nodes):

@@ -4,20 +4,23 @@ driver dies.
 A SIGKILLed driver cannot stop the Ray it started, and Ray's own processes outlive it
 by 30 to 95 s (its agents poll for their parent). The driver starts this small process
 right after Ray and keeps the write end of its stdin; the kernel closes that end when
-the driver dies, however it dies, so the read below returns at once. The watchdog then
-kills the processes the driver had started (Ray's head processes) and everything below
-them (raylet's workers and agents). Only the process tree of the driver's own children
-is touched, checked by start time, so a reused PID is never signalled.
+the driver dies, however it dies, so the watchdog wakes at once. It then kills the
+processes the driver had started (Ray's head processes) and everything below them
+(raylet's workers and agents), as last seen. Only that process tree is touched, each
+process checked by its start time, so a reused PID is never signalled.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import select
 import signal
 import subprocess
 import sys
 from pathlib import Path
+
+SNAPSHOT_S = 0.5
 
 
 def start(driver_pid: int) -> subprocess.Popen:
@@ -44,26 +47,51 @@ def _table() -> dict[int, tuple[int, str]]:
     return table
 
 
-def _tree(roots: dict[int, str]) -> list[int]:
-    """The roots still alive as they were (same start time), and all their descendants."""
+def _alive(processes: dict[int, str]) -> list[int]:
+    """Those still running as the same process (a PID can be reused)."""
+    living = []
+    for pid, start in processes.items():
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+        except OSError:
+            continue
+        if fields[19] == start:
+            living.append(pid)
+    return living
+
+
+def _tree(processes: dict[int, str]) -> dict[int, str]:
+    """The processes still alive as they were, and all their descendants now."""
     table = _table()
-    found = [pid for pid, start in roots.items() if table.get(pid, (0, ""))[1] == start]
+    found = {pid: start for pid, start in processes.items() if table.get(pid, (0, ""))[1] == start}
     children: dict[int, list[int]] = {}
     for pid, (ppid, _) in table.items():
         children.setdefault(ppid, []).append(pid)
-    i = 0
-    while i < len(found):
-        found += children.get(found[i], [])
-        i += 1
+    frontier = list(found)
+    while frontier:
+        for child in children.get(frontier.pop(), []):
+            if child not in found:
+                found[child] = table[child][1]
+                frontier.append(child)
     return found
 
 
 def main() -> None:
     driver = int(sys.argv[1])
     me = os.getpid()
-    roots = {pid: start for pid, (ppid, start) in _table().items() if ppid == driver and pid != me}
+    known = {pid: start for pid, (ppid, start) in _table().items() if ppid == driver and pid != me}
+    # Ray's head processes exit soon after their driver on their own, and their children
+    # (raylet's agents and workers) are then re-parented beyond reach: keep the whole
+    # tree known while the driver lives.
+    while not select.select([sys.stdin], [], [], SNAPSHOT_S)[0]:
+        known = {pid: start for pid, start in _tree(known).items()}
     sys.stdin.buffer.read()  # EOF: the driver exited, cleanly or not
-    for pid in _tree(roots):
+    _kill(known)
+    _kill(_tree(known))  # anything started since the last look
+
+
+def _kill(processes: dict[int, str]) -> None:
+    for pid in _alive(processes):
         with contextlib.suppress(OSError):  # already gone
             os.kill(pid, signal.SIGKILL)
 
