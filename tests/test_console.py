@@ -207,6 +207,22 @@ def test_a_single_run_is_one_line_and_no_table():
     assert out.getvalue().splitlines() == ["  #0 [OK] trial  step ms 2  loss 0.25  (1/1 done)"]
 
 
+def test_trials_known_by_name_only_get_their_sweeps_columns_and_headline():
+    """Hydra's basic launcher records each trial where it ran, one at a time, by name."""
+    console, out = log_console()
+    sink = ConsoleSink(console)
+    for idx, norm in enumerate(("null", "1.0")):
+        sink.submitted([TrialInfo(idx, f"clipping.max_norm={norm},steps=2")])
+        sink.finished(idx, TrialRecord({}, metrics={"max_grad_norm": 9.0, "final_loss": 0.5,
+                                                    "max_grad_norm_clipped": 1.0,
+                                                    "step_time_ms": 3.0}))
+    sink.ended()
+    table = out.getvalue()[out.getvalue().index("rnnsweep: trials"):]
+    header = table.splitlines()[2]
+    assert "clipping.max_norm" in header and "steps" not in header
+    assert "max grad norm" in header and "step ms" not in header
+
+
 # --- quiet libraries -----------------------------------------------------------------------
 
 

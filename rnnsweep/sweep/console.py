@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from rich import box
 from rich.console import Console
@@ -143,6 +143,10 @@ class ConsoleSink:
 
     def submitted(self, trials: Sequence[TrialInfo]) -> None:
         for info in trials:
+            if not info.overrides and info.name != "trial":
+                # A trial recorded where it ran (Hydra's basic launcher) comes with its
+                # name only, which is its overrides joined.
+                info = replace(info, overrides=tuple(info.name.split(",")))
             self.trials.setdefault(info.idx, _Trial(info))
         self.swept = swept_keys([t.info.overrides for t in self.trials.values()])
         self._refresh()
@@ -167,9 +171,10 @@ class ConsoleSink:
         trial.values = headline_values(record, self.swept)
         line = self._result_line(idx, trial)
         self._last = line.strip()
-        if not self.live or record.outcome != OK:
-            self._say(f"{line}  ({self._counts_text()})" if not self.live else line,
-                      style=None if record.outcome == OK else "yellow")
+        if not self.live:
+            self._say(f"{line}  ({self._counts_text()})")
+        elif record.outcome != OK:  # on a TTY only what needs a look leaves the display
+            self._say(line, style="yellow")
         if record.tags.get(NOISY_TAG) == "true":
             why = record.tags.get(NOISE_REASON_TAG) or "spread or load beyond the threshold"
             self._say(f"  #{idx} warning: {trial.info.name}: timing is noisy ({why}); "
@@ -188,6 +193,9 @@ class ConsoleSink:
             self._progress.stop()
             self._progress = None
         if len(self.trials) > 1:  # a single run's one line says it all
+            for trial in self.trials.values():  # what varies is known for sure only now
+                if trial.record is not None:
+                    trial.values = headline_values(trial.record, self.swept)
             self.console.print(self.table())
 
     # --- what is shown -----------------------------------------------------------------
