@@ -103,9 +103,10 @@ def feed(sink: ConsoleSink, infos: list[TrialInfo], records: list[TrialRecord]) 
     sink.ended()
 
 
-# Precision and deployment trials take seconds each (bf16 probing, exports): slow tier.
+# Precision, fused-vs-loop and deployment trials take seconds each (bf16 probing, two
+# timed implementations, exports): slow tier. ``headline`` itself is checked fast below.
 @pytest.mark.parametrize("sweep", [
-    pytest.param(s, marks=[pytest.mark.slow] if s in ("precision", "deployment") else [])
+    pytest.param(s, marks=[pytest.mark.slow] if s not in ("batch_scaling", "clipping") else [])
     for s in HEADLINES])
 def test_in_a_log_each_finished_trial_is_one_line_with_the_sweeps_headline(sweep):
     infos, records = ready_sweep(sweep)
@@ -191,6 +192,9 @@ def test_headline_follows_what_the_sweep_varies_and_measures():
     assert headline(training, {"precision"})[0].label == "step ms"
     assert [m.label for m in headline(training, {"seed"})] == ["step ms", "loss"]
     assert headline({}, {"batch"}) == ()
+    assert headline({"fused_speedup": 2.0, "latency_ms": 1.0}, {"model"})[2].label == "speedup"
+    assert headline({"stream_latency_ms_p50": 1.0}, {"chunk_len"})[0].label == "p50 ms"
+    assert headline({"latency_ms": 1.0, "step_time_ms": 2.0}, {"batch"})[0].label == "ms/batch"
 
 
 def test_numbers_are_plain_and_reasons_cut_at_words():
