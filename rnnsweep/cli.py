@@ -104,7 +104,7 @@ def start_ray(checked: CheckedCommand, address: str | None, context) -> None:
                              name="open-store")
     store.start()
     try:
-        ray_session.connect(address, checked.base.hydra.launcher)
+        ray_session.connect(address, checked.base.hydra.launcher, checked.base)
         context.own_ray(embedded=address is None)
         interrupts.install()  # over Ray's C++ SIGTERM handler, which dumps native stacks
         nodes = ray_session.nodes()

@@ -20,8 +20,8 @@ from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
 from rnnsweep.record import OK, TrialRecord
 
-# MLflow's per-request limits for log_batch.
-MAX_METRICS, MAX_PARAMS, MAX_TAGS = 1000, 100, 100
+# MLflow's per-request limits for log_batch: of each kind, and in all.
+MAX_METRICS, MAX_PARAMS, MAX_TAGS, MAX_ENTITIES = 1000, 100, 100, 1000
 ROLE_TAG = "rnnsweep.role"
 # On every child run: the run id of its sweep's parent (pandas can group by it directly).
 SWEEP_TAG = "rnnsweep.sweep"
@@ -64,27 +64,33 @@ class Tracker:
         run = self.client.create_run(self.experiment_id, tags=all_tags, run_name=name)
         return run.info.run_id
 
-    def write_record(self, run_id: str, record: TrialRecord) -> None:
-        """Logs a finished trial's record onto an existing run and ends the run."""
+    def write_record(self, run_id: str, record: TrialRecord, with_params: bool = True) -> None:
+        """Logs a finished trial's record onto an existing run and ends the run; its params
+        are left out where they were logged when the run was made."""
         now = int(time.time() * 1000)
         metrics = [Metric(k, v, now, 0) for k, v in record.metrics.items()]
         for name, values in record.step_metrics.items():
             metrics += [Metric(name, v, now, step) for step, v in enumerate(values)]
-        self.log(run_id, params=record.params, tags=record.tags, metrics=metrics)
+        self.log(run_id, params=record.params if with_params else None, tags=record.tags,
+                 metrics=metrics)
         if record.artifacts:
             self.log_artifacts(run_id, record.artifacts)
         self.client.set_terminated(run_id, record.status)
 
     def log(self, run_id: str, params: dict[str, str] | None = None,
             tags: dict[str, str] | None = None, metrics: Iterable[Metric] = ()) -> None:
+        """As few ``log_batch`` requests as MLflow's per-request limits allow (usually
+        one): each request is a transaction on a store other sweeps may be writing."""
         params_ = [Param(k, v) for k, v in (params or {}).items()]
         tags_ = [RunTag(k, v) for k, v in (tags or {}).items()]
-        for chunk in _chunks(params_, MAX_PARAMS):
-            self.client.log_batch(run_id, params=chunk)
-        for chunk in _chunks(tags_, MAX_TAGS):
-            self.client.log_batch(run_id, tags=chunk)
-        for chunk in _chunks(list(metrics), MAX_METRICS):
-            self.client.log_batch(run_id, metrics=chunk)
+        metrics_ = list(metrics)
+        while params_ or tags_ or metrics_:
+            batch_params, params_ = params_[:MAX_PARAMS], params_[MAX_PARAMS:]
+            batch_tags, tags_ = tags_[:MAX_TAGS], tags_[MAX_TAGS:]
+            room = min(MAX_METRICS, MAX_ENTITIES - len(batch_params) - len(batch_tags))
+            batch_metrics, metrics_ = metrics_[:room], metrics_[room:]
+            self.client.log_batch(run_id, metrics=batch_metrics, params=batch_params,
+                                  tags=batch_tags)
 
     def log_summary(self, run_id: str, values: dict[str, float]) -> None:
         now = int(time.time() * 1000)
@@ -147,8 +153,3 @@ def _store_lock(uri: str) -> AbstractContextManager:
     if not uri.startswith(prefix):
         return nullcontext()  # a tracking server serialises its own store
     return FileLock(uri[len(prefix):] + ".lock", timeout=300)
-
-
-def _chunks(items: list, size: int) -> Iterator[list]:
-    for start in range(0, len(items), size):
-        yield items[start:start + size]

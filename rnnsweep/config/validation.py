@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from rnnsweep import config
+from rnnsweep.sweep.composer import compose_trials
 
 _parser = OverridesParser.create()
 
@@ -62,7 +63,7 @@ def check_overrides(overrides: list[str], multirun: bool) -> CheckedCommand:
                                       if not line.startswith("hydra.")}}
             expanded = _parser.parse_overrides(list(by_key.values()))
             trials = BasicSweeper.split_arguments(expanded, None)[0]
-        composed = [_compose(list(trial)) for trial in trials]
+        composed = compose_trials(trials, _compose, GlobalHydra.instance().config_loader())
         for trial in composed:
             check_trial(trial)
     GlobalHydra.instance().clear()

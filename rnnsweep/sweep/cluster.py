@@ -27,7 +27,7 @@ class LaunchError(RuntimeError):
     pass
 
 
-def connect(address: str | None, settings) -> None:
+def connect(address: str | None, settings, config: DictConfig | None = None) -> None:
     """Connects to the named cluster (starting nothing), or starts an embedded local Ray
     bound to loopback and sized by the launcher's settings."""
     if address:

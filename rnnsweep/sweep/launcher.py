@@ -10,24 +10,25 @@ terminal); this module makes no MLflow call and prints nothing itself.
 from __future__ import annotations
 
 import contextlib
-import copy
 import os
 import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
 import ray
 from hydra.core.singleton import Singleton
 from hydra.core.utils import JobReturn, JobStatus, configure_log, setup_globals
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from rnnsweep.record import FAILED, TrialRecord, config_hash, flatten
 from rnnsweep.sweep import interrupts, worker
 from rnnsweep.sweep.cluster import LaunchError, ray_session
+from rnnsweep.sweep.composer import Composer
 from rnnsweep.sweep.context import SweepContext
 from rnnsweep.sweep.interrupts import Interrupted
 from rnnsweep.sweep.job import SweepTask, trial_name, trial_names
@@ -67,7 +68,8 @@ def _launch(launcher, context: SweepContext, job_overrides: Sequence[Sequence[st
             initial_job_idx: int) -> list[JobReturn]:
     config = launcher.config
     Path(str(config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
-    jobs = [_compose(launcher, initial_job_idx + i, list(o)) for i, o in enumerate(job_overrides)]
+    composer = Composer(launcher.hydra_context.config_loader, config)
+    jobs = [_compose(composer, initial_job_idx + i, list(o)) for i, o in enumerate(job_overrides)]
     for job, name in zip(jobs, trial_names([j.overrides for j in jobs]), strict=True):
         job.name = name  # by the keys this sweep varies, and only those
     try:
@@ -79,8 +81,8 @@ def _launch(launcher, context: SweepContext, job_overrides: Sequence[Sequence[st
         raise SystemExit(2) from None
 
 
-def _compose(launcher, idx: int, overrides: list[str]) -> Job:
-    config = launcher.hydra_context.config_loader.load_sweep_config(launcher.config, overrides)
+def _compose(composer: Composer, idx: int, overrides: list[str]) -> Job:
+    config = composer.compose(overrides)
     with open_dict(config):
         config.hydra.job.id = idx
         config.hydra.job.num = idx
@@ -278,8 +280,14 @@ def _cancel(context: SweepContext, jobs: list[Job], reason: str) -> None:
 
 
 def _params(config: DictConfig) -> dict[str, str]:
-    """The trial's params exactly as the trial itself flattens its config."""
-    task_cfg = copy.deepcopy(config)
-    with open_dict(task_cfg):
-        del task_cfg["hydra"]
-    return flatten(OmegaConf.to_container(task_cfg, resolve=True, enum_to_str=True))
+    """The trial's params exactly as the trial itself flattens its config (without the
+    ``hydra`` node, which is neither copied nor resolved: a per-trial cost at scale)."""
+    tree = {}
+    for key in config:
+        if key == "hydra":
+            continue
+        value = config[key]
+        if isinstance(value, DictConfig | ListConfig):
+            value = OmegaConf.to_container(value, resolve=True, enum_to_str=True)
+        tree[key] = value.name if isinstance(value, Enum) else value
+    return flatten(tree)

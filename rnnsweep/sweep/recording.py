@@ -24,6 +24,7 @@ class RecordingSink:
         self.tracker, self.parent = tracker, parent
         self.runs: dict[int, str] = {}
         self.open: set[str] = set()
+        self.params_logged: set[int] = set()
 
     def submitted(self, trials: Sequence[TrialInfo]) -> None:
         for trial in trials:
@@ -33,7 +34,9 @@ class RecordingSink:
             run_id = self.tracker.start_run(trial.name, tags=tags, parent_run_id=self.parent)
             self.runs[trial.idx] = run_id
             self.open.add(run_id)
-            self.tracker.log(run_id, params=trial.params)
+            if trial.params:
+                self.tracker.log(run_id, params=trial.params)
+                self.params_logged.add(trial.idx)
 
     def started(self, idx: int) -> None:
         pass
@@ -49,7 +52,7 @@ class RecordingSink:
             return
         if self.parent:
             record.tags[SWEEP_TAG] = self.parent
-        self.tracker.write_record(run_id, record)
+        self.tracker.write_record(run_id, record, with_params=idx not in self.params_logged)
         self.open.discard(run_id)
 
     def cancelled(self, idx: int, reason: str) -> None:
