@@ -99,7 +99,7 @@ def test_failed_trials_are_recorded_and_resume_reruns_only_what_is_missing(tmp_p
 
     again = run_sweep(tmp_path, *TRAIN_1CPU, "batch=1,2,3", "guard.raise_at_step=null,1",
                       shared_cluster)
-    assert again.stdout.count("[skipped]") == 2  # the two that finished
+    assert (again.stdout + again.stderr).count("[reused]") == 2  # the two that finished
     (_, resumed) = sorted(runs(tmp_path, parents=True), key=lambda r: r.info.start_time)[:2]
     reused = {k for k in resumed.data.tags if k.startswith("rnnsweep.reused.")}
     assert len(reused) == 2
@@ -108,7 +108,7 @@ def test_failed_trials_are_recorded_and_resume_reruns_only_what_is_missing(tmp_p
 
     forced = run_sweep(tmp_path, *TRAIN_1CPU, "batch=1", "ray.rerun=true", shared_cluster)
     assert forced.returncode == 0
-    assert "[skipped]" not in forced.stdout
+    assert "[reused]" not in forced.stdout + forced.stderr
     assert len(runs(tmp_path)) == 9
 
 
