@@ -8,12 +8,14 @@ on a fresh SQLite store in a temp dir, and reports per N:
 - that every trial was recorded (N FINISHED child runs under one FINISHED parent);
 - the driver's resident memory over time, polled from ``/proc/<pid>/status`` of the CLI
   process this script started: peak (VmHWM), and the growth over the middle half of the
-  run (RSS at 75% of the wall time minus RSS at 25%), which leaves out the start-up's
-  imports and the closing report: flat memory is about 0 MB there whatever N;
+  run (RSS at 75% of the wall time minus RSS at 25%), which leaves out the closing
+  report (on a short sweep it still includes the start-up's imports);
 
-then the marginal cost per trial, (wall(N_big) - wall(N_small)) / (N_big - N_small), per
-repeat, and its median. Sizes alternate within each repeat (16, 64, 16, 64, ...) so that
-drift in the machine's load hits both. Target (issue #9): <= 0.1 s per trial.
+then, between sizes, the marginal cost per trial, (wall(N_big) - wall(N_small)) /
+(N_big - N_small), per repeat, and its median; and the driver's memory per trial, the
+same difference of peak RSS, which the start-up does not confound (flat memory: about
+0 KB per trial). Sizes alternate within each repeat (16, 64, 16, 64, ...) so that drift
+in the machine's load hits both. Target (issue #9): <= 0.1 s per trial.
 
     python benchmarks/sweep_scale.py [--sizes 16 64] [--repeats 3] [--timeout 1800]
     python benchmarks/sweep_scale.py --sizes 16 64 1000 --repeats 1
@@ -144,6 +146,11 @@ def main() -> None:
         print(f"marginal cost per trial, N={small} -> {big}: "
               f"{statistics.median(marginal):.3f} s (every repeat: "
               f"{' '.join(f'{m:.3f}' for m in marginal)}; target <= 0.1 s)")
+        memory = [(b.peak_rss_mb - s.peak_rss_mb) / (big - small)
+                  for s, b in zip(samples[small], samples[big], strict=True)]
+        print(f"driver peak RSS per trial, N={small} -> {big}: "
+              f"{statistics.median(memory) * 1024:+.0f} KB (every repeat: "
+              f"{' '.join(f'{m * 1024:+.0f}' for m in memory)}; flat: about 0)")
 
 
 if __name__ == "__main__":

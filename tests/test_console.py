@@ -103,17 +103,20 @@ def feed(sink: ConsoleSink, infos: list[TrialInfo], records: list[TrialRecord]) 
     sink.ended()
 
 
-# Precision and deployment trials take seconds each (bf16 probing, exports): slow tier.
+# Precision, fused-vs-loop and deployment trials take seconds each (bf16 probing, two
+# timed implementations, exports): slow tier. ``headline`` itself is checked fast below.
 @pytest.mark.parametrize("sweep", [
-    pytest.param(s, marks=[pytest.mark.slow] if s in ("precision", "deployment") else [])
+    pytest.param(s, marks=[pytest.mark.slow] if s not in ("batch_scaling", "clipping") else [])
     for s in HEADLINES])
 def test_in_a_log_each_finished_trial_is_one_line_with_the_sweeps_headline(sweep):
     infos, records = ready_sweep(sweep)
     console, out = log_console()
     feed(ConsoleSink(console), infos, records)
     text = out.getvalue()
-    lines = [line for line in text.splitlines() if line.startswith("  #")]
-    assert len(lines) == len(infos), text  # one per trial, no progress lines
+    # One result line per trial and no progress lines; a noisy timing's warning line
+    # ("  #0 warning: ...") follows its result line.
+    lines = [line for line in text.splitlines() if re.match(r"  #\d+ \[", line)]
+    assert len(lines) == len(infos), text
     for info, record, line in zip(infos, records, lines, strict=True):
         assert line.startswith(f"  #{info.idx} [{record.outcome}] {info.name}  "), line
         if record.outcome == "OK":
@@ -191,6 +194,9 @@ def test_headline_follows_what_the_sweep_varies_and_measures():
     assert headline(training, {"precision"})[0].label == "step ms"
     assert [m.label for m in headline(training, {"seed"})] == ["step ms", "loss"]
     assert headline({}, {"batch"}) == ()
+    assert headline({"fused_speedup": 2.0, "latency_ms": 1.0}, {"model"})[2].label == "speedup"
+    assert headline({"stream_latency_ms_p50": 1.0}, {"chunk_len"})[0].label == "p50 ms"
+    assert headline({"latency_ms": 1.0, "step_time_ms": 2.0}, {"batch"})[0].label == "ms/batch"
 
 
 def test_numbers_are_plain_and_reasons_cut_at_words():
@@ -205,6 +211,22 @@ def test_a_single_run_is_one_line_and_no_table():
     feed(ConsoleSink(console), [TrialInfo(0, "trial")],
          [TrialRecord({}, metrics={"step_time_ms": 2.0, "final_loss": 0.25})])
     assert out.getvalue().splitlines() == ["  #0 [OK] trial  step ms 2  loss 0.25  (1/1 done)"]
+
+
+def test_trials_known_by_name_only_get_their_sweeps_columns_and_headline():
+    """Hydra's basic launcher records each trial where it ran, one at a time, by name."""
+    console, out = log_console()
+    sink = ConsoleSink(console)
+    for idx, norm in enumerate(("null", "1.0")):
+        sink.submitted([TrialInfo(idx, f"clipping.max_norm={norm},steps=2")])
+        sink.finished(idx, TrialRecord({}, metrics={"max_grad_norm": 9.0, "final_loss": 0.5,
+                                                    "max_grad_norm_clipped": 1.0,
+                                                    "step_time_ms": 3.0}))
+    sink.ended()
+    table = out.getvalue()[out.getvalue().index("rnnsweep: trials"):]
+    header = table.splitlines()[2]
+    assert "clipping.max_norm" in header and "steps" not in header
+    assert "max grad norm" in header and "step ms" not in header
 
 
 # --- quiet libraries -----------------------------------------------------------------------

@@ -31,6 +31,7 @@ def make_model(cell: str, impl: str = "fused") -> RecurrentNet:
     return RecurrentNet(cell, INPUT, HIDDEN, num_layers=LAYERS, impl=impl).eval()
 
 
+# ONNX exports take seconds each: every test that makes one is in the slow tier.
 @pytest.fixture(scope="module", params=CELLS)
 def exported(request, tmp_path_factory):
     """Each cell exported once in every format (ONNX export takes seconds)."""
@@ -40,6 +41,7 @@ def exported(request, tmp_path_factory):
     return model, report
 
 
+@pytest.mark.slow
 def test_every_format_verifies(exported) -> None:
     _, report = exported
     for fmt in FORMATS:
@@ -52,6 +54,7 @@ def test_every_format_verifies(exported) -> None:
     ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("batch, seq_len", [(4, 9), (1, 2)])
 def test_exported_files_match_eager_at_new_shapes(exported, batch: int, seq_len: int) -> None:
     # Independent of export_and_verify's own check: fresh shapes (the exports were traced at
@@ -69,6 +72,7 @@ def test_exported_files_match_eager_at_new_shapes(exported, batch: int, seq_len:
             assert (got - want).abs().max().item() < 1e-5, path.name
 
 
+@pytest.mark.slow
 def test_exported_files_stream_like_eager(exported) -> None:
     # The serving path: chunks through each file, carrying state, against one eager pass.
     model, report = exported
@@ -81,6 +85,7 @@ def test_exported_files_stream_like_eager(exported) -> None:
         assert stream.metrics["stream_max_abs_diff"] < 1e-5, path.name
 
 
+@pytest.mark.slow
 def test_onnx_export_with_one_tensor_as_h0_and_c0(tmp_path) -> None:
     # A natural call, (x, zeros, zeros), once exported c0 in place of h0: h0 must matter.
     model = make_model("lstm")
@@ -130,6 +135,7 @@ def test_missing_onnx_runtime_is_reported_with_install_hint(tmp_path, monkeypatc
     assert not (tmp_path / "model.onnx").exists()
 
 
+@pytest.mark.slow
 def test_run_deployment_reports_every_metric(tmp_path) -> None:
     model = make_model("rnn")
     model.train()  # run_deployment must switch to eval itself

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from rich import box
 from rich.console import Console
@@ -81,9 +81,9 @@ def headline(metrics: dict[str, float], swept: set[str]) -> tuple[Metric, ...]:
     return ()
 
 
-def headline_values(record: TrialRecord, swept: set[str]) -> dict[str, float]:
-    """label -> value for the record's headline metrics it has."""
-    metrics = dict(record.metrics)
+def headline_values(metrics: dict[str, float], swept: set[str]) -> dict[str, float]:
+    """label -> value for the headline metrics a trial has."""
+    metrics = dict(metrics)
     exports = [v for k, v in metrics.items() if k.startswith("export_") and
                k.endswith("_max_abs_diff")]
     if exports:  # the worst exported format is the one that answers "does export match?"
@@ -118,7 +118,12 @@ def shorten(text: str, limit: int = REASON_CHARS) -> str:
 class _Trial:
     info: TrialInfo
     state: str = "pending"  # pending | running | done | failed | reused | cancelled
-    record: TrialRecord | None = None
+    # What is shown of its record, and no more: a sweep of thousands of trials keeps
+    # neither their step series nor their artifacts alive in the driver.
+    outcome: str = ""
+    reason: str = ""
+    noisy: bool = False
+    metrics: dict[str, float] = field(default_factory=dict)
     note: str = ""  # reused run id, or why it was cancelled
     values: dict[str, float] = field(default_factory=dict)
 
@@ -143,6 +148,10 @@ class ConsoleSink:
 
     def submitted(self, trials: Sequence[TrialInfo]) -> None:
         for info in trials:
+            if not info.overrides and info.name != "trial":
+                # A trial recorded where it ran (Hydra's basic launcher) comes with its
+                # name only, which is its overrides joined.
+                info = replace(info, overrides=tuple(info.name.split(",")))
             self.trials.setdefault(info.idx, _Trial(info))
         self.swept = swept_keys([t.info.overrides for t in self.trials.values()])
         self._refresh()
@@ -163,14 +172,17 @@ class ConsoleSink:
     def finished(self, idx: int, record: TrialRecord) -> None:
         trial = self._trial(idx)
         trial.state = "failed" if record.outcome == FAILED else "done"
-        trial.record = record
-        trial.values = headline_values(record, self.swept)
+        trial.outcome, trial.reason = record.outcome, record.reason
+        trial.noisy = record.tags.get(NOISY_TAG) == "true"
+        trial.metrics = dict(record.metrics)
+        trial.values = headline_values(trial.metrics, self.swept)
         line = self._result_line(idx, trial)
         self._last = line.strip()
-        if not self.live or record.outcome != OK:
-            self._say(f"{line}  ({self._counts_text()})" if not self.live else line,
-                      style=None if record.outcome == OK else "yellow")
-        if record.tags.get(NOISY_TAG) == "true":
+        if not self.live:
+            self._say(f"{line}  ({self._counts_text()})")
+        elif record.outcome != OK:  # on a TTY only what needs a look leaves the display
+            self._say(line, style="yellow")
+        if trial.noisy:
             why = record.tags.get(NOISE_REASON_TAG) or "spread or load beyond the threshold"
             self._say(f"  #{idx} warning: {trial.info.name}: timing is noisy ({why}); "
                       "repeat it before trusting the figure", style="yellow")
@@ -188,6 +200,9 @@ class ConsoleSink:
             self._progress.stop()
             self._progress = None
         if len(self.trials) > 1:  # a single run's one line says it all
+            for trial in self.trials.values():  # what varies is known for sure only now
+                if trial.outcome:
+                    trial.values = headline_values(trial.metrics, self.swept)
             self.console.print(self.table())
 
     # --- what is shown -----------------------------------------------------------------
@@ -238,22 +253,20 @@ class ConsoleSink:
         return keys
 
     def _result_line(self, idx: int, trial: _Trial) -> str:
-        record = trial.record
-        parts = [f"  #{idx} [{record.outcome if record else trial.state}] {trial.info.name}"]
+        parts = [f"  #{idx} [{trial.outcome or trial.state}] {trial.info.name}"]
         parts += [f"{label} {number(v)}" for label, v in trial.values.items()]
-        if record is not None and record.reason:
-            parts.append(f"({shorten(record.reason)})")
+        if trial.reason:
+            parts.append(f"({shorten(trial.reason)})")
         return "  ".join(parts)
 
     def _outcome(self, trial: _Trial) -> str:
-        if trial.record is not None:
-            noisy = trial.record.tags.get(NOISY_TAG) == "true"
-            return trial.record.outcome + (" (noisy)" if noisy else "")
+        if trial.outcome:
+            return trial.outcome + (" (noisy)" if trial.noisy else "")
         return {"reused": "reused", "cancelled": "KILLED"}.get(trial.state, trial.state)
 
     def _note(self, trial: _Trial) -> str:
-        if trial.record is not None and trial.record.reason:
-            return shorten(trial.record.reason, 60)
+        if trial.reason:
+            return shorten(trial.reason, 60)
         if trial.state == "reused":
             return f"run {trial.note}"
         return shorten(trial.note, 60)

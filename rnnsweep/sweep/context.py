@@ -210,7 +210,10 @@ class SweepContext:
             except Exception as exc:  # noqa: BLE001 - the parent is closed below anyway
                 log.warning("the sweep's summary failed: %s", exc)
         with interrupts.deferred():
-            self._close_runs(error)
+            try:
+                self._close_runs(error)
+            except Exception as exc:  # noqa: BLE001 - the lease lets the next command close them
+                log.warning("could not close the sweep's runs: %s", exc)
             if self._heartbeat is not None:
                 self._heartbeat.stop()
             if stopping is not None:

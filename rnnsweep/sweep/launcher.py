@@ -238,6 +238,10 @@ def _finish(job: Job, context: SweepContext, jobs: list[Job], nodes: list[Node],
         else:
             return
     job.state = "failed" if record.outcome == FAILED else "done"
+    # The worker's copy of the job's Hydra config, a few hundred kB of objects per trial,
+    # would pile up on the driver over a long sweep; nothing downstream of an rnnsweep
+    # trial reads it (the record and the driver's own config say everything).
+    ret.hydra_cfg = None
     job.info["node_ip"] = next((n.address for n in nodes if n.node_id == job.info.get("node_id")),
                                "?")
     record.tags.update(_placement_tags(job, jobs))
