@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import pickle
+import pickletools
 import re
 
 import pytest
@@ -70,6 +72,15 @@ def test_default_trial_ok_with_all_keys(default_trial):
     assert record.tags["rnnsweep.device"] == ("cpu" if not torch.cuda.is_available()
                                               else torch.cuda.get_device_name())
     assert re.fullmatch(r"[0-9a-f]{16}", record.tags["rnnsweep.config_hash"])
+
+
+def test_default_trial_record_unpickles_without_torch(default_trial):
+    """The record crosses from a Ray worker to the driver, which never imports torch: no
+    value in it may be a torch type (``torch.__version__`` is a ``TorchVersion``)."""
+    globals_ = [arg for op, arg, _ in pickletools.genops(pickle.dumps(default_trial))
+                if op.name in ("GLOBAL", "STACK_GLOBAL", "SHORT_BINUNICODE", "BINUNICODE")
+                and isinstance(arg, str)]
+    assert not [g for g in globals_ if g.startswith("torch") or g == "TorchVersion"]
 
 
 def test_default_trial_metrics_are_consistent(default_trial):

@@ -28,7 +28,7 @@ def device_tags(device: torch.device) -> dict[str, str]:
     cudnn = torch.backends.cudnn.is_available() if device.type == "cuda" else False
     return {
         "rnnsweep.device": name,
-        "rnnsweep.torch_version": torch.__version__,
+        "rnnsweep.torch_version": str(torch.__version__),
         "rnnsweep.cuda_version": str(torch.version.cuda),
         "rnnsweep.cudnn": str(torch.backends.cudnn.version()) if cudnn else "unavailable",
         "rnnsweep.onednn": str(torch.backends.mkldnn.is_available()),

@@ -20,7 +20,7 @@ def environment() -> dict[str, str]:
     cuda = torch.cuda.is_available()
     return {
         "device": torch.cuda.get_device_name(0) if cuda else cpu_model(),
-        "torch": torch.__version__,
+        "torch": str(torch.__version__),
         "cuda": str(torch.version.cuda),
         "rnnsweep": rnnsweep.__version__,
         "cpus": str(os.cpu_count()),
