@@ -7,11 +7,11 @@ import sys
 import threading
 from typing import NoReturn
 
-import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from hydra_plugins.rnnsweep_launcher.rnnsweep_launcher import RnnsweepRayLauncherConf
 from rnnsweep import config
+from rnnsweep.config import command as cli_command
 from rnnsweep.config import sweeps
 from rnnsweep.config.validation import CheckedCommand, ConfigError, check_overrides
 from rnnsweep.sweep.job import trial_name
@@ -25,21 +25,19 @@ from rnnsweep.sweep.resources import (
     plan,
 )
 
-# Hydra flags after which the command does not run trials (help, config printing, ...).
-_NO_TRIAL_FLAGS = {"--help", "-h", "--hydra-help", "--info", "-i", "--cfg", "-c",
-                   "--shell-completion", "-sc", "--version"}
-
 
 def main() -> None:
     config.register()
     sweeps.register()
-    args = sys.argv[1:]
+    try:
+        command = cli_command.parse(sys.argv[1:])
+    except cli_command.CommandError as exc:
+        _refuse(exc)
     ray_started = False
-    if not _NO_TRIAL_FLAGS.intersection(args):
-        multirun = "-m" in args or "--multirun" in args
-        overrides = [a for a in args if not a.startswith("-")]
+    if command.runs_trials:
+        multirun = command.multirun
         try:
-            checked = check_overrides(overrides, multirun)
+            checked = check_overrides(command.overrides, multirun, command)
         except ConfigError as exc:
             _refuse(exc)
         address = cluster_address(checked.base)
@@ -51,10 +49,8 @@ def main() -> None:
     from rnnsweep.sweep import summary as sweep_summary
     from rnnsweep.sweep.job import task
 
-    app = hydra.main(version_base="1.3", config_path=str(config.conf_dir()),
-                     config_name="config")(task)
     try:
-        app()
+        cli_command.run(command, task)
     finally:
         if ray_started:
             from rnnsweep.sweep import cluster as ray_session
