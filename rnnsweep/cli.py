@@ -49,9 +49,12 @@ def main() -> None:
     from rnnsweep.sweep import summary as sweep_summary
     from rnnsweep.sweep.job import task
 
+    inherited_parent = os.environ.get("RNNSWEEP_PARENT_RUN_ID")
     try:
         cli_command.run(command, task)
     finally:
+        if command.runs_trials:
+            _close_abandoned_parent(checked.base, inherited_parent)
         if ray_started:
             from rnnsweep.sweep import cluster as ray_session
 
@@ -92,6 +95,19 @@ def start_ray(checked: CheckedCommand, address: str | None) -> None:
         # A named cluster's workers are shared with others; only warm our own, and only
         # as many as will run trials at once (each warm-up costs seconds of CPU).
         ray_session.prewarm(concurrent_trials(list(requests.values()), nodes))
+
+
+def _close_abandoned_parent(base: DictConfig, inherited: str | None) -> None:
+    """A sweeper that raises (Optuna with no completed trial, a bad storage) never reaches
+    Hydra's end-of-sweep callbacks, which would have closed the sweep's parent run."""
+    from rnnsweep.tracking import current_parent_run
+
+    parent = current_parent_run()
+    if parent and parent != inherited:
+        from rnnsweep.tracking import Tracker
+
+        Tracker(base.tracking.uri, base.tracking.experiment).fail_run(
+            parent, "the sweep ended early: the sweeper or a callback raised (see its output)")
 
 
 def _open_store(tracking: DictConfig) -> None:

@@ -12,15 +12,15 @@ import argparse
 import os
 from dataclasses import dataclass
 
+from hydra import version
 from hydra._internal.utils import (
-    _get_rerun_conf,
     _run_hydra,
     create_automatic_config_search_path,
     detect_task_name,
     get_args_parser,
 )
-from hydra.core import version
 from hydra.core.config_search_path import ConfigSearchPath, SearchPathQuery
+from hydra.main import _get_rerun_conf
 from hydra.types import TaskFunction
 
 from rnnsweep.config.schema import conf_dir

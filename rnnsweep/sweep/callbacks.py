@@ -57,9 +57,11 @@ class SweepRunCallback(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         if self._tracker is None or self._parent is None:
             return
+        from rnnsweep.sweep import objective
         from rnnsweep.sweep import summary as sweep_summary
         from rnnsweep.tracking import PARENT_RUN_ENV
 
+        objective.log_best(self._tracker, self._parent, config)
         sweep_summary.finish_sweep(self._tracker, self._parent, time.time() - self._started)
         os.environ.pop(PARENT_RUN_ENV, None)
 

@@ -15,7 +15,9 @@ from rnnsweep.record import TrialRecord
 RECORDS_TO_DRIVER_ENV = "RNNSWEEP_RECORDS_TO_DRIVER"
 
 
-def task(cfg: DictConfig) -> TrialRecord:
+def task(cfg: DictConfig) -> TrialRecord | float:
+    """Runs one trial and returns ``objective.metric`` for a sweeper (in a Ray worker,
+    the record itself: the launcher writes it and hands the sweeper the number)."""
     # Imported here, not at the top: a Ray worker unpickles this module before its first
     # trial and never needs MLflow, and the Ray driver never needs torch. Each costs
     # seconds of start-up on the sweep's critical path.
@@ -30,7 +32,9 @@ def task(cfg: DictConfig) -> TrialRecord:
     run_id = tracker.start_run(trial_name(), parent_run_id=current_parent_run())
     tracker.write_record(run_id, record)
     print(summary_line(trial_name(), record))
-    return record
+    from rnnsweep.sweep import objective
+
+    return objective.value(cfg, record)
 
 
 def trial_name(overrides: Sequence[str] | None = None) -> str:

@@ -30,6 +30,7 @@ from hydra.core.utils import (
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from rnnsweep.record import FAILED, TrialRecord, config_hash, flatten
+from rnnsweep.sweep import objective
 from rnnsweep.sweep import worker as ray_task
 from rnnsweep.sweep.cluster import LaunchError, ray_session
 from rnnsweep.sweep.job import summary_line, trial_name
@@ -120,6 +121,8 @@ def _run(launcher, jobs: list[Job], nodes: list[Node], tracker: Tracker | None,
     for job in jobs:
         if digests.get(job.idx) in finished:
             _skip(job, finished[digests[job.idx]])
+            job.result.return_value = objective.value_of_run(tracker, finished[digests[job.idx]],
+                                                             job.config)
             continue
         job.retries = int(OmegaConf.select(job.config, "ray.max_retries", default=2))
         job.ref = execute.options(
@@ -195,6 +198,8 @@ def _finish(job: Job, jobs: list[Job], nodes: list[Node], started: dict[int, flo
     record.tags.update(_placement_tags(job, jobs, started))
     if tracker and job.run_id:
         tracker.write_record(job.run_id, record)
+    # The record is written; a sweeper gets the one number it optimises.
+    ret.return_value = objective.value(job.config, record)
     job.summary = f"{summary_line(job.name, record)}  @ {job.info.get('node_ip', '?')}"
 
 
