@@ -85,6 +85,10 @@ def parse(argv: list[str]) -> Command:
     parser = get_args_parser()
     parser.prog = "rnnsweep"
     parser.error = _refuse  # one line, not argparse's usage block
+    for action in parser._actions:
+        if "--config-path" in action.option_strings:
+            action.help = ("Replaces rnnsweep's own conf/ as the primary config directory "
+                           "(absolute, relative to the working directory, or pkg://)")
     args = parser.parse_args(argv)
     if args.config_dir is not None:
         args.config_dir = os.path.abspath(args.config_dir)

@@ -146,7 +146,7 @@ class RayConfig:
 @dataclass
 class RnnsweepConfig:
     # Any: a user's model or task config brings its own keys; the built-ins are typed by
-    # the schemas they extend (schema/model/builtin, schema/task/builtin).
+    # the schemas they extend (builtin_model_schema, builtin_task_schema).
     model: Any = MISSING
     precision: PrecisionConfig = MISSING
     clipping: ClippingConfig = MISSING
@@ -170,10 +170,10 @@ class RnnsweepConfig:
 def register() -> None:
     store = ConfigStore.instance()
     store.store(name="rnnsweep_schema", node=RnnsweepConfig)
-    # Outside the model and task groups, so they are not offered as a model or a task.
-    store.store(group="schema/model", name="builtin", node=ModelConfig)
-    store.store(group="schema/task", name="builtin", node=TaskConfig)
-    store.store(group="schema/task", name="text", node=TextTaskConfig)
+    # Outside any group, so they are offered neither as a model or task nor in --help.
+    store.store(name="builtin_model_schema", node=ModelConfig)
+    store.store(name="builtin_task_schema", node=TaskConfig)
+    store.store(name="text_task_schema", node=TextTaskConfig)
 
 
 def conf_dir() -> Path:
