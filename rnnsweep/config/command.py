@@ -89,7 +89,9 @@ def parse(argv: list[str]) -> Command:
         if "--config-path" in action.option_strings:
             action.help = ("Replaces rnnsweep's own conf/ as the primary config directory "
                            "(absolute, relative to the working directory, or pkg://)")
-    args = parser.parse_args(argv)
+    # Intermixed: overrides may come before and after flags (``batch=1 -m seed=0,1``),
+    # which plain parse_args, as in @hydra.main, refuses.
+    args = parser.parse_intermixed_args(argv)
     if args.config_dir is not None:
         args.config_dir = os.path.abspath(args.config_dir)
         if not os.path.isdir(args.config_dir):

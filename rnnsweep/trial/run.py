@@ -17,7 +17,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from rnnsweep.config.schema import TRAINING_KEYS
+from rnnsweep.config.schema import TRAINING_KEYS, TaskConfig
 from rnnsweep.record import FAILED, UNSUPPORTED, TrialRecord, config_hash, flatten
 from rnnsweep.trial import environment, flops, timing, training
 from rnnsweep.trial.models import RecurrentNet, check_output, split_output, with_impl
@@ -157,8 +157,10 @@ def _train(cfg: DictConfig, model: nn.Module, device: torch.device,
         inject_nan_steps=frozenset(cfg.guard.inject_nan_steps),
         raise_at_step=cfg.guard.raise_at_step,
     )
-    optimizer = training.make_optimizer(_name(cfg.task.optimizer), model.parameters(),
-                                        cfg.task.lr)
+    # A user's task config may leave the training keys to the built-ins' defaults.
+    optimizer = training.make_optimizer(
+        _name(OmegaConf.select(cfg, "task.optimizer", default=TaskConfig.optimizer)),
+        model.parameters(), OmegaConf.select(cfg, "task.lr", default=TaskConfig.lr))
     result = training.train(model, source.batch, cfg.steps, optimizer, device, amp_dtype,
                             cfg.precision.grad_scaler, guard, loss_fn=source.loss)
     record.step_metrics.update({k: v for k, v in result.series.items() if k in LOGGED_SERIES})

@@ -18,7 +18,8 @@ class IndRNN(nn.Module):
                  num_layers: int = 1, max_recurrent: float = 1.0) -> None:
         super().__init__()
         sizes = [input_size] + [hidden_size] * num_layers
-        self.inputs = nn.ModuleList(nn.Linear(a, b) for a, b in zip(sizes, sizes[1:]))
+        self.inputs = nn.ModuleList(nn.Linear(a, b)
+                                    for a, b in zip(sizes[:-1], sizes[1:], strict=True))
         # Recurrent weights in (-max, max): |u| <= 1 keeps the recurrence from exploding.
         self.recurrent = nn.ParameterList(
             nn.Parameter(torch.empty(hidden_size).uniform_(-max_recurrent, max_recurrent))
@@ -26,7 +27,7 @@ class IndRNN(nn.Module):
         self.head = nn.Linear(hidden_size, output_size)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        for project, u in zip(self.inputs, self.recurrent):
+        for project, u in zip(self.inputs, self.recurrent, strict=True):
             drive = project(x)  # every timestep's input at once; only the recurrence loops
             h = drive.new_zeros(drive.shape[0], drive.shape[2])
             steps = []
