@@ -263,3 +263,38 @@ def test_optuna_ranges_are_checked_at_both_ends():
     trials = check_overrides(["hydra/sweeper=optuna", "batch=tag(int, interval(1, 8))",
                               *TOY], True).trials
     assert sorted(t.batch for t in trials) == [1, 8]
+
+
+# --- the example, end to end ---------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_example_user_model_sweeps_end_to_end(mlflow_store, tmp_path):
+    """``examples/user_model/sweep.sh``, as the README tells a new user to run it (toy
+    sizes appended: on the command line the last value of a key wins)."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS",
+                                                            "RNNSWEEP_PARENT_RUN_ID")}
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    env["PYTHONPATH"] = str(REPO)
+    script = REPO / "examples" / "user_model" / "sweep.sh"
+    result = subprocess.run(
+        [str(script), "steps=2", "seq_len=10", "min_run_time=0.05", "warmup=1",
+         f"tracking.uri={mlflow_store.uri}", f"hydra.sweep.dir={tmp_path / 'multirun'}"],
+        env=env, capture_output=True, text=True, timeout=600, check=False)
+    assert result.returncode == 0, result.stderr[-4000:]
+    children = [r for r in mlflow_store.runs() if "mlflow.parentRunId" in r.data.tags]
+    models = sorted((r.data.params["model._target_"], r.data.params["model.hidden_size"])
+                    for r in children)
+    assert models == [("mymodels.IndRNN", "128"), ("mymodels.IndRNN", "64"),
+                      ("rnnsweep.trial.models.RecurrentNet", "128"),
+                      ("rnnsweep.trial.models.RecurrentNet", "64")]
+    for run in children:
+        assert run.data.tags["rnnsweep.outcome"] == "OK", run.data.tags.get("rnnsweep.reason")
+        assert run.data.params["task.name"] == "char_lm" and run.data.params["steps"] == "2"
+        assert run.data.metrics["bits_per_char"] > 0 and run.data.metrics["latency_ms"] > 0
