@@ -124,8 +124,11 @@ def test_builtin_keys_stay_typed_overrides():
 
 def test_appending_a_target_to_a_builtin_is_refused_not_ignored():
     """It used to be accepted silently while the built-in LSTM ran."""
-    with pytest.raises(ConfigError, match="model._target_"):
+    with pytest.raises(ConfigError, match=r"\+model._target_=mymodule.MyRNN: .*already set"):
         check_overrides(["+model._target_=mymodule.MyRNN"], False)
+    # Set without '+', the built-in's keys reach the named class, which must accept them.
+    with pytest.raises(ConfigError, match="mymodule.MyRNN: cannot import it"):
+        check_overrides(["model._target_=mymodule.MyRNN"], False)
 
 
 # --- a user's model from a config directory ------------------------------------------------

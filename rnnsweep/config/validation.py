@@ -186,6 +186,11 @@ def _composition_error(exc: Exception, overrides: list[str]) -> str:
         where = f" in {parent}" if parent else ""
         return f"{culprit}: unknown key '{key}'; allowed keys{where}: " \
                f"{', '.join(_schema_keys(parent))}"
+    if message.startswith("Could not append to config") and culprit:
+        key = culprit.split("=", 1)[0].lstrip("+")
+        hint = (" (a model of your own needs a config of its own: see 'Your own model' "
+                "in --help)" if key == "model._target_" else "")
+        return f"{culprit}: {key} is already set; override it without '+'{hint}"
     if cause is not None and culprit:
         return f"{culprit}: {_first_line(str(cause))}"
     return message
