@@ -199,8 +199,8 @@ def test_user_task_builds_its_source_and_reports_its_summary(user):
 
 
 def test_char_lm_learns_the_bundled_corpus():
-    cfg = compose_cfg(["task=char_lm", "task.lr=0.01", "model.input_size=64",
-                       "model.hidden_size=64", "seq_len=32", "batch=16", "steps=40",
+    cfg = compose_cfg(["task=char_lm", "task.lr=0.02", "model.input_size=64",
+                       "model.hidden_size=32", "seq_len=24", "batch=8", "steps=25",
                        "workload=train"])
     record = run_trial(cfg)
     assert record.outcome == OK, record.reason
