@@ -16,8 +16,7 @@ import pytest
 from conftest import TOY, cli_paths, run_cli
 
 import rnnsweep.config
-
-pytestmark = pytest.mark.slow
+from rnnsweep.config.command import CommandError, parse
 
 MY_GRU = "defaults:\n  - /builtin_model_schema@_here_\n  - _self_\ncell: gru\nhidden_size: 24\n"
 SINGLE = [*TOY, "hydra/launcher=basic", "workload=train", "hardware.num_cpus=1"]
@@ -50,6 +49,7 @@ def one_line_refusal(result, *words: str) -> None:
         assert word in lines[0]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("form", [["--config-dir", "{d}"], ["--config-dir={d}"], ["-cd", "{d}"]])
 def test_config_dir(form, myconf, mlflow_store, tmp_path):
     flag = [part.format(d=myconf) for part in form]
@@ -60,6 +60,7 @@ def test_config_dir(form, myconf, mlflow_store, tmp_path):
     assert (params["model.cell"], params["model.hidden_size"]) == ("gru", "24")
 
 
+@pytest.mark.slow
 def test_config_dir_options_are_validated_up_front(myconf, mlflow_store, tmp_path):
     result = run_cli(["-cd", str(myconf), "model=nope", *SINGLE,
                       *cli_paths(mlflow_store, tmp_path)], cwd=tmp_path)
@@ -69,6 +70,7 @@ def test_config_dir_options_are_validated_up_front(myconf, mlflow_store, tmp_pat
     one_line_refusal(result, "--config-dir", "missing")
 
 
+@pytest.mark.slow
 def test_config_name(myconf, mlflow_store, tmp_path):
     """A primary config of the user's own, built on rnnsweep's ``config``."""
     (myconf / "my_experiment.yaml").write_text(
@@ -83,6 +85,7 @@ def test_config_name(myconf, mlflow_store, tmp_path):
     one_line_refusal(result, "no_such_config")
 
 
+@pytest.mark.slow
 def test_config_path(mlflow_store, tmp_path):
     """--config-path replaces rnnsweep's conf/; a relative one is taken from the cwd."""
     shutil.copytree(rnnsweep.config.conf_dir(), tmp_path / "conf_copy")
@@ -93,6 +96,7 @@ def test_config_path(mlflow_store, tmp_path):
     assert only_run(mlflow_store).data.params["model.hidden_size"] == "24"
 
 
+@pytest.mark.slow
 def test_hydra_searchpath(myconf, mlflow_store, tmp_path):
     result = run_cli([f"hydra.searchpath=[file://{myconf}]", "model=my_gru", *SINGLE,
                       *cli_paths(mlflow_store, tmp_path)], cwd=tmp_path)
@@ -100,6 +104,7 @@ def test_hydra_searchpath(myconf, mlflow_store, tmp_path):
     assert only_run(mlflow_store).data.params["model.cell"] == "gru"
 
 
+@pytest.mark.slow
 def test_cfg_shows_the_config_and_runs_nothing(myconf, tmp_path):
     result = run_cli(["--cfg", "job", "-cd", str(myconf), "model=my_gru", "batch=7"],
                      cwd=tmp_path)
@@ -108,6 +113,7 @@ def test_cfg_shows_the_config_and_runs_nothing(myconf, tmp_path):
     assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "outputs").exists()
 
 
+@pytest.mark.slow
 def test_info_shows_the_users_search_path(myconf, tmp_path):
     result = run_cli(["--info", "searchpath", "--config-dir", str(myconf)], cwd=tmp_path)
     ok(result)
@@ -115,6 +121,7 @@ def test_info_shows_the_users_search_path(myconf, tmp_path):
     assert not (tmp_path / "mlflow.db").exists()
 
 
+@pytest.mark.slow
 def test_shell_completion(myconf, tmp_path):
     bare = run_cli(["--shell-completion"], cwd=tmp_path)
     one_line_refusal(bare, "--shell-completion", "install=")
@@ -131,6 +138,7 @@ def test_shell_completion(myconf, tmp_path):
     assert {"model=lstm", "model=gru", "model=rnn", "model=my_gru"} <= set(query.stdout.split())
 
 
+@pytest.mark.slow
 def test_help_is_rnnsweeps_own_page(myconf, tmp_path):
     result = run_cli(["--help", "--config-dir", str(myconf)], cwd=tmp_path)
     ok(result)
@@ -151,6 +159,7 @@ def test_help_is_rnnsweeps_own_page(myconf, tmp_path):
     assert not (tmp_path / "mlflow.db").exists()
 
 
+@pytest.mark.slow
 def test_overrides_before_and_after_the_multirun_flag(mlflow_store, tmp_path):
     result = run_cli([*SINGLE, "-m", "seed=0,1", *cli_paths(mlflow_store, tmp_path)],
                      cwd=tmp_path)
@@ -158,3 +167,35 @@ def test_overrides_before_and_after_the_multirun_flag(mlflow_store, tmp_path):
     assert sorted(r.data.params["seed"] for r in mlflow_store.runs()
                   if "seed" in r.data.params) == ["0", "1"]
 
+
+
+# --- the parser itself (no subprocess) ------------------------------------------------------
+
+
+def test_parse_is_hydras_parser_with_overrides_anywhere(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "myconf").mkdir()
+    command = parse(["batch=1", "-m", "seed=0,1", "-cd", "myconf", "-cn", "other"])
+    assert command.multirun and command.runs_trials
+    assert command.overrides == ["batch=1", "seed=0,1"]
+    assert command.args.config_dir == str(tmp_path / "myconf")  # taken from the cwd
+    assert command.config_name == "other"
+    assert f"file://{tmp_path / 'myconf'}" in str(command.search_path())
+    for shows in (["--help"], ["--cfg", "job"], ["--info"], ["-sc", "install=bash"],
+                  ["--hydra-help"]):
+        assert not parse(shows).runs_trials
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["--bogus"], "unrecognized arguments: --bogus"),
+    (["-m", "--cfg", "job"], "only one of"),
+    (["--resolve"], "--resolve goes with --cfg"),
+    (["--shell-completion"], "install=SHELL"),
+    (["--config-dir", "/no/such/dir"], "--config-dir=/no/such/dir: no such directory"),
+    (["--config-path", "/no/such/dir"], "--config-path=/no/such/dir: no such directory"),
+    (["--cfg", "everything"], "invalid choice"),
+])
+def test_parse_errors_are_one_line(argv, words):
+    with pytest.raises(CommandError) as err:
+        parse(argv)
+    assert words in str(err.value) and "\n" not in str(err.value)

@@ -101,6 +101,13 @@ def parse(argv: list[str]) -> Command:
     if args.config_path is not None and not args.config_path.startswith("pkg://") \
             and not os.path.isdir(args.config_path):
         raise CommandError(f"--config-path={args.config_path}: no such directory")
+    # Hydra's own rules, checked here so that breaking them is one line, not a traceback.
+    if args.run + args.multirun + (args.cfg is not None) + args.shell_completion \
+            + (args.info is not None) > 1:
+        raise CommandError("only one of --run, --multirun, --cfg, --info and "
+                           "--shell-completion at a time")
+    if args.resolve and not (args.cfg or args.help):
+        raise CommandError("--resolve goes with --cfg or --help")
     if args.shell_completion and not any(o.split("=", 1)[0] in SHELL_COMPLETION_COMMANDS
                                          for o in args.overrides):
         raise CommandError("--shell-completion needs one of install=SHELL, uninstall=SHELL "
