@@ -301,3 +301,32 @@ def test_example_user_model_sweeps_end_to_end(mlflow_store, tmp_path):
         assert run.data.tags["rnnsweep.outcome"] == "OK", run.data.tags.get("rnnsweep.reason")
         assert run.data.params["task.name"] == "char_lm" and run.data.params["steps"] == "2"
         assert run.data.metrics["bits_per_char"] > 0 and run.data.metrics["latency_ms"] > 0
+
+
+def test_best_trial_is_logged_on_the_parent(mlflow_store, capsys):
+    from rnnsweep.tracking import Tracker
+
+    mlflow_store.experiment("rnnsweep")
+    tracker = Tracker(mlflow_store.uri, "rnnsweep")
+    parent = tracker.start_run("sweep")
+    values = {"a": (OK, 10.0), "b": (OK, 30.0), "c": (FAILED, 99.0), "d": (UNSUPPORTED, None)}
+    ids = {}
+    for name, (outcome, value) in values.items():
+        ids[name] = tracker.start_run(name, parent_run_id=parent)
+        metrics = {} if value is None else {"throughput_seq_per_s": value}
+        tracker.write_record(ids[name], TrialRecord(params={}, metrics=metrics,
+                                                    tags={"rnnsweep.outcome": outcome},
+                                                    outcome=outcome))
+    cfg = compose_cfg(["objective.metric=throughput_seq_per_s", "objective.direction=maximize"])
+    objective.log_best(tracker, parent, cfg)
+    run = mlflow_store.client.get_run(parent)
+    assert run.data.metrics["best_objective"] == 30.0  # the failed trial's 99 does not count
+    assert run.data.tags["rnnsweep.objective.best_run"] == ids["b"]
+    assert run.data.tags["rnnsweep.objective.best_trial"] == "b"
+    assert "best throughput_seq_per_s (maximize): 30 in trial b" in capsys.readouterr().out
+    # A trial skipped on resume hands the sweeper the value its earlier run recorded.
+    assert objective.value_of_run(tracker, ids["a"], cfg) == 10.0
+    assert objective.value_of_run(tracker, ids["d"], cfg) == -math.inf
+    minimize = compose_cfg(["objective.metric=throughput_seq_per_s"])
+    objective.log_best(tracker, parent, minimize)
+    assert mlflow_store.client.get_run(parent).data.tags["rnnsweep.objective.best_trial"] == "a"
