@@ -103,11 +103,15 @@ def _close_abandoned_parent(base: DictConfig, inherited: str | None) -> None:
     from rnnsweep.tracking import current_parent_run
 
     parent = current_parent_run()
-    if parent and parent != inherited:
-        from rnnsweep.tracking import Tracker
+    if not parent or parent == inherited:
+        return
+    from rnnsweep.tracking import Tracker
 
-        Tracker(base.tracking.uri, base.tracking.experiment).fail_run(
-            parent, "the sweep ended early: the sweeper or a callback raised (see its output)")
+    tracker = Tracker(base.tracking.uri, base.tracking.experiment)
+    # An interrupted sweep has already closed its parent KILLED; that status stays.
+    if tracker.client.get_run(parent).info.status == "RUNNING":
+        tracker.fail_run(parent, "the sweep ended early: the sweeper or a callback raised "
+                                 "(see its output)")
 
 
 def _open_store(tracking: DictConfig) -> None:
