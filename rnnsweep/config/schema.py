@@ -107,7 +107,9 @@ class TextTaskConfig(TaskConfig):
 class ObjectiveConfig:
     """The number the task function returns to a sweeper (Optuna, Nevergrad, ...)."""
 
-    metric: str = "latency_ms"
+    # None: the workload's headline (latency_ms when it benchmarks, final_loss when it
+    # only trains, stream_latency_ms_p50 when it deploys).
+    metric: str | None = None
     direction: Direction = Direction.minimize
 
 

@@ -22,13 +22,23 @@ if TYPE_CHECKING:
     from rnnsweep.tracking import Tracker
 
 log = logging.getLogger(__name__)
-DEFAULT_METRIC, DEFAULT_DIRECTION = "latency_ms", "minimize"
+DEFAULT_DIRECTION = "minimize"
 
 
 def settings(cfg: DictConfig) -> tuple[str, str]:
-    metric = OmegaConf.select(cfg, "objective.metric", default=DEFAULT_METRIC)
+    metric = OmegaConf.select(cfg, "objective.metric") or default_metric(cfg)
     direction = OmegaConf.select(cfg, "objective.direction", default=DEFAULT_DIRECTION)
     return str(metric), str(direction)
+
+
+def default_metric(cfg: DictConfig) -> str:
+    """The workload's headline, lower is better: forward latency when the trial times
+    it, the final training loss when it only trains, streaming latency when it deploys."""
+    if OmegaConf.select(cfg, "workload.bench", default=True):
+        return "latency_ms"
+    if OmegaConf.select(cfg, "workload.train", default=False):
+        return "final_loss"
+    return "stream_latency_ms_p50"
 
 
 def worst(direction: str) -> float:
