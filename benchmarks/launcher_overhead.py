@@ -15,15 +15,16 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 from mlflow.tracking import MlflowClient
 
-TOY = ["model.input_size=8", "model.hidden_size=16", "seq_len=10", "steps=3", "warmup=1",
-       "min_run_time=0.05"]
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from conftest import TOY, run_cli  # noqa: E402  (the tests' toy sizes and CLI runner)
+
 LAUNCHERS = {"ray": [], "basic": ["hydra/launcher=basic"]}
 
 
@@ -31,10 +32,9 @@ def wall(args: list[str]) -> tuple[float, float]:
     """The sweep's wall time, and the median training time of its trials (from the store)."""
     with tempfile.TemporaryDirectory(prefix="rnnsweep-bench-") as tmp:
         uri = f"sqlite:///{tmp}/mlflow.db"
-        cmd = [sys.executable, "-m", "rnnsweep", "-m", *args, f"tracking.uri={uri}",
-               f"hydra.sweep.dir={tmp}/multirun"]
+        cmd = ["-m", *args, f"tracking.uri={uri}", f"hydra.sweep.dir={tmp}/multirun"]
         started = time.perf_counter()
-        done = subprocess.run(cmd, cwd=tmp, capture_output=True, text=True)
+        done = run_cli(cmd, Path(tmp), timeout=3600)
         elapsed = time.perf_counter() - started
         if done.returncode != 0:
             raise SystemExit(f"sweep failed ({' '.join(args)}):\n{done.stderr[-2000:]}")

@@ -1,21 +1,31 @@
-"""``python -m rnnsweep``: check the command line, start Ray, then hand over to Hydra."""
+"""``python -m rnnsweep``: check the command line, start Ray, then hand over to Hydra
+inside the sweep's context, which always closes what the sweep opened."""
 
 from __future__ import annotations
 
-import os
-import sys
-import threading
-from typing import NoReturn
+# First, before the seconds of imports below: a signal at any moment ends the command
+# with one line, never a traceback.
+from rnnsweep.sweep import interrupts
 
-from omegaconf import DictConfig, OmegaConf
+interrupts.install()
 
-from hydra_plugins.rnnsweep_launcher.rnnsweep_launcher import RnnsweepRayLauncherConf
-from rnnsweep import config
-from rnnsweep.config import command as cli_command
-from rnnsweep.config import sweeps
-from rnnsweep.config.validation import CheckedCommand, ConfigError, check_overrides
-from rnnsweep.sweep.job import trial_name
-from rnnsweep.sweep.resources import (
+import os  # noqa: E402
+import sys  # noqa: E402
+import threading  # noqa: E402
+from typing import NoReturn  # noqa: E402
+
+from omegaconf import DictConfig, OmegaConf  # noqa: E402
+
+from hydra_plugins.rnnsweep_launcher.rnnsweep_launcher import RnnsweepRayLauncherConf  # noqa: E402
+from rnnsweep import config, logs, privacy, redaction  # noqa: E402
+from rnnsweep.config import command as cli_command  # noqa: E402
+from rnnsweep.config import sweeps  # noqa: E402
+from rnnsweep.config.bounds import check_local_cpus  # noqa: E402
+from rnnsweep.config.store import check_store  # noqa: E402
+from rnnsweep.config.validation import CheckedCommand, ConfigError, check_overrides  # noqa: E402
+from rnnsweep.sweep.interrupts import Interrupted  # noqa: E402
+from rnnsweep.sweep.job import trial_names  # noqa: E402
+from rnnsweep.sweep.resources import (  # noqa: E402
     LOCAL_ONLY_RAY_ENV,
     USAGE_STATS_RAY_ENV,
     InfeasibleRequest,
@@ -27,43 +37,59 @@ from rnnsweep.sweep.resources import (
 
 
 def main() -> None:
+    logs.setup()  # before Ray, MLflow or matplotlib is imported: they speak on import
+    try:
+        status = run(sys.argv[1:])
+    except (Interrupted, SystemExit) as exc:
+        stopped = interrupts.as_interrupt(exc)
+        if not isinstance(stopped, Interrupted):
+            raise
+        print(f"rnnsweep: stopped by {stopped.name}; unfinished trials are marked KILLED",
+              file=sys.stderr)
+        status = stopped.exit_status
+    sys.exit(status)
+
+
+def run(args: list[str]) -> int:
     config.register()
     sweeps.register()
+    privacy.telemetry_off()
+    # Before Hydra parses anything: it writes the overrides into multirun.yaml and .hydra/.
+    sys.argv[1:] = args = redaction.hide_in_overrides(args)
     try:
-        command = cli_command.parse(sys.argv[1:])
+        command = cli_command.parse(args)
     except cli_command.CommandError as exc:
         _refuse(exc)
-    ray_started = False
-    if command.runs_trials:
-        multirun = command.multirun
-        try:
-            checked = check_overrides(command.overrides, multirun, command)
-        except ConfigError as exc:
-            _refuse(exc)
-        address = cluster_address(checked.base)
-        keep_ray_local(address)
-        if multirun and _uses_ray_launcher(checked.base):
-            start_ray(checked, address)
-            ray_started = True
-    # Imported only now: torch and MLflow cost seconds that a refused command should not pay.
-    from rnnsweep.sweep import summary as sweep_summary
-    from rnnsweep.sweep.job import task
+    if not command.runs_trials:  # --help, --cfg, --info, --shell-completion: no trials
+        from rnnsweep.sweep.job import SweepTask
 
-    inherited_parent = os.environ.get("RNNSWEEP_PARENT_RUN_ID")
+        cli_command.run(command, SweepTask())
+        return 0
+    multirun, overrides = command.multirun, command.overrides
     try:
-        cli_command.run(command, task)
-    finally:
-        if command.runs_trials:
-            _close_abandoned_parent(checked.base, inherited_parent)
-        if ray_started:
-            from rnnsweep.sweep import cluster as ray_session
+        checked = check_overrides(overrides, multirun, command)
+        check_store(checked.base, overrides, multirun)
+        if not (multirun and _uses_ray_launcher(checked.base)):
+            for trial in checked.trials:  # runs here, not on a Ray node
+                check_local_cpus(trial)
+    except ConfigError as exc:
+        _refuse(exc)
+    address = cluster_address(checked.base)
+    keep_ray_local(address)
+    # Imported only now: MLflow costs seconds that a refused command should not pay.
+    from rnnsweep.sweep.context import SweepContext
+    from rnnsweep.sweep.job import SweepTask
 
-            ray_session.stop()
-    if sweep_summary.last_failed:
-        sys.exit(1)
+    with SweepContext.for_sweep(checked.base, overrides, multirun) as context:
+        if multirun and _uses_ray_launcher(checked.base):
+            start_ray(checked, address, context)
+        context.open()
+        # Hydra runs the command as parsed above, as @hydra.main would have.
+        cli_command.run(command, SweepTask(context))
+    return context.exit_status
 
 
-def start_ray(checked: CheckedCommand, address: str | None) -> None:
+def start_ray(checked: CheckedCommand, address: str | None, context) -> None:
     """Starts (or connects to) the sweep's Ray before Hydra runs, so that Ray's start-up
     and the workers' imports overlap the driver's own; the launcher then finds it
     connected. An unreachable cluster, or a trial no node can hold, is refused here,
@@ -82,11 +108,12 @@ def start_ray(checked: CheckedCommand, address: str | None) -> None:
                              name="open-store")
     store.start()
     try:
-        ray_session.start_for_cli(address, checked.base.hydra.launcher)
+        ray_session.connect(address, checked.base.hydra.launcher, checked.base)
+        context.own_ray(embedded=address is None)
+        interrupts.install()  # over Ray's C++ SIGTERM handler, which dumps native stacks
         nodes = ray_session.nodes()
         requests = {i: plan(t, nodes) for i, t in enumerate(checked.trials)}
-        check_feasible(requests, nodes,
-                       {i: trial_name(o) for i, o in enumerate(checked.overrides)})
+        check_feasible(requests, nodes, dict(enumerate(trial_names(checked.overrides))))
     except (ray_session.LaunchError, InfeasibleRequest) as exc:
         store.join()
         _refuse(exc)
@@ -96,22 +123,6 @@ def start_ray(checked: CheckedCommand, address: str | None) -> None:
         # as many as will run trials at once (each warm-up costs seconds of CPU).
         ray_session.prewarm(concurrent_trials(list(requests.values()), nodes))
 
-
-def _close_abandoned_parent(base: DictConfig, inherited: str | None) -> None:
-    """A sweeper that raises (Optuna with no completed trial, a bad storage) never reaches
-    Hydra's end-of-sweep callbacks, which would have closed the sweep's parent run."""
-    from rnnsweep.tracking import current_parent_run
-
-    parent = current_parent_run()
-    if not parent or parent == inherited:
-        return
-    from rnnsweep.tracking import Tracker
-
-    tracker = Tracker(base.tracking.uri, base.tracking.experiment)
-    # An interrupted sweep has already closed its parent KILLED; that status stays.
-    if tracker.client.get_run(parent).info.status == "RUNNING":
-        tracker.fail_run(parent, "the sweep ended early: the sweeper or a callback raised "
-                                 "(see its output)")
 
 
 def _open_store(tracking: DictConfig) -> None:

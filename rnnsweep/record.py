@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 OK, UNSUPPORTED, FAILED = "OK", "UNSUPPORTED", "FAILED"
+# Every training step was non-finite: the trial ran, but its numbers describe nothing.
+DIVERGED = "DIVERGED"
 
 
 @dataclass

@@ -7,73 +7,83 @@ transactions.
 
 from __future__ import annotations
 
-import os
 import tempfile
 import time
 from collections.abc import Iterable, Iterator
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 
+from filelock import FileLock
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
+from rnnsweep.config.store import resolve_uri
 from rnnsweep.record import OK, TrialRecord
+from rnnsweep.redaction import connection_uri, redact
 
-# MLflow's per-request limits for log_batch.
-MAX_METRICS, MAX_PARAMS, MAX_TAGS = 1000, 100, 100
-PARENT_RUN_ENV = "RNNSWEEP_PARENT_RUN_ID"
+# MLflow's per-request limits for log_batch: of each kind, and in all.
+MAX_METRICS, MAX_PARAMS, MAX_TAGS, MAX_ENTITIES = 1000, 100, 100, 1000
 ROLE_TAG = "rnnsweep.role"
-
-
-def resolve_uri(uri: str, base: Path | None = None) -> str:
-    """``sqlite:///mlflow.db`` is relative to the launch directory; make it absolute so
-    every process that writes or reads the store means the same file."""
-    prefix = "sqlite:///"
-    if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
-        path = (base or Path.cwd()) / uri[len(prefix):]
-        return f"{prefix}{path.resolve()}"
-    if "://" not in uri:
-        return str(((base or Path.cwd()) / uri).resolve())
-    return uri
+# On every child run: the run id of its sweep's parent (pandas can group by it directly).
+SWEEP_TAG = "rnnsweep.sweep"
+# On a finished trial: what produced its numbers; resume reuses it only on the same.
+FINGERPRINT_TAG = "rnnsweep.env_fingerprint"
+CONFIG_HASH_TAG = "rnnsweep.config_hash"
 
 
 class Tracker:
     def __init__(self, uri: str, experiment: str) -> None:
-        self.uri = resolve_uri(uri)
-        self.client = MlflowClient(tracking_uri=self.uri)
-        found = self.client.get_experiment_by_name(experiment)
-        self.experiment_id = (found.experiment_id if found else self.client.create_experiment(
-            experiment, artifact_location=_artifact_root(self.uri, experiment)))
+        resolved = resolve_uri(uri)
+        self.uri = redact(resolved)  # shown and recorded; only the client sees credentials
+        # A fresh SQLite store runs its migrations when it is first opened, and two
+        # processes doing that at once leave it half-migrated; two creating one
+        # experiment, one of them fails. One process at a time opens it (the lock sits
+        # beside the database).
+        with _store_lock(resolved):
+            self.client = MlflowClient(tracking_uri=connection_uri(resolved))
+            self.client.search_experiments(max_results=1)  # opens (and migrates) it now
+            found = self.client.get_experiment_by_name(experiment)
+            self.experiment_id = (found.experiment_id if found else self.client.create_experiment(
+                experiment, artifact_location=_artifact_root(self.uri, experiment)))
 
     def start_run(self, name: str, tags: dict[str, str] | None = None,
                   parent_run_id: str | None = None) -> str:
-        all_tags = {MLFLOW_RUN_NAME: name, **(tags or {})}
+        name = redact(name)
+        all_tags = {MLFLOW_RUN_NAME: name, **{k: redact(v) for k, v in (tags or {}).items()}}
         if parent_run_id:
             all_tags[MLFLOW_PARENT_RUN_ID] = parent_run_id  # the UI nests runs by this tag
         run = self.client.create_run(self.experiment_id, tags=all_tags, run_name=name)
         return run.info.run_id
 
-    def write_record(self, run_id: str, record: TrialRecord) -> None:
-        """Logs a finished trial's record onto an existing run and ends the run."""
+    def write_record(self, run_id: str, record: TrialRecord, with_params: bool = True) -> None:
+        """Logs a finished trial's record onto an existing run and ends the run; its params
+        are left out where they were logged when the run was made."""
         now = int(time.time() * 1000)
         metrics = [Metric(k, v, now, 0) for k, v in record.metrics.items()]
         for name, values in record.step_metrics.items():
             metrics += [Metric(name, v, now, step) for step, v in enumerate(values)]
-        self.log(run_id, params=record.params, tags=record.tags, metrics=metrics)
+        self.log(run_id, params=record.params if with_params else None, tags=record.tags,
+                 metrics=metrics)
         if record.artifacts:
             self.log_artifacts(run_id, record.artifacts)
         self.client.set_terminated(run_id, record.status)
 
     def log(self, run_id: str, params: dict[str, str] | None = None,
             tags: dict[str, str] | None = None, metrics: Iterable[Metric] = ()) -> None:
-        params_ = [Param(k, v) for k, v in (params or {}).items()]
-        tags_ = [RunTag(k, v) for k, v in (tags or {}).items()]
-        for chunk in _chunks(params_, MAX_PARAMS):
-            self.client.log_batch(run_id, params=chunk)
-        for chunk in _chunks(tags_, MAX_TAGS):
-            self.client.log_batch(run_id, tags=chunk)
-        for chunk in _chunks(list(metrics), MAX_METRICS):
-            self.client.log_batch(run_id, metrics=chunk)
+        """As few ``log_batch`` requests as MLflow's per-request limits allow (usually
+        one): each request is a transaction on a store other sweeps may be writing."""
+        # Whatever path a URI took into a value, its credentials are not written.
+        params_ = [Param(k, redact(v)) for k, v in (params or {}).items()]
+        tags_ = [RunTag(k, redact(v)) for k, v in (tags or {}).items()]
+        metrics_ = list(metrics)
+        while params_ or tags_ or metrics_:
+            batch_params, params_ = params_[:MAX_PARAMS], params_[MAX_PARAMS:]
+            batch_tags, tags_ = tags_[:MAX_TAGS], tags_[MAX_TAGS:]
+            room = min(MAX_METRICS, MAX_ENTITIES - len(batch_params) - len(batch_tags))
+            batch_metrics, metrics_ = metrics_[:room], metrics_[room:]
+            self.client.log_batch(run_id, metrics=batch_metrics, params=batch_params,
+                                  tags=batch_tags)
 
     def log_summary(self, run_id: str, values: dict[str, float]) -> None:
         now = int(time.time() * 1000)
@@ -84,23 +94,29 @@ class Tracker:
             for rel, content in files.items():
                 path = Path(tmp, rel)
                 path.parent.mkdir(parents=True, exist_ok=True)
-                path.write_bytes(content)
+                path.write_bytes(_redact_text_file(rel, content))
             self.client.log_artifacts(run_id, tmp)
 
     def fail_run(self, run_id: str, reason: str, status: str = "FAILED") -> None:
         self.client.set_tag(run_id, "rnnsweep.outcome", status)
-        self.client.set_tag(run_id, "rnnsweep.reason", reason[:4000])
+        self.client.set_tag(run_id, "rnnsweep.reason", redact(reason)[:4000])
         self.client.set_terminated(run_id, status)
 
-    def finished_configs(self) -> dict[str, str]:
-        """config hash -> run id of trials that already finished with an OK outcome."""
-        done: dict[str, str] = {}
+    def finished_configs(self) -> dict[tuple[str, str], tuple[str, str]]:
+        """(config hash, environment fingerprint) -> (run id, run name) of trials that
+        already finished with an OK outcome. Trials recorded without a fingerprint never
+        match: nothing says what produced their numbers."""
+        done: dict[tuple[str, str], tuple[str, str]] = {}
         query = f"attributes.status = 'FINISHED' and tags.`rnnsweep.outcome` = '{OK}'"
         for run in self._search(query):
-            digest = run.data.tags.get("rnnsweep.config_hash")
-            if digest:
-                done.setdefault(digest, run.info.run_id)
+            digest = run.data.tags.get(CONFIG_HASH_TAG)
+            env = run.data.tags.get(FINGERPRINT_TAG)
+            if digest and env:
+                done.setdefault((digest, env), (run.info.run_id, run.info.run_name or ""))
         return done
+
+    def running_sweeps(self) -> list:
+        return list(self._search(f"attributes.status = 'RUNNING' and tags.`{ROLE_TAG}` = 'sweep'"))
 
     def children(self, parent_run_id: str) -> list:
         return list(self._search(f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{parent_run_id}'"))
@@ -125,10 +141,19 @@ def _artifact_root(uri: str, experiment: str) -> str | None:
     return (Path(uri[len(prefix):]).parent / "mlartifacts" / experiment).as_uri()
 
 
-def current_parent_run() -> str | None:
-    return os.environ.get(PARENT_RUN_ENV) or None
+def _store_lock(uri: str) -> AbstractContextManager:
+    prefix = "sqlite:///"
+    if not uri.startswith(prefix):
+        return nullcontext()  # a tracking server serialises its own store
+    return FileLock(uri[len(prefix):] + ".lock", timeout=300)
 
 
-def _chunks(items: list, size: int) -> Iterator[list]:
-    for start in range(0, len(items), size):
-        yield items[start:start + size]
+def _redact_text_file(name: str, content: bytes) -> bytes:
+    """Text artifacts (config.yaml, the report, error.txt) lose any credentials; binary
+    ones (plots, exported models) are written as they are."""
+    if not name.endswith((".yaml", ".yml", ".md", ".html", ".txt", ".json", ".csv", ".log")):
+        return content
+    try:
+        return redact(content.decode()).encode()
+    except UnicodeDecodeError:
+        return content

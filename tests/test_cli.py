@@ -9,13 +9,14 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import torch
-from conftest import BASIC_LAUNCHER, TOY, cli_paths, compose_cfg, run_cli
+from conftest import BASIC_LAUNCHER, TOY, cli_paths, compose_cfg, run_cli, toy
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
 import rnnsweep.config
 import rnnsweep.config.sweeps
+from rnnsweep.config.validation import ConfigError, check_overrides
 from rnnsweep.record import TrialRecord
 from rnnsweep.tracking import Tracker
 
@@ -48,6 +49,7 @@ def assert_trial_run(client, run, batch: int | None = None) -> None:
     assert "config.yaml" in {a.path for a in client.list_artifacts(run.info.run_id)}
 
 
+@pytest.mark.slow
 def test_single_trial(mlflow_store, tmp_path):
     result = run_cli([*TOY, *cli_paths(mlflow_store, tmp_path)], cwd=tmp_path,
                      extra_env={SECRET_ENV: SECRET})
@@ -66,6 +68,7 @@ def test_single_trial(mlflow_store, tmp_path):
     assert not [kv for kv in recorded if SECRET in kv[0] or SECRET in kv[1]]
 
 
+@pytest.mark.slow
 def test_batch_sweep(mlflow_store, tmp_path):
     batches = [1, 8, 32, 128]
     args = ["-m", f"batch={','.join(map(str, batches))}", BASIC_LAUNCHER, *TOY,
@@ -176,24 +179,38 @@ def bad_input_results(module_store, tmp_path_factory):
         tmp = tmp_path_factory.mktemp("bad")
         args, _ = BAD_INPUTS[case]
         # Toy sizes keep a wrongly accepted command short; the bad value must not be
-        # overridden by them, so they leave out the keys the case sets.
-        keys = {a.split("=", 1)[0] for a in args}
-        toy = [o for o in TOY if o.split("=", 1)[0] not in keys]
-        return tmp, run_cli([*toy, *args, *cli_paths(module_store, tmp)], cwd=tmp, timeout=180)
+        # overridden by them.
+        return tmp, run_cli([*toy(*args), *cli_paths(module_store, tmp)], cwd=tmp, timeout=180)
 
     with ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2)) as pool:
         results = dict(zip(RUNNABLE_BAD, pool.map(call, RUNNABLE_BAD), strict=True))
     return {"results": results, "before": before, "digest": digest, "store": module_store}
 
 
-@pytest.mark.parametrize("case", [
-    pytest.param(k, marks=pytest.mark.skipif(k == "hardware=gpu" and HAS_CUDA,
-                                             reason="this machine has CUDA"))
-    for k in BAD_INPUTS])
+BAD_CASES = [pytest.param(k, marks=pytest.mark.skipif(k == "hardware=gpu" and HAS_CUDA,
+                                                     reason="this machine has CUDA"))
+             for k in BAD_INPUTS]
+
+
+@pytest.mark.parametrize("case", BAD_CASES)
+def test_bad_input_refused_by_validation(case):
+    """The fast tier's half of the table: the same checks the CLI runs, in-process."""
+    args, words = BAD_INPUTS[case]
+    multirun = "-m" in args
+    with pytest.raises(ConfigError) as refused:
+        check_overrides(toy(*(a for a in args if a != "-m")), multirun)
+    line = str(refused.value)
+    assert len(line.splitlines()) == 1
+    missing = [w for w in words if w.lower() not in line.lower()]
+    assert not missing, f"{line!r} lacks {missing}"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", BAD_CASES)
 def test_bad_input_one_line_error(case, bad_input_results):
     tmp, result = bad_input_results["results"][case]
     _, words = BAD_INPUTS[case]
-    assert result.returncode != 0
+    assert result.returncode == 2  # as the README promises
     assert "Traceback" not in result.stderr and "Traceback" not in result.stdout
     lines = result.stderr.splitlines()
     assert len(lines) == 1, result.stderr
@@ -205,6 +222,7 @@ def test_bad_input_one_line_error(case, bad_input_results):
     assert not (tmp / "outputs").exists()
 
 
+@pytest.mark.slow
 def test_bad_input_leaves_store_unchanged(bad_input_results):
     store = bad_input_results["store"]
     assert hashlib.sha256(store.path.read_bytes()).hexdigest() == bad_input_results["digest"]

@@ -20,6 +20,9 @@ from hydra.test_utils.launcher_common_tests import (  # noqa: E402
 # Registers the launcher's config in Hydra's ConfigStore.
 from hydra_plugins.rnnsweep_launcher import rnnsweep_launcher  # noqa: E402, F401
 
+# Every test here runs on a real embedded Ray; the integration suite also starts apps.
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(autouse=True)
 def unspecified_version_base(hydra_restore_singletons):

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import BASIC_LAUNCHER, cli_env, run_cli, toy
 from matplotlib.image import imread
 from mlflow.tracking import MlflowClient
 
@@ -38,9 +39,11 @@ HTTP_TIMEOUT_S = 30
 CHROMIUM_TIMEOUT_S = 120
 WINDOW = (1400, 900)
 
+# Every test here starts a sweep, a server and (one) a browser.
+pytestmark = pytest.mark.slow
+
 # A two-trial batch sweep that trains (per-step histories), at toy sizes.
-SWEEP = ["batch=1,8", "workload=train", "hydra/launcher=basic", "hardware.num_cpus=1",
-         "model.input_size=8", "model.hidden_size=16", "seq_len=10", "steps=3"]
+SWEEP = toy("batch=1,8", "workload=train", BASIC_LAUNCHER, "hardware.num_cpus=1", "steps=3")
 STEPS = 3
 
 # FIELD-NOTES.md's flags for rendering the MLflow UI headless, plus network containment.
@@ -64,12 +67,6 @@ class Served:
     report: Report
 
 
-def offline_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("RNNSWEEP_PARENT_RUN_ID", "RNNSWEEP_RECORDS_TO_DRIVER", "RAY_ADDRESS")}
-    return {**env, "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true", **extra}
-
-
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -83,7 +80,7 @@ def start_server(uri: str, port: int, log: Path) -> subprocess.Popen:
     with log.open("w") as out:
         return subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT,
                                 start_new_session=True,
-                                env=offline_env(MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false"))
+                                env=cli_env({"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}))
 
 
 def wait_ready(proc: subprocess.Popen, url: str, log: Path) -> None:
@@ -124,10 +121,9 @@ def served(tmp_path_factory) -> Iterator[Served]:
     log = directory / "server.log"
     server = start_server(uri, int(url.rsplit(":", 1)[1]), log)
     try:
-        sweep = subprocess.run(
-            [sys.executable, "-m", "rnnsweep", "-m", *SWEEP, f"tracking.uri={uri}",
-             f"hydra.sweep.dir={directory / 'multirun'}"], cwd=directory, env=offline_env(),
-            capture_output=True, text=True, timeout=SWEEP_TIMEOUT_S)
+        sweep = run_cli(["-m", *SWEEP, f"tracking.uri={uri}",
+                         f"hydra.sweep.dir={directory / 'multirun'}"], directory,
+                        SWEEP_TIMEOUT_S)
         assert sweep.returncode == 0, sweep.stdout[-3000:] + sweep.stderr[-3000:]
         (parent,) = client.search_runs([experiment_id], f"tags.`{ROLE_TAG}` = 'sweep'")
         tracker = Tracker(uri, "rnnsweep")

@@ -8,15 +8,13 @@ back through MLflow's API only, exactly as ``python -m rnnsweep.report`` reads i
 from __future__ import annotations
 
 import io
-import os
-import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import BASIC_LAUNCHER, run_cli, start_cli, toy
 from matplotlib.image import imread
 
 from rnnsweep.report import plots
@@ -38,8 +36,7 @@ CLI_TIMEOUT_S = 120
 
 # Toy sizes, Hydra's in-process launcher, one torch thread per trial: the three sweeps run
 # side by side on two cores without oversubscribing them.
-COMMON = ["hydra/launcher=basic", "hardware.num_cpus=1", "model.input_size=8",
-          "model.hidden_size=16", "warmup=1", "min_run_time=0.05"]
+COMMON = [BASIC_LAUNCHER, "hardware.num_cpus=1"]
 # The ready sweeps from sweeps/, shrunk to toy sizes on the command line.
 SWEEPS = {
     "batch": ["+sweep=batch_scaling", "batch=1,8", "seq_len=10", "workload=bench"],
@@ -59,27 +56,18 @@ class Sweep:
     parent: str
 
 
-def subprocess_env() -> dict[str, str]:
-    """No parent run or Ray cluster leaks in from the caller, and MLflow stays offline."""
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("RNNSWEEP_PARENT_RUN_ID", "RNNSWEEP_RECORDS_TO_DRIVER", "RAY_ADDRESS")}
-    return {**env, "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true"}
-
-
 @pytest.fixture(scope="module")
 def sweeps(tmp_path_factory) -> dict[str, Sweep]:
-    started: dict[str, tuple[Path, subprocess.Popen]] = {}
+    started = {}
     try:
         for name, overrides in SWEEPS.items():
             directory = tmp_path_factory.mktemp(f"sweep-{name}")
             uri = f"sqlite:///{directory / 'mlflow.db'}"
             # cwd is the sweep's directory: MLflow's default artifact root (./mlruns) and
             # Hydra's outputs land there, not in the repository.
-            command = [sys.executable, "-m", "rnnsweep", "-m", *COMMON, *overrides,
-                       f"tracking.uri={uri}", f"hydra.sweep.dir={directory / 'multirun'}"]
-            started[name] = directory, subprocess.Popen(
-                command, cwd=directory, env=subprocess_env(), stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT, text=True)
+            args = ["-m", *toy(*COMMON, *overrides), f"tracking.uri={uri}",
+                    f"hydra.sweep.dir={directory / 'multirun'}"]
+            started[name] = directory, start_cli(args, directory, merge_output=True)
         deadline = time.monotonic() + SWEEP_TIMEOUT_S
         found = {}
         for name, (directory, proc) in started.items():
@@ -109,6 +97,7 @@ def column(report: Report, name: str) -> list[str]:
     return [row[index] for row in report.rows]
 
 
+@pytest.mark.slow  # three CLI sweeps in subprocesses
 def test_batch_report_has_a_row_per_trial_and_the_per_sequence_speedup(sweeps, reports):
     report = reports["batch"]
     assert report.axes == ["batch"]
@@ -130,6 +119,7 @@ def test_batch_report_has_a_row_per_trial_and_the_per_sequence_speedup(sweeps, r
     assert list(report.plots) == [PLOTS["batch"]]
 
 
+@pytest.mark.slow  # three CLI sweeps in subprocesses
 def test_fused_vs_loop_sweep_gives_bars_with_each_cells_speedup(reports):
     report = reports["fused"]
     assert report.axes == ["model.cell"]
@@ -144,6 +134,7 @@ def test_fused_vs_loop_sweep_gives_bars_with_each_cells_speedup(reports):
         assert trial.metrics["impl_max_abs_diff"] < 1e-4
 
 
+@pytest.mark.slow  # three CLI sweeps in subprocesses
 def test_clipping_sweep_gives_loss_and_grad_norm_curves(reports):
     report = reports["clipping"]
     assert report.axes == ["clipping.max_norm"]
@@ -156,6 +147,7 @@ def test_clipping_sweep_gives_loss_and_grad_norm_curves(reports):
             assert float(clipped) <= float(max_norm) * 1.001
 
 
+@pytest.mark.slow  # three CLI sweeps in subprocesses
 @pytest.mark.parametrize("sweep", list(PLOTS))
 def test_plots_are_readable_pngs_with_coloured_content(reports, sweep):
     png = reports[sweep].plots[PLOTS[sweep]]
@@ -171,6 +163,7 @@ def test_plots_are_readable_pngs_with_coloured_content(reports, sweep):
     assert (np.ptp(rgb, axis=1) > 0.3).any()  # coloured data series, not only black text
 
 
+@pytest.mark.slow  # three CLI sweeps in subprocesses
 def test_write_report_logs_markdown_html_and_plots_on_the_parent(sweeps):
     sweep = sweeps["fused"]
     report = write_report(sweep.tracker, sweep.parent)
@@ -185,6 +178,7 @@ def test_write_report_logs_markdown_html_and_plots_on_the_parent(sweeps):
         assert "report.md" not in {a.path for a in client.list_artifacts(trial.run_id)}
 
 
+@pytest.mark.slow  # three CLI sweeps in subprocesses
 def test_report_failure_at_the_end_of_a_sweep_is_a_warning_not_an_exception(sweeps, capsys):
     # A trial's run id is not a sweep's parent: it has no children, so no report.
     sweep = sweeps["batch"]
@@ -210,13 +204,12 @@ def test_axes_merge_params_that_one_choice_sets_together():
     assert sweep_axes(trials) == ["precision.name", "batch"]
 
 
+@pytest.mark.slow  # three CLI sweeps in subprocesses
 def test_cli_prints_the_table_and_logs_the_report(sweeps, tmp_path):
     sweep = sweeps["batch"]
     # The default store, sqlite:///mlflow.db, is resolved against the working directory.
-    result = subprocess.run(
-        [sys.executable, "-m", "rnnsweep.report", "--experiment", "rnnsweep", "--out",
-         str(tmp_path)], cwd=sweep.directory, env=subprocess_env(), capture_output=True,
-        text=True, timeout=CLI_TIMEOUT_S)
+    result = run_cli(["--experiment", "rnnsweep", "--out", str(tmp_path)], sweep.directory,
+                     CLI_TIMEOUT_S, module="rnnsweep.report")
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     header = next(line for line in lines if line.startswith("| run"))
@@ -229,6 +222,7 @@ def test_cli_prints_the_table_and_logs_the_report(sweeps, tmp_path):
     assert logged == {PLOTS["batch"]}
 
 
+@pytest.mark.slow  # three CLI sweeps in subprocesses
 def test_cli_no_log_only_prints(sweeps, capsys):
     sweep = sweeps["clipping"]
     client = sweep.tracker.client
@@ -238,11 +232,10 @@ def test_cli_no_log_only_prints(sweeps, capsys):
     assert [(a.path, a.file_size) for a in client.list_artifacts(sweep.parent)] == before
 
 
+@pytest.mark.slow  # three CLI sweeps in subprocesses
 def test_cli_unknown_run_id_is_a_one_line_error_and_exit_2(sweeps):
-    result = subprocess.run(
-        [sys.executable, "-m", "rnnsweep.report", "--run-id", "0" * 32, "--tracking-uri",
-         sweeps["batch"].uri], env=subprocess_env(), capture_output=True, text=True,
-        timeout=CLI_TIMEOUT_S)
+    result = run_cli(["--run-id", "0" * 32, "--tracking-uri", sweeps["batch"].uri],
+                     sweeps["batch"].directory, CLI_TIMEOUT_S, module="rnnsweep.report")
     assert result.returncode == 2
     assert result.stdout == ""
     assert result.stderr.strip().splitlines() == [

@@ -14,7 +14,7 @@ import sys
 import pytest
 from conftest import compose_cfg
 
-from rnnsweep.sweep.callbacks import SweepRunCallback
+from rnnsweep.sweep.job import SweepTask
 from rnnsweep.sweep.resources import (
     InfeasibleRequest,
     Node,
@@ -57,10 +57,10 @@ def test_infeasible_request_names_the_trial_and_the_nodes():
 
 
 def test_ray_workers_import_neither_mlflow_nor_torch_before_the_trial():
-    """A worker unpickles the trial's task function, Hydra's context (callbacks included)
-    and the task module before its first trial; MLflow there, or torch in the driver,
-    would cost seconds on the sweep's critical path."""
-    code = ("import sys, rnnsweep.sweep.job, rnnsweep.sweep.callbacks, rnnsweep.sweep.worker; "
+    """A worker unpickles the trial's task function, Hydra's context and the task module
+    before its first trial; MLflow there, or torch in the driver, would cost seconds on
+    the sweep's critical path."""
+    code = ("import sys, rnnsweep.sweep.job, rnnsweep.sweep.worker; "
             "print(sorted(m for m in ('mlflow', 'torch') if m in sys.modules))")
     worker = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert worker.stdout.strip() == "[]", worker.stderr[-2000:]
@@ -69,13 +69,11 @@ def test_ray_workers_import_neither_mlflow_nor_torch_before_the_trial():
     assert driver.stdout.strip() == "False", driver.stderr[-2000:]
 
 
-def test_sweep_callback_leaves_its_mlflow_client_behind_when_pickled():
-    callback = SweepRunCallback()
-    # Stands in for the driver's Tracker; a lambda cannot be pickled, so it must not travel.
-    callback._tracker = lambda: None
-    callback._parent = "run-id"
-    restored = pickle.loads(pickle.dumps(callback))
-    assert restored._tracker is None and restored._parent is None
+def test_the_task_function_leaves_the_sweep_context_behind_when_pickled():
+    # Stands in for the driver's context; a lambda cannot be pickled, so it must not travel.
+    task = SweepTask(context=lambda: None)
+    assert pickle.loads(pickle.dumps(task)).context is None
+    assert task.for_workers().context is None
 
 
 def test_the_cli_keeps_ray_on_loopback_and_its_usage_statistics_at_home():

@@ -266,8 +266,6 @@ def test_trial_on_missing_cuda_fails_with_error_artifact():
 
 
 def test_trial_raising_mid_training_fails_with_error_artifact():
-    if "raise_at_step" not in compose_cfg().guard:
-        pytest.skip("this version has no guard.raise_at_step")
     record = trial("guard.raise_at_step=1")
     assert_failed(record, "RuntimeError", "raise_at_step")
 

@@ -244,12 +244,15 @@ def test_objective_is_the_named_metric_or_the_worst_value():
 
 def test_task_function_returns_the_objective_and_records_the_trial(mlflow_store, tmp_path,
                                                                  monkeypatch):
-    from rnnsweep.sweep.job import task
+    from rnnsweep.sweep.context import SweepContext
+    from rnnsweep.sweep.job import SweepTask
 
     monkeypatch.chdir(tmp_path)
     cfg = compose_cfg([*TOY, f"tracking.uri={mlflow_store.uri}", "workload=train",
                        "objective.metric=final_loss"])
-    value = task(cfg)
+    # A single run: the trial is recorded in this process, by the context the CLI makes.
+    with SweepContext.for_sweep(cfg, [], multirun=False) as context:
+        value = SweepTask(context)(cfg)
     assert isinstance(value, float)
     (run,) = mlflow_store.runs()
     assert run.data.metrics["final_loss"] == pytest.approx(value)
@@ -284,8 +287,7 @@ def test_example_user_model_sweeps_end_to_end(mlflow_store, tmp_path):
 
     from conftest import REPO
 
-    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS",
-                                                            "RNNSWEEP_PARENT_RUN_ID")}
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
     env["PYTHONPATH"] = str(REPO)
     script = REPO / "examples" / "user_model" / "sweep.sh"

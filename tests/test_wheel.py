@@ -7,9 +7,12 @@ import os
 import subprocess
 import sys
 
+import pytest
+from conftest import run_cli
 from mlflow.tracking import MlflowClient
 
 
+@pytest.mark.slow
 def test_installed_wheel_runs_a_trial_from_any_directory(tmp_path):
     wheels, target, work = tmp_path / "wheels", tmp_path / "site", tmp_path / "work"
     work.mkdir()
@@ -30,10 +33,11 @@ def test_installed_wheel_runs_a_trial_from_any_directory(tmp_path):
     assert conf == str(target / "rnnsweep" / "conf")
     assert sweeps == str(target / "rnnsweep" / "sweeps")
 
-    done = subprocess.run(
-        [sys.executable, "-m", "rnnsweep", "+sweep=clipping", "steps=2", "model.hidden_size=8",
-         "model.input_size=4", "seq_len=5", f"tracking.uri=sqlite:///{work}/mlflow.db"],
-        cwd=work, env=env, capture_output=True, text=True, timeout=300)
+    # Only the installed wheel is importable: PYTHONPATH replaces the checkout's.
+    installed = {"PYTHONPATH": str(target)}
+    done = run_cli(["+sweep=clipping", "steps=2", "model.hidden_size=8", "model.input_size=4",
+                    "seq_len=5", f"tracking.uri=sqlite:///{work}/mlflow.db"], work, 300,
+                   installed)
     assert done.returncode == 0, done.stderr[-3000:]
     client = MlflowClient(f"sqlite:///{work}/mlflow.db")
     (run,) = client.search_runs([client.get_experiment_by_name("rnnsweep").experiment_id])
@@ -41,7 +45,5 @@ def test_installed_wheel_runs_a_trial_from_any_directory(tmp_path):
     assert run.data.params["model.cell"] == "rnn"  # the ready sweep's override applied
     assert len(client.get_metric_history(run.info.run_id, "grad_norm")) == 2
 
-    plugins = subprocess.run(
-        [sys.executable, "-m", "rnnsweep", "--info", "plugins"], cwd=work, env=env,
-        capture_output=True, text=True, timeout=120)
+    plugins = run_cli(["--info", "plugins"], work, 120, installed)
     assert "RnnsweepRayLauncher" in plugins.stdout

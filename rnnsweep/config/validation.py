@@ -24,14 +24,14 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from rnnsweep import config
-from rnnsweep.config import targets
+from rnnsweep.config import bounds, targets
 from rnnsweep.config.command import Command, parse
+from rnnsweep.config.errors import ConfigError
+from rnnsweep.sweep.composer import compose_trials
+
+__all__ = ["CheckedCommand", "ConfigError", "check_overrides", "check_trial"]
 
 _parser = OverridesParser.create()
-
-
-class ConfigError(ValueError):
-    """A one-line, user-facing configuration error."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,13 +76,15 @@ def check_overrides(overrides: list[str], multirun: bool,
                                       if not line.startswith("hydra.")}}
             expanded = [_discrete(o) for o in _parser.parse_overrides(list(by_key.values()))]
             trials = BasicSweeper.split_arguments(expanded, None)[0]
-        composed = [_compose(list(trial), name) for trial in trials]
+        composed = compose_trials(trials, lambda trial: _compose(trial, name),
+                                  GlobalHydra.instance().config_loader())
         for trial in composed:
             check_trial(trial)
         try:
             targets.check(composed)
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
+    bounds.check_launcher(base)
     return CheckedCommand(base, [list(t) for t in trials], composed)
 
 
@@ -140,6 +142,8 @@ def check_trial(cfg: DictConfig) -> None:
     _require(cfg, "hardware.num_gpus", lambda v: v >= 0, "a number >= 0")
     _require(cfg, "precision.autocast_dtype", lambda v: v in (None, "float16", "bfloat16"),
              "one of null, float16, bfloat16")
+    bounds.check_bounds(cfg)
+    bounds.check_memory(cfg)
     if OmegaConf.select(cfg, "task.name") == "adding" and cfg.model.input_size < 2:
         raise ConfigError(f"model.input_size={cfg.model.input_size}: task=adding needs >= 2 "
                           "(a value channel and a marker channel)")

@@ -28,6 +28,7 @@ import numpy as np
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from rnnsweep import redaction
 from rnnsweep.record import NON_IDENTITY_PREFIXES
 from rnnsweep.report import plots
 from rnnsweep.tracking import ROLE_TAG, Tracker, resolve_uri
@@ -164,7 +165,7 @@ def build_report(tracker: Tracker, parent_run_id: str) -> Report:
         raise ReportError(f"run {parent_run_id} has no child runs: is it a sweep's parent run?")
     axes = sweep_axes(trials)
     trials.sort(key=lambda t: [_sort_key(t.params.get(a)) for a in axes])
-    sweep = parent.data.tags.get("rnnsweep.sweep") or parent.info.run_name or "sweep"
+    sweep = parent.data.tags.get("rnnsweep.sweep_name") or parent.info.run_name or "sweep"
     devices = sorted({t.device for t in trials if t.device})
     report = Report(parent_run_id, sweep, "; ".join(devices) or "unknown device", axes, trials,
                     *_table(trials, axes))
@@ -483,7 +484,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, help="also write the report's files into OUT")
     args = parser.parse_args(argv)
     try:
-        tracker, parent = _locate(resolve_uri(args.tracking_uri), args.run_id, args.experiment)
+        uri = resolve_uri(redaction.hide_credentials(args.tracking_uri))
+        tracker, parent = _locate(uri, args.run_id, args.experiment)
         report = build_report(tracker, parent)
     except (ReportError, MlflowException) as exc:
         print(f"rnnsweep.report: error: {_one_line(str(exc))}", file=sys.stderr)
@@ -503,7 +505,7 @@ def _locate(uri: str, run_id: str | None, experiment: str | None) -> tuple[Track
     a mistyped path or name is an error, not a new empty store or experiment."""
     if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
         raise ReportError(f"no MLflow store at {uri}")
-    client = MlflowClient(tracking_uri=uri)
+    client = MlflowClient(tracking_uri=redaction.connection_uri(uri))
     if run_id:
         try:
             run = client.get_run(run_id)

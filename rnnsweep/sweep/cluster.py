@@ -2,9 +2,9 @@
 
 The CLI starts it as soon as the command line has been checked, so that Ray's start-up
 and the workers' imports overlap the driver's own (MLflow, the store, composing the
-trials), and its shutdown begins as the sweep ends, overlapping the report. Started any
-other way (Hydra's launcher API, a notebook), the launcher opens and closes it around
-the sweep.
+trials); the sweep context then owns it and stops it as the sweep ends, overlapping the
+report. Started any other way (Hydra's launcher API, a notebook), the launcher opens and
+closes it around the sweep.
 """
 
 from __future__ import annotations
@@ -12,13 +12,13 @@ from __future__ import annotations
 import logging
 import os
 import socket
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 import ray
 from omegaconf import DictConfig
 
+from rnnsweep import privacy
 from rnnsweep.sweep.resources import LOCAL_ONLY_RAY_ENV, Node, cluster_address
 
 log = logging.getLogger(__name__)
@@ -28,11 +28,7 @@ class LaunchError(RuntimeError):
     pass
 
 
-_cli_session = False  # Ray was started by the CLI, which stops it
-_stopping: threading.Thread | None = None
-
-
-def connect(address: str | None, settings) -> None:
+def connect(address: str | None, settings, config: DictConfig | None = None) -> None:
     """Connects to the named cluster (starting nothing), or starts an embedded local Ray
     bound to loopback and sized by the launcher's settings."""
     if address:
@@ -46,32 +42,11 @@ def connect(address: str | None, settings) -> None:
         log.warning("the embedded Ray will listen beyond loopback: start rnnsweep through "
                     f"its CLI, or set {LOCAL_ONLY_RAY_ENV}=0 before importing ray")
     # "local": always a fresh instance, never a cluster someone started with `ray start`.
-    ray.init(address="local", num_cpus=settings.num_cpus, num_gpus=settings.num_gpus,
-             include_dashboard=settings.dashboard, dashboard_host=settings.dashboard_host,
-             log_to_driver=False, configure_logging=False)
-
-
-def start_for_cli(address: str | None, settings) -> None:
-    global _cli_session
-    connect(address, settings)
-    _cli_session = True
-
-
-def stop_in_background() -> None:
-    """Begins shutting down the CLI's Ray. Shutting down mostly waits for Ray's processes
-    to exit, so the sweep's report is written meanwhile."""
-    global _stopping
-    if _cli_session and _stopping is None and ray.is_initialized():
-        _stopping = threading.Thread(target=ray.shutdown, name="ray-shutdown")
-        _stopping.start()
-
-
-def stop() -> None:
-    """Ends the CLI's Ray: waits for a shutdown already begun, or shuts down now."""
-    if _stopping is not None:
-        _stopping.join()
-    elif _cli_session and ray.is_initialized():
-        ray.shutdown()
+    with privacy.no_cloud_probes() as worker_env:
+        ray.init(address="local", num_cpus=settings.num_cpus, num_gpus=settings.num_gpus,
+                 include_dashboard=settings.dashboard, dashboard_host=settings.dashboard_host,
+                 log_to_driver=False, configure_logging=False,
+                 runtime_env={"env_vars": worker_env} if worker_env else None)
 
 
 def prewarm(workers: int) -> None:
@@ -122,3 +97,7 @@ def check_reachable(address: str) -> None:
         socket.create_connection((host or "127.0.0.1", int(port)), timeout=5).close()
     except (OSError, ValueError) as exc:
         raise LaunchError(f"cannot reach the Ray cluster at {address}: {exc}") from None
+    from rnnsweep.sweep.auth import token_problem
+
+    if problem := token_problem(address):
+        raise LaunchError(f"cannot connect to the Ray cluster at {address}: {problem}")

@@ -2,49 +2,99 @@
 
 from __future__ import annotations
 
-import os
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
+from typing import TYPE_CHECKING
 
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from rnnsweep.record import TrialRecord
+from rnnsweep.record import NON_IDENTITY_PREFIXES, TrialRecord
 
-# Set in Ray workers: the record travels back to the driver, which writes it, so workers
-# need neither the driver's filesystem nor write access to the store.
-RECORDS_TO_DRIVER_ENV = "RNNSWEEP_RECORDS_TO_DRIVER"
+if TYPE_CHECKING:
+    from rnnsweep.sweep.context import SweepContext
 
 
-def task(cfg: DictConfig) -> TrialRecord | float:
-    """Runs one trial and returns ``objective.metric`` for a sweeper (in a Ray worker,
-    the record itself: the launcher writes it and hands the sweeper the number)."""
-    # Imported here, not at the top: a Ray worker unpickles this module before its first
-    # trial and never needs MLflow, and the Ray driver never needs torch. Each costs
-    # seconds of start-up on the sweep's critical path.
-    from rnnsweep.trial.run import run_trial
+class SweepTask:
+    """The Hydra task function: runs one trial. With a sweep context (in the driver's own
+    process: a single run, or Hydra's basic launcher) it also records the trial there;
+    without one (in a Ray worker) it hands the record back, and the driver records it,
+    so workers need neither the driver's filesystem nor write access to the store.
 
-    record = run_trial(cfg)
-    if os.environ.get(RECORDS_TO_DRIVER_ENV):
+    Where it records the trial itself it returns ``objective.metric``, the one number a
+    sweeper wants; the launcher does the same with the records it gets back."""
+
+    def __init__(self, context: SweepContext | None = None) -> None:
+        self.context = context
+
+    def __call__(self, cfg: DictConfig) -> TrialRecord | float:
+        # Imported here, not at the top: a Ray worker unpickles this module before its
+        # first trial and never needs MLflow, and the Ray driver never needs torch.
+        from rnnsweep.trial.run import run_trial
+
+        record = run_trial(cfg)
+        if self.context is not None:
+            from rnnsweep.sweep.worker import node_fingerprint
+
+            self.context.record_here(trial_name(), record, node_fingerprint())
+            from rnnsweep.sweep import objective
+
+            return objective.value(cfg, record)
         return record
-    from rnnsweep.tracking import Tracker, current_parent_run
 
-    tracker = Tracker(cfg.tracking.uri, cfg.tracking.experiment)
-    run_id = tracker.start_run(trial_name(), parent_run_id=current_parent_run())
-    tracker.write_record(run_id, record)
-    print(summary_line(trial_name(), record))
-    from rnnsweep.sweep import objective
+    def for_workers(self) -> SweepTask:
+        """What travels to Ray's workers: the task without the driver's context."""
+        return SweepTask()
 
-    return objective.value(cfg, record)
+    def __getstate__(self) -> dict:
+        # The context holds MLflow clients, threads and locks; it never leaves the driver.
+        return {"context": None}
 
 
-def trial_name(overrides: Sequence[str] | None = None) -> str:
-    """The trial's own overrides (``batch=8,model=gru``), or ``trial`` for a plain run."""
+def trial_name(overrides: Sequence[str] | None = None,
+               swept: Collection[str] | None = None) -> str:
+    """A trial's name: its overrides of the keys ``swept`` across its sweep
+    (``batch=8,model=gru``), or ``trial`` when none is.
+
+    Without ``swept`` (a trial that cannot see its sweep's other trials, such as a job of
+    Hydra's basic launcher) every override the user gave is kept except where results go
+    (``tracking.*``, ``ray.*``). Called with no arguments inside a Hydra job, the job's
+    own overrides are used.
+    """
     if overrides is None:
         try:
             overrides = HydraConfig.get().overrides.task
         except ValueError:  # not inside a Hydra job (called from Python)
             return "trial"
-    return ",".join(o for o in overrides if not o.startswith(("hydra.", "+sweep="))) or "trial"
+    named = [o for o in overrides if _named(o, swept)]
+    return ",".join(named) or "trial"
+
+
+def trial_names(overrides_per_trial: Sequence[Sequence[str]]) -> list[str]:
+    """Every trial of a sweep named by the keys that vary across it, and only those."""
+    swept = swept_keys(overrides_per_trial)
+    return [trial_name(overrides, swept) for overrides in overrides_per_trial]
+
+
+def swept_keys(overrides_per_trial: Sequence[Sequence[str]]) -> set[str]:
+    """The keys whose value differs between trials, or that some trials leave at the
+    default; a key every trial sets alike is the sweep's setting, not a trial's name."""
+    values: dict[str, set[str]] = {}
+    for overrides in overrides_per_trial:
+        for override in overrides:
+            key, _, value = override.partition("=")
+            values.setdefault(key, set()).add(value)
+    every = [{o.partition("=")[0] for o in overrides} for overrides in overrides_per_trial]
+    return {key for key, seen in values.items()
+            if len(seen) > 1 or any(key not in keys for keys in every)}
+
+
+def _named(override: str, swept: Collection[str] | None) -> bool:
+    key = override.partition("=")[0]
+    if key.startswith("hydra.") or key in ("+sweep", "sweep"):
+        return False
+    if swept is not None:
+        return key in swept
+    return not key.startswith(NON_IDENTITY_PREFIXES)
 
 
 def summary_line(name: str, record: TrialRecord) -> str:

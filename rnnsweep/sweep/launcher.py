@@ -1,41 +1,40 @@
 """Runs a Hydra sweep's jobs as Ray tasks: the core behind ``hydra/launcher=rnnsweep_ray``.
 
-Unlike the upstream Ray launcher, each trial asks for the resources of its own composed
-``hardware`` config, results are written and printed as each trial finishes, and one
-failed or killed trial never takes the others down. Trial records travel back through
-Ray and the driver writes them to MLflow, so workers need neither the driver's
-filesystem nor access to the tracking store.
+Compose, submit, gather. Unlike the upstream Ray launcher, each trial asks for the
+resources of its own composed ``hardware`` config, a finished identical trial measured
+in the same environment is reused, and one failed or killed trial never takes the others
+down. What happens to each trial is told to the sweep's sinks (the MLflow store, the
+terminal); this module makes no MLflow call and prints nothing itself.
 """
 
 from __future__ import annotations
 
-import copy
+import contextlib
 import os
-import signal
 import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
 import ray
 from hydra.core.singleton import Singleton
-from hydra.core.utils import (
-    JobReturn,
-    JobStatus,
-    configure_log,
-    setup_globals,
-)
-from omegaconf import DictConfig, OmegaConf, open_dict
+from hydra.core.utils import JobReturn, JobStatus, configure_log, setup_globals
+from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from rnnsweep.record import FAILED, TrialRecord, config_hash, flatten
-from rnnsweep.sweep import objective
-from rnnsweep.sweep import worker as ray_task
+from rnnsweep.sweep import interrupts, objective, worker
 from rnnsweep.sweep.cluster import LaunchError, ray_session
-from rnnsweep.sweep.job import summary_line, trial_name
+from rnnsweep.sweep.composer import Composer
+from rnnsweep.sweep.context import SweepContext
+from rnnsweep.sweep.interrupts import Interrupted
+from rnnsweep.sweep.job import SweepTask, trial_name, trial_names
 from rnnsweep.sweep.resources import InfeasibleRequest, Node, Request, check_feasible, plan
-from rnnsweep.tracking import Tracker, current_parent_run
+from rnnsweep.sweep.sink import TrialInfo
+from rnnsweep.tracking import CONFIG_HASH_TAG, FINGERPRINT_TAG
 
 
 @dataclass
@@ -45,48 +44,51 @@ class Job:
     config: DictConfig
     name: str
     request: Request | None = None
-    run_id: str | None = None
     retries: int = 0
-    ref: Any = None
-    state: str = "pending"  # pending | running | done | failed | skipped | killed
+    ref: Any = None  # the trial's streaming task: it yields its start, then its result
+    state: str = "pending"  # pending | running | done | failed | reused | killed
     info: dict[str, Any] = field(default_factory=dict)
     result: JobReturn | None = None
-    summary: str = ""
 
 
 def launch(launcher, job_overrides: Sequence[Sequence[str]],
            initial_job_idx: int) -> list[JobReturn]:
     setup_globals()
+    configure_log(launcher.config.hydra.hydra_logging, launcher.config.hydra.verbose)
+    context = getattr(launcher.task_function, "context", None)
+    if context is not None:  # the CLI's: it opens and closes the sweep around Hydra
+        return _launch(launcher, context, job_overrides, initial_job_idx)
+    # Hydra's launcher API, without the CLI: this launch is the whole sweep.
+    with SweepContext.for_sweep(launcher.config) as context:
+        context.open()
+        return _launch(launcher, context, job_overrides, initial_job_idx)
+
+
+def _launch(launcher, context: SweepContext, job_overrides: Sequence[Sequence[str]],
+            initial_job_idx: int) -> list[JobReturn]:
     config = launcher.config
-    configure_log(config.hydra.hydra_logging, config.hydra.verbose)
     Path(str(config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
-    jobs = [_compose(launcher, initial_job_idx + i, list(o)) for i, o in enumerate(job_overrides)]
-    tracker = _tracker(config)
-    parent = current_parent_run()
+    composer = Composer(launcher.hydra_context.config_loader, config)
+    jobs = [_compose(composer, initial_job_idx + i, list(o)) for i, o in enumerate(job_overrides)]
+    for job, name in zip(jobs, trial_names([j.overrides for j in jobs]), strict=True):
+        job.name = name  # by the keys this sweep varies, and only those
     try:
         with ray_session(config, launcher.settings) as nodes:
             _plan(jobs, nodes)
-            return _run(launcher, jobs, nodes, tracker, parent)
+            return _run(launcher, context, jobs, nodes)
     except (LaunchError, InfeasibleRequest) as exc:
         print(f"rnnsweep: error: {exc}", file=sys.stderr)
-        if tracker and parent:
-            tracker.fail_run(parent, str(exc))
         raise SystemExit(2) from None
 
 
-def _compose(launcher, idx: int, overrides: list[str]) -> Job:
-    config = launcher.hydra_context.config_loader.load_sweep_config(launcher.config, overrides)
+def _compose(composer: Composer, idx: int, overrides: list[str]) -> Job:
+    config = composer.compose(overrides)
     with open_dict(config):
         config.hydra.job.id = idx
         config.hydra.job.num = idx
+        # Resolved here, once: a worker resolving it again could name another directory.
+        config.hydra.sweep.dir = str(config.hydra.sweep.dir)
     return Job(idx, overrides, config, trial_name(overrides))
-
-
-def _tracker(config: DictConfig) -> Tracker | None:
-    """Only rnnsweep trials are recorded; any other Hydra app just gets its jobs run."""
-    if OmegaConf.select(config, "tracking") is None:
-        return None
-    return Tracker(config.tracking.uri, config.tracking.experiment)
 
 
 def _plan(jobs: list[Job], nodes: list[Node]) -> None:
@@ -103,104 +105,141 @@ def _plan(jobs: list[Job], nodes: list[Node]) -> None:
                 job.config.hardware.exclusive = job.request.exclusive
 
 
-def _run(launcher, jobs: list[Job], nodes: list[Node], tracker: Tracker | None,
-         parent: str | None) -> list[JobReturn]:
-    config = launcher.config
-    finished = ({} if tracker is None or OmegaConf.select(config, "ray.rerun", default=False)
-                else tracker.finished_configs())
-    progress = ray_task.Progress.remote()
-    execute = ray.remote(ray_task.execute)
-    # Shared by every trial: serialised once into Ray's object store, not once per trial.
-    context = ray.put(launcher.hydra_context)
-    state = ray.put(Singleton.get_state())
-    print(f"rnnsweep: launching {len(jobs)} trials on Ray ({len(nodes)} node(s), "
-          f"{sum(n.cpus for n in nodes):g} CPUs, {sum(n.gpus for n in nodes):g} GPUs)", flush=True)
+def _run(launcher, context: SweepContext, jobs: list[Job], nodes: list[Node]
+         ) -> list[JobReturn]:
+    sinks = context.sinks
     # Flattened once per trial: its hash decides resume, and the params go on its run.
-    params = {job.idx: _params(job.config) for job in jobs} if tracker else {}
+    params = {job.idx: _params(job.config) for job in jobs} if context.records else {}
     digests = {idx: config_hash(p) for idx, p in params.items()}
-    for job in jobs:
-        if digests.get(job.idx) in finished:
-            _skip(job, finished[digests[job.idx]])
-            job.result.return_value = objective.value_of_run(tracker, finished[digests[job.idx]],
-                                                             job.config)
-            continue
-        job.retries = int(OmegaConf.select(job.config, "ray.max_retries", default=2))
-        job.ref = execute.options(
-            num_cpus=job.request.num_cpus, num_gpus=job.request.num_gpus,
-            max_retries=job.retries, retry_exceptions=False, name=f"rnnsweep-trial-{job.idx}",
-        ).remote(context, launcher.task_function, job.config, state, progress, job.idx,
-                 os.getcwd())
-    # The runs are made once every trial is on its way, so trials never wait on the store.
-    for job in jobs:
-        if tracker and job.ref is not None:
-            tags = {"rnnsweep.config_hash": digests[job.idx],
-                    "rnnsweep.ray.request": job.request.describe()}
-            job.run_id = tracker.start_run(job.name, tags=tags, parent_run_id=parent)
-            # Logged now, so a trial whose worker dies still shows what it was.
-            tracker.log(job.run_id, params=params[job.idx])
-    # SIGTERM (a scheduler or `kill` stopping the sweep) gets the same orderly end as Ctrl-C.
-    previous = signal.signal(signal.SIGTERM, _interrupt)
+    reusable = _reusable(launcher.config, context, jobs, digests, nodes)
+    for job in (job for job in jobs if job.idx in reusable):
+        job.state = "reused"
+        job.result = JobReturn(overrides=job.overrides, cfg=job.config,
+                               status=JobStatus.COMPLETED)
+        sinks.reused(job.idx, reusable[job.idx])
+        # The sweeper gets the reused trial's number, as if it had run again.
+        job.result.return_value = objective.value_of_run(context.tracker, reusable[job.idx],
+                                                         job.config)
+    to_run = [job for job in jobs if job.state == "pending"]
+    _submit(launcher, to_run)
+    sinks.submitted([TrialInfo(job.idx, job.name, tuple(job.overrides), params.get(job.idx, {}),
+                               _submission_tags(job, digests)) for job in to_run])
     try:
-        _collect(jobs, nodes, progress, tracker, launcher.settings.poll_s)
-    except KeyboardInterrupt:
-        _cancel(jobs, tracker, parent)
-        raise SystemExit(130) from None
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-    _print_table(jobs)
+        _collect(context, to_run, nodes, launcher.settings.poll_s)
+    except Interrupted as exc:
+        _cancel(context, to_run, f"interrupted ({exc.name})")
+        raise
     return [job.result for job in jobs]
 
 
-def _interrupt(signum, frame) -> None:
-    raise KeyboardInterrupt
+def _reusable(config: DictConfig, context: SweepContext, jobs: list[Job],
+              digests: dict[int, str], nodes: list[Node]) -> dict[int, str]:
+    """Trials an identical finished trial stands for: same config, and measured in the
+    environment this cluster would measure it in (asked of the nodes only when some
+    config matches). A cluster whose nodes differ reruns everything."""
+    if not context.records or OmegaConf.select(config, "ray.rerun", default=False):
+        return {}
+    finished = context.tracker.finished_configs()
+    known = {digest for digest, _ in finished}
+    if not any(d in known for d in digests.values()):
+        return {}
+    fingerprints = _node_fingerprints(nodes)
+    if len(fingerprints) != 1:
+        return {}
+    (env,) = fingerprints
+    return {job.idx: finished[(digests[job.idx], env)][0] for job in jobs
+            if (digests[job.idx], env) in finished}
 
 
-def _collect(jobs: list[Job], nodes: list[Node], progress, tracker: Tracker | None,
-             poll_s: float) -> None:
-    pending = {job.ref: job for job in jobs if job.ref is not None}
-    last_line = ""
+def _node_fingerprints(nodes: list[Node]) -> set[str]:
+    probe = ray.remote(num_cpus=0)(worker.node_fingerprint)
+    refs = [probe.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n.node_id, soft=False))
+            .remote() for n in nodes]
+    return set(ray.get(refs))
+
+
+def _submit(launcher, jobs: list[Job]) -> None:
+    execute = ray.remote(worker.execute)
+    task = launcher.task_function
+    # Shared by every trial: serialised once into Ray's object store, not once per trial.
+    context_ref = ray.put(launcher.hydra_context)
+    state_ref = ray.put(Singleton.get_state())
+    task_ref = ray.put(task.for_workers() if isinstance(task, SweepTask) else task)
+    for job in jobs:
+        job.retries = int(OmegaConf.select(job.config, "ray.max_retries", default=2))
+        job.ref = execute.options(
+            num_returns="streaming", num_cpus=job.request.num_cpus,
+            num_gpus=job.request.num_gpus, max_retries=job.retries, retry_exceptions=False,
+            name=f"rnnsweep-trial-{job.idx}",
+        ).remote(context_ref, task_ref, job.config, state_ref, os.getcwd())
+
+
+def _submission_tags(job: Job, digests: dict[int, str]) -> dict[str, str]:
+    tags = {"rnnsweep.ray.request": job.request.describe()}
+    if job.idx in digests:
+        tags[CONFIG_HASH_TAG] = digests[job.idx]
+    return tags
+
+
+def _collect(context: SweepContext, jobs: list[Job], nodes: list[Node], poll_s: float) -> None:
+    pending = {job.ref: job for job in jobs}
     while pending:
-        ready, _ = ray.wait(list(pending), num_returns=1, timeout=poll_s)
-        started = ray.get(progress.snapshot.remote())
-        for job in pending.values():
-            if job.idx in started and job.state == "pending":
-                job.state = "running"
+        try:
+            ready, _ = ray.wait(list(pending), num_returns=1, timeout=poll_s)
+            if ready:  # and whatever else is ready by now, in one call
+                ready, _ = ray.wait(list(pending), num_returns=len(pending), timeout=0)
+        except Exception as exc:
+            # Ray checks for signals while it waits; our handler's raise comes back
+            # wrapped in a SystemError.
+            raise (interrupts.as_interrupt(exc)) from None
         for ref in ready:
-            job = pending.pop(ref)
-            _finish(job, jobs, nodes, started, tracker)
-            print(f"  #{job.idx} {job.summary}", flush=True)
-        line = _progress_line(jobs)
-        if line != last_line:
-            print(line, flush=True)
-            last_line = line
+            job = pending[ref]
+            if _advance(job, context, jobs, nodes):
+                del pending[ref]
 
 
-def _finish(job: Job, jobs: list[Job], nodes: list[Node], started: dict[int, float],
-            tracker: Tracker | None) -> None:
+def _advance(job: Job, context: SweepContext, jobs: list[Job], nodes: list[Node]) -> bool:
+    """Takes the trial's next message; True when the trial is over."""
     try:
-        ret, job.info = ray.get(job.ref)
+        item, info = ray.get(next(job.ref))
+    except StopIteration:
+        item, info = None, {}
     except ray.exceptions.RayError as exc:
         # The worker died (SIGKILL, OOM, node loss) and Ray's retries ran out.
         reason = f"{type(exc).__name__} after {job.retries} retries: {str(exc).splitlines()[0]}"
-        ret = _failed_return(job, reason, as_record=tracker is not None)
-        job.info = {"started": started.get(job.idx), "finished": time.time()}
+        job.info["finished"] = time.time()
+        _finish(job, context, jobs, nodes, _failed_return(job, reason, context.records))
+        return True
+    if item == worker.STARTED:
+        job.state, job.info = "running", info
+        context.sinks.started(job.idx)
+        return False
+    job.info = info
+    _finish(job, context, jobs, nodes, item or _failed_return(job, "no result", context.records))
+    return True
+
+
+def _finish(job: Job, context: SweepContext, jobs: list[Job], nodes: list[Node],
+            ret: JobReturn) -> None:
     job.result = ret
     record = ret._return_value
     if not isinstance(record, TrialRecord):
         job.state = "done" if ret.status == JobStatus.COMPLETED else "failed"
-        job.summary = f"[{job.state}] {job.name}"
-        if tracker and job.run_id and ret.status != JobStatus.COMPLETED:
-            tracker.fail_run(job.run_id, f"{type(record).__name__}: {record}")
-        return
+        if context.records and ret.status != JobStatus.COMPLETED:
+            # The task itself raised: the trial failed, and its run says why.
+            failed = _failed_return(job, f"{type(record).__name__}: {record}", True)
+            job.result, record = failed, failed._return_value
+        else:
+            return
     job.state = "failed" if record.outcome == FAILED else "done"
     job.info["node_ip"] = next((n.address for n in nodes if n.node_id == job.info.get("node_id")),
                                "?")
-    record.tags.update(_placement_tags(job, jobs, started))
-    if tracker and job.run_id:
-        tracker.write_record(job.run_id, record)
-    # The record is written; a sweeper gets the one number it optimises.
-    ret.return_value = objective.value(job.config, record)
-    job.summary = f"{summary_line(job.name, record)}  @ {job.info.get('node_ip', '?')}"
+    record.tags.update(_placement_tags(job, jobs))
+    if job.info.get("fingerprint"):
+        record.tags[FINGERPRINT_TAG] = job.info["fingerprint"]
+    context.sinks.finished(job.idx, record)
+    # The record is with the sinks; a sweeper gets the one number it optimises.
+    job.result.return_value = objective.value(job.config, record)
 
 
 def _failed_return(job: Job, reason: str, as_record: bool) -> JobReturn:
@@ -215,15 +254,16 @@ def _failed_return(job: Job, reason: str, as_record: bool) -> JobReturn:
     return ret
 
 
-def _placement_tags(job: Job, jobs: list[Job], started: dict[int, float]) -> dict[str, str]:
-    begin = job.info.get("started") or started.get(job.idx) or 0.0
+def _placement_tags(job: Job, jobs: list[Job]) -> dict[str, str]:
+    begin = job.info.get("started") or 0.0
     end = job.info.get("finished") or time.time()
     beside = 0
     for other in jobs:
-        if other is job or other.idx not in started:
+        start = other.info.get("started")
+        if other is job or start is None:
             continue
-        other_end = other.info.get("finished") if other.state in ("done", "failed") else None
-        if started[other.idx] < end and (other_end is None or other_end > begin):
+        other_end = other.info.get("finished")
+        if start < end and (other_end is None or other_end > begin):
             beside += 1
     return {
         "rnnsweep.ray.node_id": str(job.info.get("node_id", "")),
@@ -235,42 +275,24 @@ def _placement_tags(job: Job, jobs: list[Job], started: dict[int, float]) -> dic
     }
 
 
-def _skip(job: Job, run_id: str) -> None:
-    job.state = "skipped"
-    job.summary = f"[skipped] {job.name} (identical config finished as run {run_id})"
-    job.result = JobReturn(overrides=job.overrides, cfg=job.config, status=JobStatus.COMPLETED)
-    print(f"  #{job.idx} {job.summary}", flush=True)
-
-
-def _cancel(jobs: list[Job], tracker: Tracker | None, parent: str | None) -> None:
-    print("rnnsweep: interrupted; cancelling pending and running trials", file=sys.stderr)
+def _cancel(context: SweepContext, jobs: list[Job], reason: str) -> None:
     for job in jobs:
-        if job.state in ("pending", "running") and job.ref is not None:
-            ray.cancel(job.ref, force=True)
+        if job.state in ("pending", "running"):
+            with contextlib.suppress(Exception):  # Ray is shut down right after anyway
+                ray.cancel(job.ref, force=True)
             job.state = "killed"
-            if tracker and job.run_id:
-                tracker.fail_run(job.run_id, "interrupted (SIGINT)", status="KILLED")
-    if tracker and parent:
-        tracker.fail_run(parent, "interrupted (SIGINT)", status="KILLED")
+            context.sinks.cancelled(job.idx, reason)
 
 
 def _params(config: DictConfig) -> dict[str, str]:
-    """The trial's params exactly as the trial itself flattens its config."""
-    task_cfg = copy.deepcopy(config)
-    with open_dict(task_cfg):
-        del task_cfg["hydra"]
-    return flatten(OmegaConf.to_container(task_cfg, resolve=True, enum_to_str=True))
-
-
-def _progress_line(jobs: list[Job]) -> str:
-    counts = {s: sum(j.state == s for j in jobs)
-              for s in ("done", "running", "pending", "failed", "skipped")}
-    return (f"rnnsweep: {counts['done']}/{len(jobs)} done, {counts['running']} running, "
-            f"{counts['pending']} pending, {counts['failed']} failed, "
-            f"{counts['skipped']} skipped")
-
-
-def _print_table(jobs: list[Job]) -> None:
-    print("rnnsweep: trials")
-    for job in jobs:
-        print(f"  #{job.idx:<3} {job.state:<8} {job.summary}")
+    """The trial's params exactly as the trial itself flattens its config (without the
+    ``hydra`` node, which is neither copied nor resolved: a per-trial cost at scale)."""
+    tree = {}
+    for key in config:
+        if key == "hydra":
+            continue
+        value = config[key]
+        if isinstance(value, DictConfig | ListConfig):
+            value = OmegaConf.to_container(value, resolve=True, enum_to_str=True)
+        tree[key] = value.name if isinstance(value, Enum) else value
+    return flatten(tree)

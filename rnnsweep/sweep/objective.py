@@ -19,13 +19,19 @@ from omegaconf import DictConfig, OmegaConf
 from rnnsweep.record import OK, TrialRecord
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from mlflow.entities import Run
+
     from rnnsweep.tracking import Tracker
 
 log = logging.getLogger(__name__)
 DEFAULT_DIRECTION = "minimize"
 
 
-def settings(cfg: DictConfig) -> tuple[str, str]:
+def settings(cfg: DictConfig | None) -> tuple[str, str]:
+    if cfg is None:
+        cfg = OmegaConf.create()
     metric = OmegaConf.select(cfg, "objective.metric") or default_metric(cfg)
     direction = OmegaConf.select(cfg, "objective.direction", default=DEFAULT_DIRECTION)
     return str(metric), str(direction)
@@ -64,11 +70,13 @@ def value_of_run(tracker: Tracker, run_id: str, cfg: DictConfig) -> float:
     return float(found) if found is not None and math.isfinite(found) else worst(direction)
 
 
-def log_best(tracker: Tracker, parent: str, cfg: DictConfig) -> None:
-    """Logs the best child on the parent (``best_objective``, tags naming the trial) and
-    prints it: the sweep's answer, whichever sweeper chose the trials."""
+def log_best(tracker: Tracker, parent: str, cfg: DictConfig | None,
+             reused: Sequence[Run] = ()) -> None:
+    """Logs the best trial on the parent (``best_objective``, tags naming the trial) and
+    prints it: the sweep's answer, whichever sweeper chose the trials. The sweep's own
+    children compete with the earlier runs it reused (a resumed sweep)."""
     metric, direction = settings(cfg)
-    scored = [(run.data.metrics[metric], run) for run in tracker.children(parent)
+    scored = [(run.data.metrics[metric], run) for run in [*tracker.children(parent), *reused]
               if run.data.tags.get("rnnsweep.outcome") == OK
               and math.isfinite(run.data.metrics.get(metric, math.nan))]
     tags = {"rnnsweep.objective": f"{metric} ({direction})"}

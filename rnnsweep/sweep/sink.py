@@ -20,6 +20,8 @@ class TrialInfo:
     name: str  # the trial's swept keys only, e.g. "batch=8,model=gru"
     overrides: tuple[str, ...] = ()
     params: dict[str, str] = field(default_factory=dict, compare=False)
+    # Tags its run starts with (config hash, resource request).
+    tags: dict[str, str] = field(default_factory=dict, compare=False)
 
 
 class SweepSink(Protocol):
@@ -37,3 +39,6 @@ class SweepSink(Protocol):
 
     def cancelled(self, idx: int, reason: str) -> None:
         """Trial ``idx`` was stopped before it finished (interrupt, lost driver)."""
+
+    # Optional: ``ended(self) -> None``, once, when the sweep is over however it ended (the
+    # console's closing table). Sinks without it are not asked.

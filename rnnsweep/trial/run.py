@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from rnnsweep.config.schema import TRAINING_KEYS, TaskConfig
-from rnnsweep.record import FAILED, UNSUPPORTED, TrialRecord, config_hash, flatten
+from rnnsweep.record import DIVERGED, FAILED, UNSUPPORTED, TrialRecord, config_hash, flatten
 from rnnsweep.trial import environment, flops, timing, training
 from rnnsweep.trial.models import RecurrentNet, check_output, split_output, with_impl
 
@@ -166,6 +166,9 @@ def _train(cfg: DictConfig, model: nn.Module, device: torch.device,
     record.step_metrics.update({k: v for k, v in result.series.items() if k in LOGGED_SERIES})
     metrics = record.metrics
     metrics.update({k: float(v) for k, v in result.counts.items()})
+    if cfg.steps and result.counts.get("nonfinite_steps") == cfg.steps:
+        record.outcome = DIVERGED
+        record.reason = f"all {cfg.steps} training steps were non-finite (skipped)"
     if cfg.steps:
         metrics["final_loss"] = result.series["loss"][-1]
         metrics.update(source.summary(metrics["final_loss"]))

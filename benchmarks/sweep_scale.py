@@ -1,0 +1,150 @@
+"""How a sweep's cost grows with its number of trials (issue #9, item 4).
+
+Runs ``python -m rnnsweep -m 'seed=range(N)' steps=1 workload=train`` at toy sizes, as a
+user runs it (a whole CLI process, the default Ray launcher, the embedded Ray), each time
+on a fresh SQLite store in a temp dir, and reports per N:
+
+- wall time of the whole command;
+- that every trial was recorded (N FINISHED child runs under one FINISHED parent);
+- the driver's resident memory over time, polled from ``/proc/<pid>/status`` of the CLI
+  process this script started: peak (VmHWM), and the growth over the middle half of the
+  run (RSS at 75% of the wall time minus RSS at 25%), which leaves out the start-up's
+  imports and the closing report: flat memory is about 0 MB there whatever N;
+
+then the marginal cost per trial, (wall(N_big) - wall(N_small)) / (N_big - N_small), per
+repeat, and its median. Sizes alternate within each repeat (16, 64, 16, 64, ...) so that
+drift in the machine's load hits both. Target (issue #9): <= 0.1 s per trial.
+
+    python benchmarks/sweep_scale.py [--sizes 16 64] [--repeats 3] [--timeout 1800]
+    python benchmarks/sweep_scale.py --sizes 16 64 1000 --repeats 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from conftest import start_cli, toy  # noqa: E402  (the tests' toy sizes and CLI runner)
+
+POLL_S = 0.1
+
+
+@dataclass
+class Sample:
+    trials: int
+    wall_s: float
+    recorded: int  # FINISHED child runs under the sweep's parent
+    parent_status: str
+    peak_rss_mb: float
+    rss_growth_mb: float  # RSS at 75% of the wall time minus RSS at 25%
+    rss_series: list[tuple[float, float]]  # (seconds since start, RSS in MB)
+
+
+def rss_mb(pid: int) -> tuple[float, float] | None:
+    """(VmRSS, VmHWM) of ``pid`` in MB, or None once it has exited."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return None
+    fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+    try:
+        return (int(fields["VmRSS"].split()[0]) / 1024, int(fields["VmHWM"].split()[0]) / 1024)
+    except KeyError:  # a zombie has no memory lines
+        return None
+
+
+def run_sweep(trials: int, timeout: float) -> Sample:
+    with tempfile.TemporaryDirectory(prefix="rnnsweep-scale-") as tmp:
+        uri = f"sqlite:///{tmp}/mlflow.db"
+        args = ["-m", *toy("steps=1", "workload=train", f"seed=range({trials})"),
+                f"tracking.uri={uri}", f"hydra.sweep.dir={tmp}/multirun"]
+        # The output goes to a file, read after exit: a pipe nobody reads meanwhile would
+        # block the CLI long before a 1000-trial sweep ends.
+        log = open(Path(tmp) / "cli.log", "w+")  # noqa: SIM115 - closed below
+        started = time.perf_counter()
+        proc = start_cli(args, Path(tmp), merge_output=True, stdout=log)
+        series: list[tuple[float, float]] = []
+        peak = 0.0
+        while proc.poll() is None:
+            now = time.perf_counter() - started
+            if now > timeout:
+                proc.kill()
+                raise SystemExit(f"{trials}-trial sweep still running after {timeout:.0f} s")
+            mem = rss_mb(proc.pid)
+            if mem:
+                series.append((now, mem[0]))
+                peak = max(peak, mem[1])
+            time.sleep(POLL_S)
+        wall = time.perf_counter() - started
+        log.seek(0)
+        output = log.read()
+        log.close()
+        if proc.returncode != 0:
+            raise SystemExit(f"{trials}-trial sweep exited {proc.returncode}:\n{output[-3000:]}")
+        recorded, parent_status = count_runs(uri)
+    growth = rss_at(series, 0.75 * wall) - rss_at(series, 0.25 * wall)
+    return Sample(trials, wall, recorded, parent_status, peak, growth, series)
+
+
+def rss_at(series: list[tuple[float, float]], at: float) -> float:
+    return next((rss for t, rss in series if t >= at), series[-1][1] if series else 0.0)
+
+
+def count_runs(uri: str) -> tuple[int, str]:
+    from mlflow.entities import ViewType
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name("rnnsweep").experiment_id
+    runs = client.search_runs([experiment], run_view_type=ViewType.ALL, max_results=50000)
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId")]
+    finished = sum(r.info.status == "FINISHED" for r in children)
+    return finished, ",".join(p.info.status for p in parents)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[16, 64])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--timeout", type=float, default=1800, help="seconds per sweep")
+    opts = parser.parse_args()
+
+    samples: dict[int, list[Sample]] = {n: [] for n in opts.sizes}
+    for repeat in range(opts.repeats):
+        for n in opts.sizes:
+            sample = run_sweep(n, opts.timeout)
+            samples[n].append(sample)
+            print(f"repeat {repeat + 1}: N={n:<5} wall {sample.wall_s:7.1f} s  "
+                  f"recorded {sample.recorded}/{n}  parent {sample.parent_status}  "
+                  f"peak RSS {sample.peak_rss_mb:6.1f} MB  "
+                  f"RSS growth {sample.rss_growth_mb:+6.1f} MB", flush=True)
+
+    print(f"\n{opts.repeats} repeat(s), whole CLI processes, medians")
+    print(f"{'N':>6}{'wall s':>10}{'s/trial':>10}{'peak RSS MB':>13}{'RSS growth MB':>15}"
+          f"{'all recorded':>14}")
+    for n, runs in samples.items():
+        wall = statistics.median(s.wall_s for s in runs)
+        complete = all(s.recorded == n and s.parent_status == "FINISHED" for s in runs)
+        print(f"{n:>6}{wall:>10.1f}{wall / n:>10.3f}"
+              f"{statistics.median(s.peak_rss_mb for s in runs):>13.1f}"
+              f"{statistics.median(s.rss_growth_mb for s in runs):>+15.1f}"
+              f"{'yes' if complete else 'NO':>14}")
+    sizes = sorted(opts.sizes)
+    for small, big in zip(sizes, sizes[1:], strict=False):
+        # Paired within a repeat, so drift between repeats cancels.
+        marginal = [(b.wall_s - s.wall_s) / (big - small)
+                    for s, b in zip(samples[small], samples[big], strict=True)]
+        print(f"marginal cost per trial, N={small} -> {big}: "
+              f"{statistics.median(marginal):.3f} s (every repeat: "
+              f"{' '.join(f'{m:.3f}' for m in marginal)}; target <= 0.1 s)")
+
+
+if __name__ == "__main__":
+    main()

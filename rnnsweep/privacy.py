@@ -1,0 +1,56 @@
+"""Nothing leaves the machine unless the user asks.
+
+MLflow 3.17 sends telemetry by default (the driver looks up ``config.mlflow-telemetry.io``),
+and Ray 2.60's dashboard process, which every Ray head starts whether or not the
+dashboard is on, asks the cloud's metadata service which cloud it runs in (HTTP to
+169.254.169.254, DNS for ``metadata.google.internal``) even with usage statistics off.
+Ray has no switch for that probe (``UsageStatsHead.run`` calls
+``get_cluster_config_to_report`` unconditionally), so the embedded Ray is started with a
+plain-HTTP proxy on a closed loopback port: the probe fails at once on 127.0.0.1 and no
+name is resolved. Ray's own loopback traffic bypasses it (``no_proxy``). The worker
+processes get the user's own proxy settings back through the job's ``runtime_env``.
+
+Every default here is ``setdefault``: the user's environment wins.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+TELEMETRY_OFF = {
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    # Ray's usage statistics: its dashboard would post them a minute into every session.
+    "RAY_USAGE_STATS_ENABLED": "0",
+}
+# Port 9 (discard) on loopback: nothing listens there, so a proxied request fails at once.
+_DEAD_PROXY = "http://127.0.0.1:9"
+_PROXY_KEYS = ("http_proxy", "HTTP_PROXY", "no_proxy", "NO_PROXY")
+_LOOPBACK = "127.0.0.1,localhost,::1"
+
+
+def telemetry_off() -> None:
+    for key, value in TELEMETRY_OFF.items():
+        os.environ.setdefault(key, value)
+
+
+@contextmanager
+def no_cloud_probes() -> Iterator[dict[str, str]]:
+    """While Ray's head processes start, plain HTTP off the machine goes nowhere. Yields
+    the environment the job's workers should get back (the user's own proxy settings;
+    an empty value is unset for ``requests``)."""
+    saved = {key: os.environ.get(key) for key in _PROXY_KEYS}
+    if os.environ.get("RNNSWEEP_ALLOW_CLOUD_PROBES") == "1":
+        yield {}
+        return
+    os.environ.update(http_proxy=_DEAD_PROXY, HTTP_PROXY=_DEAD_PROXY,
+                      no_proxy=_LOOPBACK, NO_PROXY=_LOOPBACK)
+    try:
+        yield {key: value or "" for key, value in saved.items()}
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value

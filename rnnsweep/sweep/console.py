@@ -1,0 +1,303 @@
+"""The sweep on the terminal: what a person watching it needs, and nothing else.
+
+On a TTY, one live progress display (rich): done, running, pending and failed trials,
+the elapsed time, an estimate of the time left, and the latest result. In a log (stdout
+not a TTY), one plain line per finished trial. Either way, one table at the end with a
+row per trial: its swept keys, its outcome and the sweep's headline metrics. Failures
+and noisy timings get a line of their own as they happen, on both.
+
+A sink (``rnnsweep.sweep.sink.SweepSink``): the launcher tells it what happened and it
+never raises back. What a trial *is* comes from its swept keys; what a sweep *measures*
+comes from those keys and the metrics its records carry (see ``headline``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from rich import box
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+from rich.text import Text
+
+from rnnsweep.record import FAILED, OK, TrialRecord
+from rnnsweep.sweep.job import swept_keys
+from rnnsweep.sweep.sink import TrialInfo
+
+NOISY_TAG, NOISE_REASON_TAG = "rnnsweep.timing.noisy", "rnnsweep.timing.noise_reason"
+REASON_CHARS = 120  # a failure's reason in a line or a table cell; the run has it all
+LOG_WIDTH = 240  # a log has no terminal width: lines and the table are never wrapped
+
+
+@dataclass(frozen=True)
+class Metric:
+    key: str
+    label: str
+
+
+# What each kind of sweep is about, most specific first. A sweep's kind follows from
+# what it varies (clipping, precision) or from what its trials measured.
+FUSED = (Metric("latency_ms_fused", "fused ms"), Metric("latency_ms_loop", "loop ms"),
+         Metric("fused_speedup", "speedup"), Metric("impl_max_abs_diff", "parity"))
+STREAMING = (Metric("stream_latency_ms_p50", "p50 ms"), Metric("stream_latency_ms_p99", "p99 ms"),
+             Metric("stream_max_abs_diff", "parity"),
+             Metric("export_max_abs_diff", "export parity"))
+CLIPPING = (Metric("max_grad_norm", "max grad norm"),
+            Metric("max_grad_norm_clipped", "clipped"), Metric("nonfinite_steps", "nonfinite"),
+            Metric("final_loss", "loss"))
+PRECISION = (Metric("step_time_ms", "step ms"), Metric("train_seq_per_s", "seq/s"),
+             Metric("final_loss", "loss"), Metric("peak_mem_mb", "peak MB"))
+LATENCY = (Metric("latency_ms", "ms/batch"), Metric("latency_ms_per_seq", "ms/seq"),
+           Metric("throughput_seq_per_s", "seq/s"))
+TRAINING = (Metric("step_time_ms", "step ms"), Metric("final_loss", "loss"))
+
+
+def headline(metrics: dict[str, float], swept: set[str]) -> tuple[Metric, ...]:
+    """The metrics that answer the question this sweep asks."""
+    if "fused_speedup" in metrics:
+        return FUSED
+    if "stream_latency_ms_p50" in metrics:
+        return STREAMING
+    if any(key == "clipping" or key.startswith("clipping.") for key in swept):
+        return CLIPPING
+    if any(key == "precision" or key.startswith("precision.") for key in swept):
+        return PRECISION
+    if "latency_ms" in metrics:
+        return LATENCY
+    if "step_time_ms" in metrics:
+        return TRAINING
+    return ()
+
+
+def headline_values(record: TrialRecord, swept: set[str]) -> dict[str, float]:
+    """label -> value for the record's headline metrics it has."""
+    metrics = dict(record.metrics)
+    exports = [v for k, v in metrics.items() if k.startswith("export_") and
+               k.endswith("_max_abs_diff")]
+    if exports:  # the worst exported format is the one that answers "does export match?"
+        metrics["export_max_abs_diff"] = max(exports)
+    return {m.label: metrics[m.key] for m in headline(metrics, swept) if m.key in metrics}
+
+
+def number(value: float) -> str:
+    """Plain numbers a reader takes in at a glance: 3 significant digits, no exponent
+    unless the value is tiny (a parity error) or huge."""
+    if not math.isfinite(value):
+        return str(value)
+    if value == 0:
+        return "0"
+    if abs(value) < 1e-3 or abs(value) >= 1e7:
+        return f"{value:.2e}"
+    if abs(value) >= 100:
+        return f"{value:,.0f}"
+    return f"{value:.3g}"
+
+
+def shorten(text: str, limit: int = REASON_CHARS) -> str:
+    """The first line of ``text``, cut at a word boundary."""
+    line = text.strip().splitlines()[0] if text.strip() else ""
+    if len(line) <= limit:
+        return line
+    cut = line[:limit].rsplit(" ", 1)[0]
+    return f"{cut or line[:limit]}…"
+
+
+@dataclass
+class _Trial:
+    info: TrialInfo
+    state: str = "pending"  # pending | running | done | failed | reused | cancelled
+    record: TrialRecord | None = None
+    note: str = ""  # reused run id, or why it was cancelled
+    values: dict[str, float] = field(default_factory=dict)
+
+
+class ConsoleSink:
+    """Shows a sweep on ``console`` (default: stdout, live display if it is a TTY)."""
+
+    def __init__(self, console: Console | None = None, title: str = "") -> None:
+        self.console = console or Console()
+        self.live = self.console.is_terminal
+        if not self.live:
+            self.console.width = max(self.console.width, LOG_WIDTH)
+            self.console.soft_wrap = True
+        self.title = title
+        self.trials: dict[int, _Trial] = {}
+        self.swept: set[str] = set()
+        self._progress: Progress | None = None
+        self._task: TaskID | None = None
+        self._last = ""
+
+    # --- the sink protocol -------------------------------------------------------------
+
+    def submitted(self, trials: Sequence[TrialInfo]) -> None:
+        for info in trials:
+            self.trials.setdefault(info.idx, _Trial(info))
+        self.swept = swept_keys([t.info.overrides for t in self.trials.values()])
+        self._refresh()
+
+    def started(self, idx: int) -> None:
+        trial = self._trial(idx)
+        if trial.state == "pending":
+            trial.state = "running"
+        self._refresh()
+
+    def reused(self, idx: int, run_id: str) -> None:
+        trial = self._trial(idx)
+        trial.state, trial.note = "reused", run_id
+        self._say(f"  #{idx} [reused] {trial.info.name}: an identical trial finished as "
+                  f"run {run_id}")
+        self._refresh()
+
+    def finished(self, idx: int, record: TrialRecord) -> None:
+        trial = self._trial(idx)
+        trial.state = "failed" if record.outcome == FAILED else "done"
+        trial.record = record
+        trial.values = headline_values(record, self.swept)
+        line = self._result_line(idx, trial)
+        self._last = line.strip()
+        if not self.live or record.outcome != OK:
+            self._say(f"{line}  ({self._counts_text()})" if not self.live else line,
+                      style=None if record.outcome == OK else "yellow")
+        if record.tags.get(NOISY_TAG) == "true":
+            why = record.tags.get(NOISE_REASON_TAG) or "spread or load beyond the threshold"
+            self._say(f"  #{idx} warning: {trial.info.name}: timing is noisy ({why}); "
+                      "repeat it before trusting the figure", style="yellow")
+        self._refresh()
+
+    def cancelled(self, idx: int, reason: str) -> None:
+        trial = self._trial(idx)
+        if trial.state in ("pending", "running"):
+            trial.state, trial.note = "cancelled", reason
+        self._refresh()
+
+    def ended(self) -> None:
+        """The sweep is over: the live display makes way for the closing table."""
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None
+        if len(self.trials) > 1:  # a single run's one line says it all
+            self.console.print(self.table())
+
+    # --- what is shown -----------------------------------------------------------------
+
+    def counts(self) -> dict[str, int]:
+        states = [t.state for t in self.trials.values()]
+        return {s: states.count(s) for s in
+                ("done", "running", "pending", "failed", "reused", "cancelled")}
+
+    def table(self) -> Table:
+        keys = self._name_keys()
+        labels: list[str] = []
+        for trial in self.trials.values():
+            labels += [label for label in trial.values if label not in labels]
+        table = Table(title=f"rnnsweep: trials{f' of {self.title}' if self.title else ''}",
+                      box=box.SIMPLE_HEAD if self.live else box.ASCII2, title_justify="left")
+        table.add_column("#", justify="right")
+        for key in keys or ["trial"]:  # no overrides to split: the trial's name
+            table.add_column(key)
+        table.add_column("outcome")
+        for label in labels:
+            table.add_column(label, justify="right")
+        notes = {idx: self._note(t) for idx, t in self.trials.items()}
+        if any(notes.values()):
+            table.add_column("note")
+        for idx in sorted(self.trials):
+            trial = self.trials[idx]
+            named = dict(o.partition("=")[::2] for o in trial.info.overrides)
+            columns = [named.get(k, "") for k in keys] if keys else [trial.info.name]
+            row = [str(idx), *columns, self._outcome(trial)]
+            row += [number(trial.values[label]) if label in trial.values else ""
+                    for label in labels]
+            table.add_row(*row, *([notes[idx]] if any(notes.values()) else []))
+        return table
+
+    # --- inside --------------------------------------------------------------------------
+
+    def _trial(self, idx: int) -> _Trial:
+        if idx not in self.trials:  # an event for a trial this sink was never told of
+            self.trials[idx] = _Trial(TrialInfo(idx, f"trial {idx}"))
+        return self.trials[idx]
+
+    def _name_keys(self) -> list[str]:
+        keys: list[str] = []
+        for trial in self.trials.values():
+            keys += [o.partition("=")[0] for o in trial.info.overrides
+                     if o.partition("=")[0] in self.swept and o.partition("=")[0] not in keys]
+        return keys
+
+    def _result_line(self, idx: int, trial: _Trial) -> str:
+        record = trial.record
+        parts = [f"  #{idx} [{record.outcome if record else trial.state}] {trial.info.name}"]
+        parts += [f"{label} {number(v)}" for label, v in trial.values.items()]
+        if record is not None and record.reason:
+            parts.append(f"({shorten(record.reason)})")
+        return "  ".join(parts)
+
+    def _outcome(self, trial: _Trial) -> str:
+        if trial.record is not None:
+            noisy = trial.record.tags.get(NOISY_TAG) == "true"
+            return trial.record.outcome + (" (noisy)" if noisy else "")
+        return {"reused": "reused", "cancelled": "KILLED"}.get(trial.state, trial.state)
+
+    def _note(self, trial: _Trial) -> str:
+        if trial.record is not None and trial.record.reason:
+            return shorten(trial.record.reason, 60)
+        if trial.state == "reused":
+            return f"run {trial.note}"
+        return shorten(trial.note, 60)
+
+    def _counts_text(self) -> str:
+        c = self.counts()
+        text = f"{c['done'] + c['failed']}/{len(self.trials)} done"
+        extra = [f"{c[s]} {s}" for s in ("running", "failed", "reused", "cancelled") if c[s]]
+        return ", ".join([text, *extra])
+
+    def _say(self, line: str, style: str | None = None) -> None:
+        if self.live:
+            self.console.print(Text(line, style=style or ""))
+        else:
+            self.console.print(line, markup=False, highlight=False, crop=False)
+
+    def _refresh(self) -> None:
+        if not self.live:
+            return
+        if self._progress is None:
+            self._progress = _SweepProgress(
+                SpinnerColumn(), TextColumn("[bold]rnnsweep"), BarColumn(bar_width=24),
+                MofNCompleteColumn(), TextColumn("{task.fields[states]}"), TimeElapsedColumn(),
+                TextColumn("ETA"), TimeRemainingColumn(), console=self.console, transient=True)
+            self._task = self._progress.add_task("sweep", total=None, states="")
+        c = self.counts()
+        states = (f"{c['running']} running · {c['pending']} pending · {c['failed']} failed"
+                  + (f" · {c['reused']} reused" if c["reused"] else "")
+                  + (f" · {c['cancelled']} killed" if c["cancelled"] else ""))
+        self._progress.update(self._task, total=len(self.trials),
+                              completed=len(self.trials) - c["running"] - c["pending"],
+                              states=states)
+        self._progress.last = self._last
+        if not self._progress.live.is_started:
+            self._progress.start()
+        self._progress.refresh()  # each event is drawn now, not at the next 10 Hz tick
+
+
+class _SweepProgress(Progress):
+    """Rich's progress bar with the latest result on a line of its own beneath it."""
+
+    last = ""
+
+    def get_renderables(self):
+        yield from super().get_renderables()
+        if self.last:
+            yield Text(f"latest: {self.last}", style="dim", overflow="ellipsis", no_wrap=True)

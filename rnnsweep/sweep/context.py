@@ -1,0 +1,274 @@
+"""One sweep's lifecycle, from the command line to its parent run's final status.
+
+The CLI creates a :class:`SweepContext` and hands it to Hydra inside the task function
+(:class:`~rnnsweep.sweep.job.SweepTask`), where the launcher finds it; Hydra's launcher
+API, used without the CLI, gets one the launcher makes for itself. The context holds
+everything a sweep's parts share: the tracker and the parent run (with its lease), the
+sinks that record and show trials, whether this process owns the Ray it runs on, and the
+counts that decide the exit status. However the sweep ends (done, a raising sweeper, a
+signal), closing the context leaves the parent FINISHED, FAILED or KILLED, never RUNNING.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import subprocess
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from rnnsweep.record import FAILED, TrialRecord
+from rnnsweep.sweep import interrupts, lease
+from rnnsweep.sweep.interrupts import Interrupted
+from rnnsweep.sweep.sink import SweepSink, TrialInfo
+
+log = logging.getLogger(__name__)
+
+
+class Sinks:
+    """Every sink hears every event; a sink that raises is logged and never stops the
+    launcher or the other sinks."""
+
+    def __init__(self, sinks: Sequence[SweepSink] = ()) -> None:
+        self.sinks = list(sinks)
+
+    def submitted(self, trials: Sequence[TrialInfo]) -> None:
+        self._each("submitted", trials)
+
+    def started(self, idx: int) -> None:
+        self._each("started", idx)
+
+    def reused(self, idx: int, run_id: str) -> None:
+        self._each("reused", idx, run_id)
+
+    def finished(self, idx: int, record: TrialRecord) -> None:
+        self._each("finished", idx, record)
+
+    def cancelled(self, idx: int, reason: str) -> None:
+        self._each("cancelled", idx, reason)
+
+    def ended(self) -> None:
+        self._each("ended")  # optional: only sinks that show something at the end have it
+
+    def _each(self, event: str, *args: Any) -> None:
+        for sink in self.sinks:
+            if event == "ended" and not hasattr(sink, event):
+                continue
+            try:
+                getattr(sink, event)(*args)
+            except Exception as exc:  # noqa: BLE001 - see the class docstring
+                log.warning("%s.%s failed: %s", type(sink).__name__, event, exc)
+
+
+class SweepContext:
+    def __init__(self, tracking: DictConfig | None, *, multirun: bool, name: str = "sweep",
+                 tags: dict[str, str] | None = None, params: dict[str, str] | None = None,
+                 objective: DictConfig | None = None) -> None:
+        self.tracking, self.multirun, self.name = tracking, multirun, name
+        # What the sweep's best trial is judged by (objective.metric and direction, and the
+        # workload that picks the default metric); None: the default of the default.
+        self.objective = objective
+        self._parent_tags, self._parent_params = tags or {}, params or {}
+        self.tracker = None
+        self.parent: str | None = None
+        self.recording = None
+        self.terminal: SweepSink | None = None
+        self.sinks = Sinks([self])
+        self.n_submitted = self.n_finished = self.n_failed = self.n_killed = 0
+        self.reused_runs: dict[int, str] = {}
+        self.summary: dict[str, float] = {}
+        self.started_at = time.time()
+        self._opened = self._closed = False
+        self._heartbeat: lease.Heartbeat | None = None
+        self._owns_ray = False
+        self._watchdog: subprocess.Popen | None = None
+        self._local_idx = itertools.count()
+
+    # --- creating ------------------------------------------------------------------------
+
+    @classmethod
+    def for_sweep(cls, config: DictConfig, overrides: Sequence[str] | None = None,
+                  multirun: bool = True) -> SweepContext:
+        """From a sweep's config (its ``hydra`` node included); ``overrides`` are the
+        command line's, or Hydra's own record of them."""
+        if overrides is None:
+            overrides = list(OmegaConf.select(config, "hydra.overrides.task", default=[]) or [])
+        overrides = [str(o) for o in overrides]
+        ready = next((o.split("=", 1)[1] for o in overrides if o.startswith("+sweep=")), "")
+        params = OmegaConf.select(config, "hydra.sweeper.params", default=None)
+        params = OmegaConf.to_container(params) if params else {}
+        # A ready sweep is named after its file; an ad-hoc one after its overrides.
+        name = ready or " ".join(overrides) or "sweep"
+        from rnnsweep.tracking import ROLE_TAG
+
+        tags = {ROLE_TAG: "sweep", "rnnsweep.sweep_name": ready,
+                "rnnsweep.overrides": " ".join(overrides)[:4000]}
+        judged_by = OmegaConf.masked_copy(config, [k for k in ("objective", "workload")
+                                                   if k in config])
+        return cls(OmegaConf.select(config, "tracking"), multirun=multirun, name=name,
+                   tags=tags, params={f"sweep.{k}": str(v) for k, v in params.items()},
+                   objective=judged_by)
+
+    def open(self) -> None:
+        """Opens the store, closes sweeps whose driver died, and starts the parent run."""
+        if self._opened:
+            return
+        self._opened = True
+        self.started_at = time.time()
+        self.terminal = _terminal()
+        if self.tracking is None:  # not an rnnsweep config: jobs are run, not recorded
+            self.sinks.sinks.append(self.terminal)
+            return
+        from rnnsweep.sweep.recording import RecordingSink
+        from rnnsweep.tracking import Tracker
+
+        self.tracker = Tracker(self.tracking.uri, self.tracking.experiment)
+        lease.reap_lost_sweeps(self.tracker)
+        if self.multirun:
+            self.parent = self.tracker.start_run(
+                self.name, tags={**self._parent_tags, **lease.lease_tags()})
+            self.tracker.log(self.parent, params=self._parent_params)
+            self._heartbeat = lease.Heartbeat(self.tracker, self.parent)
+            print(f"rnnsweep: sweep '{self.name}' -> MLflow parent run {self.parent} "
+                  f"(experiment '{self.tracking.experiment}' at {self.tracker.uri})", flush=True)
+        self.recording = RecordingSink(self.tracker, self.parent)
+        self.sinks.sinks += [self.recording, self.terminal]
+
+    @property
+    def records(self) -> bool:
+        return self.tracker is not None
+
+    def own_ray(self, embedded: bool) -> None:
+        """This process started Ray: it stops it at the end, and an embedded Ray is ended
+        by a watchdog if this process dies first."""
+        self._owns_ray = True
+        if embedded:
+            from rnnsweep.sweep import watchdog
+
+            self._watchdog = watchdog.start(os.getpid())
+
+    # --- the sink the context is itself: counts for the summary and the exit status ------
+
+    def submitted(self, trials: Sequence[TrialInfo]) -> None:
+        self.n_submitted += len(trials)
+
+    def started(self, idx: int) -> None:
+        pass
+
+    def reused(self, idx: int, run_id: str) -> None:
+        self.reused_runs[idx] = run_id
+
+    def finished(self, idx: int, record: TrialRecord) -> None:
+        self.n_finished += 1
+        self.n_failed += record.outcome == FAILED
+
+    def cancelled(self, idx: int, reason: str) -> None:
+        self.n_killed += 1
+
+    def record_here(self, name: str, record: TrialRecord, fingerprint: str) -> None:
+        """A trial that ran in this process (a single run, Hydra's basic launcher)."""
+        from rnnsweep.tracking import FINGERPRINT_TAG
+
+        self.open()
+        record.tags[FINGERPRINT_TAG] = fingerprint
+        idx = next(self._local_idx)
+        self.n_submitted += 1
+        self.n_finished += 1
+        self.n_failed += record.outcome == FAILED
+        for sink in (self.recording, self.terminal):
+            if sink is not None:
+                sink.submitted([TrialInfo(idx, name)])
+                sink.finished(idx, record)
+
+    @property
+    def exit_status(self) -> int:
+        return 1 if self.n_failed or self.n_killed else 0
+
+    # --- closing -------------------------------------------------------------------------
+
+    def __enter__(self) -> SweepContext:
+        return self
+
+    def __exit__(self, kind, error, tb) -> None:
+        self.close(error)
+
+    def close(self, error: BaseException | None = None) -> None:
+        """Ends the sweep: the summary and report when it ran to the end, then the final
+        statuses of the parent and of any run left open, then Ray."""
+        if self._closed:
+            return
+        self._closed = True
+        error = interrupts.as_interrupt(error)
+        self.sinks.ended()  # the terminal's closing table, before the summary line
+        stopping = self._stop_ray_in_background()
+        if _ran_to_end(error) and self.parent:
+            try:
+                from rnnsweep.sweep.summary import finish_sweep
+
+                self.summary = finish_sweep(self)
+            except Interrupted as exc:
+                error = exc
+            except Exception as exc:  # noqa: BLE001 - the parent is closed below anyway
+                log.warning("the sweep's summary failed: %s", exc)
+        with interrupts.deferred():
+            self._close_runs(error)
+            if self._heartbeat is not None:
+                self._heartbeat.stop()
+            if stopping is not None:
+                stopping.join()
+            if self._watchdog is not None:
+                self._watchdog.stdin.close()  # Ray is down: the watchdog finds nothing
+
+    def _close_runs(self, error: BaseException | None) -> None:
+        if self.tracker is None:
+            return
+        if _ran_to_end(error):
+            status, reason = None, ""
+        elif isinstance(error, Interrupted):
+            status, reason = "KILLED", f"interrupted ({error.name})"
+        else:
+            status, reason = "FAILED", _describe(error)
+        if status and self.recording is not None:
+            self.n_killed += self.recording.close_open_runs(reason, status)
+        if self.parent is None:
+            return
+        if status:
+            self.tracker.fail_run(self.parent, reason, status=status)
+        else:
+            self.tracker.client.set_terminated(self.parent,
+                                               "FAILED" if self.exit_status else "FINISHED")
+
+    def _stop_ray_in_background(self) -> threading.Thread | None:
+        """Shutting Ray down mostly waits for its processes to exit; the report is
+        written meanwhile."""
+        if not self._owns_ray:
+            return None
+        import ray
+
+        if not ray.is_initialized():
+            return None
+        thread = threading.Thread(target=ray.shutdown, name="ray-shutdown", daemon=True)
+        thread.start()
+        return thread
+
+
+def _ran_to_end(error: BaseException | None) -> bool:
+    return error is None or (isinstance(error, SystemExit) and error.code in (0, None))
+
+
+def _describe(error: BaseException | None) -> str:
+    if isinstance(error, SystemExit):
+        return f"the sweep ended with exit status {error.code}"
+    return f"the sweep raised {type(error).__name__}: {error}"[:4000]
+
+
+def _terminal() -> SweepSink:
+    """The console: a live display on a terminal, one line per trial in a log."""
+    from rnnsweep.sweep.console import ConsoleSink
+
+    return ConsoleSink()

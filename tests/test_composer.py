@@ -1,0 +1,92 @@
+"""The launcher's shared composition gives each job exactly the config Hydra would."""
+
+from __future__ import annotations
+
+import pytest
+from hydra import initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.types import RunMode
+from omegaconf import OmegaConf
+
+import rnnsweep.config
+import rnnsweep.config.sweeps
+from rnnsweep.sweep.composer import Composer
+
+
+@pytest.fixture
+def loader_and_master():
+    rnnsweep.config.register()
+    rnnsweep.config.sweeps.register()
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(str(rnnsweep.config.conf_dir()), version_base="1.3"):
+        loader = GlobalHydra.instance().config_loader()
+        master = loader.load_configuration("config", ["hydra/launcher=basic", "steps=2"],
+                                           run_mode=RunMode.MULTIRUN)
+        yield loader, master
+    GlobalHydra.instance().clear()
+
+
+def comparable(config):
+    return OmegaConf.to_container(config, resolve=False)
+
+
+@pytest.mark.parametrize("overrides", [
+    ["seed=3"],
+    ["seed=4", "batch=8"],
+    ["model=gru", "batch=8"],  # a group choice and a value
+    ["+sweep=batch_scaling", "batch=1"],
+    ["model=rnn", "model.hidden_size=32", "precision=bf16"],
+    ["batch=8", "model=gru"],  # order kept in the recorded overrides
+])
+def test_shared_composition_equals_hydras_own(loader_and_master, overrides):
+    loader, master = loader_and_master
+    composer = Composer(loader, master)
+    composer.compose(["seed=99"])  # something shared is already there
+    mine = composer.compose(list(overrides))
+    hydras = loader.load_sweep_config(master, list(overrides))
+    assert comparable(mine) == comparable(hydras)
+    assert list(mine.hydra.overrides.task) == overrides
+
+
+def test_jobs_do_not_share_state(loader_and_master):
+    loader, master = loader_and_master
+    composer = Composer(loader, master)
+    first, second = composer.compose(["seed=1"]), composer.compose(["seed=2"])
+    assert (first.seed, second.seed) == (1, 2)
+    assert first.hydra.job.override_dirname == "seed=1"
+
+
+def test_trials_composed_through_the_compose_api_equal_hydras_own():
+    from hydra import compose
+
+    from rnnsweep.sweep.composer import compose_trials
+
+    trials = [["seed=1"], ["seed=2", "batch=8"], ["model=gru", "seed=3"], ["model=gru"]]
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(str(rnnsweep.config.conf_dir()), version_base="1.3"):
+        loader = GlobalHydra.instance().config_loader()
+        mine = compose_trials(trials, lambda o: compose("config", overrides=o), loader)
+        hydras = [compose("config", overrides=t) for t in trials]
+    GlobalHydra.instance().clear()
+    assert [comparable(c) for c in mine] == [comparable(c) for c in hydras]
+
+
+@pytest.mark.parametrize("overrides", [["seed=3"], ["model=gru", "precision=bf16"],
+                                       ["+sweep=fused_vs_loop"]])
+def test_launcher_params_equal_the_trials_own_flattening(loader_and_master, overrides):
+    """The launcher's params decide resume (their hash) and go on the run at submission;
+    they must be exactly what the trial records for its own config."""
+    import copy
+
+    from omegaconf import open_dict
+
+    from rnnsweep.record import flatten
+    from rnnsweep.sweep.launcher import _params
+
+    loader, master = loader_and_master
+    config = loader.load_sweep_config(master, overrides)
+    trial = copy.deepcopy(config)
+    with open_dict(trial):
+        del trial["hydra"]
+    expected = flatten(OmegaConf.to_container(trial, resolve=True, enum_to_str=True))
+    assert _params(config) == expected

@@ -1,0 +1,41 @@
+"""The MLflow edge on a real SQLite store: batching within MLflow's limits, the store lock."""
+
+from __future__ import annotations
+
+import time
+
+from mlflow.entities import Metric
+
+from rnnsweep.record import TrialRecord
+from rnnsweep.tracking import Tracker
+
+
+def test_log_packs_everything_within_mlflows_limits(mlflow_store):
+    tracker = Tracker(mlflow_store.uri, "limits")
+    run_id = tracker.start_run("big")
+    now = int(time.time() * 1000)
+    tracker.log(run_id, params={f"p{i}": str(i) for i in range(250)},
+                tags={f"t{i}": str(i) for i in range(150)},
+                metrics=[Metric("loss", float(i), now, i) for i in range(2500)])
+    run = tracker.client.get_run(run_id)
+    assert len(run.data.params) == 250
+    assert sum(k.startswith("t") for k in run.data.tags) == 150
+    assert len(tracker.client.get_metric_history(run_id, "loss")) == 2500
+
+
+def test_a_record_written_without_its_params_keeps_those_logged_at_submission(mlflow_store):
+    tracker = Tracker(mlflow_store.uri, "records")
+    run_id = tracker.start_run("trial")
+    tracker.log(run_id, params={"batch": "8"})
+    record = TrialRecord(params={"batch": "8"}, metrics={"latency_ms": 1.5},
+                         step_metrics={"loss": [1.0, 0.5]})
+    tracker.write_record(run_id, record, with_params=False)
+    run = tracker.client.get_run(run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.params == {"batch": "8"} and run.data.metrics["latency_ms"] == 1.5
+    assert [m.value for m in tracker.client.get_metric_history(run_id, "loss")] == [1.0, 0.5]
+
+
+def test_the_store_lock_sits_beside_the_database(mlflow_store):
+    Tracker(mlflow_store.uri, "locked")
+    assert mlflow_store.path.with_name(mlflow_store.path.name + ".lock").exists()
