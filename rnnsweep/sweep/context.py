@@ -263,7 +263,9 @@ def _ran_to_end(error: BaseException | None) -> bool:
 
 def _describe(error: BaseException | None) -> str:
     if isinstance(error, SystemExit):
-        return f"the sweep ended with exit status {error.code}"
+        # Hydra prints what raised (the sweeper, a callback) and exits 1.
+        return (f"the sweep ended with exit status {error.code}: the sweeper, a callback or "
+                "Hydra raised (see its output)")
     return f"the sweep raised {type(error).__name__}: {error}"[:4000]
 
 
