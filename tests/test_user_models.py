@@ -46,6 +46,13 @@ class LastStepOnly(TinyGRU):
         return self.head(hidden[:, -1])
 
 
+class Sized(TinyGRU):
+    """Declares its size in its own words: no hidden_size, num_layers or cell."""
+
+    def __init__(self, input_size, width, output_size):
+        super().__init__(input_size, width, output_size)
+
+
 class Mean:
     """A user's batch source: predict the running mean of channel 0."""
 
@@ -70,6 +77,8 @@ MODEL_CONFIGS = {
     "tiny_gru": "_target_: usermods.TinyGRU\ninput_size: 8\nhidden_size: 16\n",
     "last_step": "_target_: usermods.LastStepOnly\ninput_size: 8\nhidden_size: 16\n",
     "no_import": "_target_: no_such_package.Model\ninput_size: 8\nhidden_size: 16\n",
+    "own_words": "_target_: usermods.Sized\ninput_size: 8\nwidth: 16\n",
+    "huge": "_target_: usermods.TinyGRU\ninput_size: 8\nhidden_size: 100000000\n",
     "bad_keys": "_target_: usermods.TinyGRU\ninput_size: 8\nhidden_size: 16\nwidth: 3\n",
     # Extends rnnsweep's own schema: a built-in GRU at a size of the user's choosing.
     "my_gru": "defaults:\n  - /builtin_model_schema@_here_\n  - _self_\ncell: gru\n"
@@ -77,6 +86,7 @@ MODEL_CONFIGS = {
 }
 TASK_CONFIGS = {
     "running_mean": "_target_: usermods.Mean\nname: running_mean\nlr: 0.01\nscale: 2.0\n",
+    "default_lr": "_target_: usermods.Mean\nname: default_lr\n",
 }
 USER_TOY = [o for o in TOY if not o.startswith("model.")]
 
@@ -185,6 +195,17 @@ def test_bad_user_targets_are_one_line_errors(user, args, words):
     assert "\n" not in message
     for word in words:
         assert word in message
+
+
+def test_bounds_check_only_what_a_user_config_declares(user):
+    """No hidden_size, num_layers, cell or task.lr: those checks are skipped, the rest
+    still run; a declared size still gets the memory estimate."""
+    cfg = checked(user, "model=own_words", "task=default_lr", *USER_TOY).trials[0]
+    assert "hidden_size" not in cfg.model and "lr" not in cfg.task
+    with pytest.raises(ConfigError, match=r"^steps=10000000: must be"):
+        checked(user, "model=own_words", "task=default_lr", *USER_TOY, "steps=10000000")
+    with pytest.raises(ConfigError, match=r"^model.hidden_size=100000000, batch=.*needs about"):
+        checked(user, "model=huge", *USER_TOY)
 
 
 # --- a user's data, and the char-level language model --------------------------------------
