@@ -14,11 +14,11 @@ import sys  # noqa: E402
 import threading  # noqa: E402
 from typing import NoReturn  # noqa: E402
 
-import hydra  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
 from hydra_plugins.rnnsweep_launcher.rnnsweep_launcher import RnnsweepRayLauncherConf  # noqa: E402
 from rnnsweep import config, logs, privacy, redaction  # noqa: E402
+from rnnsweep.config import command as cli_command  # noqa: E402
 from rnnsweep.config import sweeps  # noqa: E402
 from rnnsweep.config.bounds import check_local_cpus  # noqa: E402
 from rnnsweep.config.store import check_store  # noqa: E402
@@ -34,10 +34,6 @@ from rnnsweep.sweep.resources import (  # noqa: E402
     concurrent_trials,
     plan,
 )
-
-# Hydra flags after which the command does not run trials (help, config printing, ...).
-_NO_TRIAL_FLAGS = {"--help", "-h", "--hydra-help", "--info", "-i", "--cfg", "-c",
-                   "--shell-completion", "-sc", "--version"}
 
 
 def main() -> None:
@@ -60,13 +56,18 @@ def run(args: list[str]) -> int:
     privacy.telemetry_off()
     # Before Hydra parses anything: it writes the overrides into multirun.yaml and .hydra/.
     sys.argv[1:] = args = redaction.hide_in_overrides(args)
-    if _NO_TRIAL_FLAGS.intersection(args):
-        _hydra_app(None)()
-        return 0
-    multirun = "-m" in args or "--multirun" in args
-    overrides = [a for a in args if not a.startswith("-")]
     try:
-        checked = check_overrides(overrides, multirun)
+        command = cli_command.parse(args)
+    except cli_command.CommandError as exc:
+        _refuse(exc)
+    if not command.runs_trials:  # --help, --cfg, --info, --shell-completion: no trials
+        from rnnsweep.sweep.job import SweepTask
+
+        cli_command.run(command, SweepTask())
+        return 0
+    multirun, overrides = command.multirun, command.overrides
+    try:
+        checked = check_overrides(overrides, multirun, command)
         check_store(checked.base, overrides, multirun)
         if not (multirun and _uses_ray_launcher(checked.base)):
             for trial in checked.trials:  # runs here, not on a Ray node
@@ -83,15 +84,9 @@ def run(args: list[str]) -> int:
         if multirun and _uses_ray_launcher(checked.base):
             start_ray(checked, address, context)
         context.open()
-        _hydra_app(SweepTask(context))()
+        # Hydra runs the command as parsed above, as @hydra.main would have.
+        cli_command.run(command, SweepTask(context))
     return context.exit_status
-
-
-def _hydra_app(task):
-    from rnnsweep.sweep.job import SweepTask
-
-    return hydra.main(version_base="1.3", config_path=str(config.conf_dir()),
-                      config_name="config")(task or SweepTask())
 
 
 def start_ray(checked: CheckedCommand, address: str | None, context) -> None:
@@ -127,6 +122,7 @@ def start_ray(checked: CheckedCommand, address: str | None, context) -> None:
         # A named cluster's workers are shared with others; only warm our own, and only
         # as many as will run trials at once (each warm-up costs seconds of CPU).
         ray_session.prewarm(concurrent_trials(list(requests.values()), nodes))
+
 
 
 def _open_store(tracking: DictConfig) -> None:

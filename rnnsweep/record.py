@@ -44,7 +44,7 @@ def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, str]:
 
 # Keys that say where results go or how the sweep is run, not what a trial computes:
 # two trials that differ only in these are the same measurement.
-NON_IDENTITY_PREFIXES = ("tracking.", "ray.")
+NON_IDENTITY_PREFIXES = ("tracking.", "ray.", "objective.")
 
 
 def config_hash(params: dict[str, str]) -> str:

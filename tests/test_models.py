@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from rnnsweep.trial import flops
 from rnnsweep.trial.models import RecurrentNet, forward_flops_per_sequence
 
 CELLS = ("lstm", "gru", "rnn")
@@ -186,3 +187,59 @@ def test_fused_and_loop_agree_on_cuda(cell):
     x = torch.randn(BATCH, STEPS, IN, device="cuda")
     with torch.no_grad():
         torch.testing.assert_close(loop(x)[0], fused(x)[0], rtol=1e-4, atol=1e-5)
+
+
+# --- FLOPs of any model: FlopCounterMode where it sees the ops, the formula otherwise -------
+
+
+def counter_total(model: torch.nn.Module, x: torch.Tensor) -> int:
+    """What ``FlopCounterMode`` alone counts, no formula added."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(x)
+    return counter.get_total_flops()
+
+
+@pytest.mark.parametrize("impl", ["fused", "loop"])
+@pytest.mark.parametrize("layers", [1, 2])
+@pytest.mark.parametrize("cell", CELLS)
+def test_counted_flops_of_builtins_equal_the_formula(cell, layers, impl):
+    """The built-ins' whole forward (recurrent layers by EXPERIMENTS.md, plus the head)."""
+    model = RecurrentNet(cell, IN, HID, layers, impl, output_size=2)
+    count = flops.forward_flops(model, IN, STEPS, torch.device("cpu"))
+    head = 2 * HID * 2 * STEPS
+    assert count.per_sequence == reference_flops(cell, IN, HID, layers, STEPS) + head
+    x = torch.zeros(1, STEPS, IN)
+    if counter_total(model, x) == count.per_sequence:
+        assert count.source == flops.COUNTER  # the counter saw everything: no formula used
+    else:  # a fused kernel the counter cannot see into (oneDNN's LSTM on CPU)
+        assert impl == "fused" and count.source == flops.MIXED
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_counter_and_formula_agree_where_both_apply(cell):
+    """The cell loop is plain matrix products: the counter's figure without any formula
+    equals the formula's, layer by layer, at any batch."""
+    loop = RecurrentNet(cell, IN, HID, 2, "loop", output_size=1)
+    fused = RecurrentNet(cell, IN, HID, 2, "fused", output_size=1)
+    x = torch.zeros(BATCH, STEPS, IN)
+    recurrent = counter_total(loop, x) - 2 * HID * BATCH * STEPS  # less the head
+    assert recurrent == flops.rnn_layer_flops(fused.rnn, x)
+    assert recurrent == BATCH * forward_flops_per_sequence(cell, IN, HID, 2, STEPS)
+
+
+def test_formula_covers_bidirectional_and_projected_layers():
+    lstm = torch.nn.LSTM(IN, HID, num_layers=2, batch_first=True, bidirectional=True)
+    x = torch.zeros(1, STEPS, IN)
+    per_step = 2 * (8 * HID * (IN + HID)) + 2 * (8 * HID * (2 * HID + HID))
+    assert flops.rnn_layer_flops(lstm, x) == per_step * STEPS
+
+
+def test_fused_lstm_on_cpu_is_tagged_when_the_counter_misses_it():
+    """A model whose fused kernel the counter cannot see gets the formula, tagged."""
+    model = torch.nn.LSTM(IN, HID, batch_first=True)
+    count = flops.forward_flops(model, IN, STEPS, torch.device("cpu"))
+    assert count.per_sequence == forward_flops_per_sequence("lstm", IN, HID, 1, STEPS)
+    seen = counter_total(model, torch.zeros(1, STEPS, IN))
+    assert count.source == (flops.COUNTER if seen else flops.FORMULA)

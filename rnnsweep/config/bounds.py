@@ -39,8 +39,12 @@ def check_bounds(cfg: DictConfig) -> None:
     _within(cfg, "ray.max_retries", 0, MAX_RETRIES)
     _finite(cfg, "min_run_time", lambda v: 0 < v <= MAX_MIN_RUN_TIME_S,
             f"a number of seconds in (0, {MAX_MIN_RUN_TIME_S:g}]")
-    _finite(cfg, "task.lr", lambda v: v > 0, "a finite learning rate > 0")
-    _finite(cfg, "model.recurrent_init_scale", lambda v: True, "a finite number")
+    # A user's task may leave the learning rate to the default, and a user's model has
+    # only the keys its constructor takes: what a config does not declare is not checked.
+    if OmegaConf.select(cfg, "task.lr") is not None:
+        _finite(cfg, "task.lr", lambda v: v > 0, "a finite learning rate > 0")
+    if OmegaConf.select(cfg, "model.recurrent_init_scale") is not None:
+        _finite(cfg, "model.recurrent_init_scale", lambda v: True, "a finite number")
     _finite(cfg, "guard.explode_threshold", lambda v: v > 0, "a finite number > 0")
     _finite(cfg, "guard.vanish_threshold", lambda v: v >= 0, "a finite number >= 0")
     _finite(cfg, "guard.saturation_level", lambda v: 0 < v <= 1, "a number in (0, 1]")
@@ -68,14 +72,18 @@ def check_memory(cfg: DictConfig, available_bytes: int | None = None) -> None:
     memory it will have (this machine's, unless a Ray cluster is named)."""
     if OmegaConf.select(cfg, "ray.address") or os.environ.get("RAY_ADDRESS"):
         return  # the nodes' memory is not known before Ray connects
+    if OmegaConf.select(cfg, "model.hidden_size") is None:
+        return  # a user's model that declares no size: nothing to estimate from
     available = available_bytes or machine_memory_bytes()
     needed = trial_memory_bytes(cfg)
     if available and needed > available:
-        m = cfg.model
+        sizes = "".join(f"model.{key}={OmegaConf.select(cfg, f'model.{key}')}, "
+                        for key in ("hidden_size", "num_layers")
+                        if OmegaConf.select(cfg, f"model.{key}") is not None)
         raise ConfigError(
-            f"model.hidden_size={m.hidden_size}, model.num_layers={m.num_layers}, "
-            f"batch={cfg.batch}, seq_len={cfg.seq_len}: the trial needs about {_size(needed)} "
-            f"(weights, optimizer state, activations) but this machine has {_size(available)}")
+            f"{sizes}batch={cfg.batch}, seq_len={cfg.seq_len}: the trial needs about "
+            f"{_size(needed)} (weights, optimizer state, activations) but this machine has "
+            f"{_size(available)}")
 
 
 def check_local_cpus(cfg: DictConfig) -> None:
@@ -89,9 +97,7 @@ def check_local_cpus(cfg: DictConfig) -> None:
 
 
 def trial_memory_bytes(cfg: DictConfig) -> int:
-    m = cfg.model
-    gates = GATES.get(str(m.cell), 4)
-    hidden, inputs, layers = m.hidden_size, m.input_size, m.num_layers
+    gates, hidden, inputs, layers = _shape(cfg)
     weights = weight_count(cfg)
     copies = WEIGHT_COPIES_TRAINING if cfg.workload.train else 1
     # Per time step and layer, training keeps the gates and the hidden and cell states.
@@ -102,11 +108,20 @@ def trial_memory_bytes(cfg: DictConfig) -> int:
 def weight_count(cfg: DictConfig) -> int:
     """The model's parameters: per layer, each gate's input and recurrent weights and its
     two biases (layer one reads the input, the others the layer below); then the head."""
-    m = cfg.model
-    gates = GATES.get(str(m.cell), 4)
-    hidden, inputs, layers = m.hidden_size, m.input_size, m.num_layers
+    gates, hidden, inputs, layers = _shape(cfg)
     recurrent = gates * hidden * ((inputs + hidden + 2) + (layers - 1) * (2 * hidden + 2))
     return recurrent + hidden + 1
+
+
+def _shape(cfg: DictConfig) -> tuple[int, int, int, int]:
+    """Gates, hidden size, input size and layers. A user's model without ``cell`` or
+    ``num_layers`` counts as one plain recurrent layer: the estimate then errs low, so
+    it refuses only what surely cannot fit."""
+    m = cfg.model
+    cell = OmegaConf.select(m, "cell")
+    gates = GATES.get(getattr(cell, "name", str(cell)), 4) if cell is not None else 1
+    layers = OmegaConf.select(m, "num_layers") or 1
+    return gates, m.hidden_size, m.input_size, layers
 
 
 def machine_memory_bytes() -> int | None:

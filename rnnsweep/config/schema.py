@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
+from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
@@ -36,13 +37,25 @@ class Optimizer(StrEnum):
     sgd = "sgd"
 
 
-class TaskName(StrEnum):
-    regression = "regression"
-    adding = "adding"
+class Direction(StrEnum):
+    minimize = "minimize"
+    maximize = "maximize"
+
+
+# The built-in model and task sources; anything else named by ``_target_`` is the user's.
+BUILTIN_MODEL = "rnnsweep.trial.models.RecurrentNet"
+BUILTIN_TASKS = ("rnnsweep.trial.data.Regression", "rnnsweep.trial.data.Adding",
+                 "rnnsweep.trial.data.CharText")
+# Task keys that configure training; the others are the batch source's constructor's.
+TRAINING_KEYS = ("name", "optimizer", "lr")
 
 
 @dataclass
 class ModelConfig:
+    """The built-in recurrent models' schema. A user's model config is free-form: a
+    ``_target_`` (a ``torch.nn.Module``), ``input_size`` and its constructor's keys."""
+
+    _target_: str = BUILTIN_MODEL
     cell: Cell = Cell.lstm
     input_size: int = 128
     hidden_size: int = 256
@@ -80,9 +93,28 @@ class HardwareConfig:
 
 @dataclass
 class TaskConfig:
-    name: TaskName = TaskName.regression
+    """A batch source (``_target_``, built with the keys other than ``name``, ``optimizer``
+    and ``lr``) and the optimiser that trains on it."""
+
+    _target_: str = "rnnsweep.trial.data.Regression"
+    name: str = "regression"
     optimizer: Optimizer = Optimizer.adam
     lr: float = 1e-3
+
+
+@dataclass
+class TextTaskConfig(TaskConfig):
+    path: str | None = None  # a UTF-8 text file; None: the corpus bundled with rnnsweep
+
+
+@dataclass
+class ObjectiveConfig:
+    """The number the task function returns to a sweeper (Optuna, Nevergrad, ...)."""
+
+    # None: the workload's headline (latency_ms when it benchmarks, final_loss when it
+    # only trains, stream_latency_ms_p50 when it deploys).
+    metric: str | None = None
+    direction: Direction = Direction.minimize
 
 
 @dataclass
@@ -124,12 +156,15 @@ class RayConfig:
 
 @dataclass
 class RnnsweepConfig:
-    model: ModelConfig = MISSING
+    # Any: a user's model or task config brings its own keys; the built-ins are typed by
+    # the schemas they extend (builtin_model_schema, builtin_task_schema).
+    model: Any = MISSING
     precision: PrecisionConfig = MISSING
     clipping: ClippingConfig = MISSING
     hardware: HardwareConfig = MISSING
-    task: TaskConfig = MISSING
+    task: Any = MISSING
     workload: WorkloadConfig = MISSING
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     guard: GuardConfig = field(default_factory=GuardConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     ray: RayConfig = field(default_factory=RayConfig)
@@ -144,7 +179,12 @@ class RnnsweepConfig:
 
 
 def register() -> None:
-    ConfigStore.instance().store(name="rnnsweep_schema", node=RnnsweepConfig)
+    store = ConfigStore.instance()
+    store.store(name="rnnsweep_schema", node=RnnsweepConfig)
+    # Outside any group, so they are offered neither as a model or task nor in --help.
+    store.store(name="builtin_model_schema", node=ModelConfig)
+    store.store(name="builtin_task_schema", node=TaskConfig)
+    store.store(name="text_task_schema", node=TextTaskConfig)
 
 
 def conf_dir() -> Path:

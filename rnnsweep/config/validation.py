@@ -7,21 +7,25 @@ into one line naming the key and what is allowed.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import typing
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
-from hydra import compose, initialize_config_dir
+from hydra import compose
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+from hydra._internal.hydra import Hydra
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import IntervalSweep, Override
 from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from rnnsweep import config
-from rnnsweep.config import bounds
+from rnnsweep.config import bounds, targets
+from rnnsweep.config.command import Command, parse
 from rnnsweep.config.errors import ConfigError
 from rnnsweep.sweep.composer import compose_trials
 
@@ -37,8 +41,16 @@ class CheckedCommand:
     trials: list[DictConfig]  # each trial's composed config (no ``hydra`` node)
 
 
-def check_overrides(overrides: list[str], multirun: bool) -> CheckedCommand:
-    """Composes and checks every trial the command line describes."""
+# Hydra settings that change what is composed or how it is swept; validation composes
+# with them. Others (output dirs, logging) Hydra checks itself.
+_HYDRA_KEPT = ("hydra.launcher.", "hydra.sweeper.", "hydra.searchpath")
+
+
+def check_overrides(overrides: list[str], multirun: bool,
+                    command: Command | None = None) -> CheckedCommand:
+    """Composes and checks every trial the command line describes, from the config the
+    command names (its ``--config-dir``, ``--config-name``, ``hydra.searchpath``...)."""
+    command = command or parse([])
     try:
         parsed = _parser.parse_overrides(overrides)
     except OverrideParseException as exc:
@@ -48,38 +60,83 @@ def check_overrides(overrides: list[str], multirun: bool) -> CheckedCommand:
     # from them.
     fixed = [o.input_line for o in parsed if not o.is_sweep_override()
              and not (o.key_or_group.startswith("hydra.")
-                      and not o.key_or_group.startswith("hydra.launcher."))]
+                      and not o.key_or_group.startswith(_HYDRA_KEPT))]
     sweeps = [o.input_line for o in parsed if o.is_sweep_override()]
     if sweeps and not multirun:
         raise ConfigError(f"{sweeps[0]}: a list of values needs -m (multirun)")
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(str(config.conf_dir()), version_base="1.3"):
-        base = _compose(fixed, hydra=True)
+    name = command.config_name
+    with _hydra(command):
+        base = _compose(fixed, name, hydra=True)
+        check_objective(base)
         trials = [fixed]
         if multirun:
             # The sweeper reads hydra.sweeper.params first; command-line values win.
             from_file = {k: f"{k}={v}" for k, v in (base.hydra.sweeper.params or {}).items()}
             by_key = {**from_file, **{line.split("=", 1)[0]: line for line in overrides
                                       if not line.startswith("hydra.")}}
-            expanded = _parser.parse_overrides(list(by_key.values()))
+            expanded = [_discrete(o) for o in _parser.parse_overrides(list(by_key.values()))]
             trials = BasicSweeper.split_arguments(expanded, None)[0]
-        composed = compose_trials(trials, _compose, GlobalHydra.instance().config_loader())
+        composed = compose_trials(trials, lambda trial: _compose(trial, name),
+                                  GlobalHydra.instance().config_loader())
         for trial in composed:
             check_trial(trial)
+        try:
+            targets.check(composed)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
     bounds.check_launcher(base)
-    GlobalHydra.instance().clear()
     return CheckedCommand(base, [list(t) for t in trials], composed)
+
+
+@contextlib.contextmanager
+def _hydra(command: Command) -> Iterator[None]:
+    """Hydra initialised on the command's own search path (``--config-dir`` included)."""
+    GlobalHydra.instance().clear()
+    try:
+        Hydra.create_main_hydra2(task_name=command.task_name,
+                                 config_search_path=command.search_path())
+        yield
+    finally:
+        GlobalHydra.instance().clear()
+
+
+def _discrete(override: Override) -> Override:
+    """A range another sweeper samples from (Optuna's ``interval``) is checked at its
+    two ends; Hydra's basic sweeper, which expands the trials here, takes only lists."""
+    if not override.is_sweep_override() or override.is_discrete_sweep():
+        return override
+    sweep = override.value()
+    if not isinstance(sweep, IntervalSweep):
+        return override
+    ends = [sweep.start, sweep.end]
+    if "int" in sweep.tags:
+        ends = [int(v) for v in ends]
+    return _parser.parse_overrides([f"{override.get_key_element()}={ends[0]},{ends[1]}"])[0]
+
+
+def check_objective(base: DictConfig) -> None:
+    """A sweeper that optimises (Optuna's ``direction``) must agree with the objective."""
+    direction = OmegaConf.select(base, "hydra.sweeper.direction")
+    objective = OmegaConf.select(base, "objective.direction")
+    if isinstance(direction, str) and objective is not None and direction != str(objective):
+        raise ConfigError(f"hydra.sweeper.direction={direction}: must match "
+                          f"objective.direction={objective}; set both to minimize or maximize")
 
 
 def check_trial(cfg: DictConfig) -> None:
     positive_ints = ("batch", "seq_len", "repeats", "chunk_len", "model.input_size",
-                     "model.hidden_size", "model.num_layers")
+                     *(k for k in ("model.hidden_size", "model.num_layers")
+                       if OmegaConf.select(cfg, k) is not None))  # a user's model may lack them
+    try:
+        targets.check_config(cfg)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     for key in positive_ints:
         _require(cfg, key, lambda v: v >= 1, "an integer >= 1")
     for key in ("steps", "warmup", "seed"):
         _require(cfg, key, lambda v: v >= 0, "an integer >= 0")
     _require(cfg, "min_run_time", lambda v: v > 0, "a number of seconds > 0")
-    _require(cfg, "task.lr", lambda v: v > 0, "a learning rate > 0")
+    _require(cfg, "task.lr", lambda v: v is None or v > 0, "a learning rate > 0")
     _require(cfg, "clipping.max_norm", lambda v: v is None or v > 0, "null or a number > 0")
     _require(cfg, "hardware.num_cpus", lambda v: v is None or v > 0, "null or a number > 0")
     _require(cfg, "hardware.num_gpus", lambda v: v >= 0, "a number >= 0")
@@ -87,7 +144,7 @@ def check_trial(cfg: DictConfig) -> None:
              "one of null, float16, bfloat16")
     bounds.check_bounds(cfg)
     bounds.check_memory(cfg)
-    if cfg.task.name == "adding" and cfg.model.input_size < 2:
+    if OmegaConf.select(cfg, "task.name") == "adding" and cfg.model.input_size < 2:
         raise ConfigError(f"model.input_size={cfg.model.input_size}: task=adding needs >= 2 "
                           "(a value channel and a marker channel)")
     if cfg.hardware.device == "cuda" and not (cfg.ray.address or os.environ.get("RAY_ADDRESS")):
@@ -113,9 +170,10 @@ def _require(cfg: DictConfig, key: str, ok, allowed: str) -> None:
         raise ConfigError(f"{key}={value}: must be {allowed}")
 
 
-def _compose(overrides: list[str], hydra: bool = False) -> DictConfig:
+def _compose(overrides: list[str], config_name: str = "config",
+             hydra: bool = False) -> DictConfig:
     try:
-        return compose("config", overrides=overrides, return_hydra_config=hydra)
+        return compose(config_name, overrides=overrides, return_hydra_config=hydra)
     except MissingConfigException as exc:
         raise ConfigError(_missing_option(exc, overrides)) from None
     except (ConfigCompositionException, OmegaConfBaseException) as exc:
@@ -141,6 +199,11 @@ def _composition_error(exc: Exception, overrides: list[str]) -> str:
         where = f" in {parent}" if parent else ""
         return f"{culprit}: unknown key '{key}'; allowed keys{where}: " \
                f"{', '.join(_schema_keys(parent))}"
+    if message.startswith("Could not append to config") and culprit:
+        key = culprit.split("=", 1)[0].lstrip("+")
+        hint = (" (a model of your own needs a config of its own: see 'Your own model' "
+                "in --help)" if key == "model._target_" else "")
+        return f"{culprit}: {key} is already set; override it without '+'{hint}"
     if cause is not None and culprit:
         return f"{culprit}: {_first_line(str(cause))}"
     return message
@@ -150,10 +213,15 @@ def _schema_keys(parent: str) -> Iterable[str]:
     """The keys the schema declares under ``parent`` (a dotted path of dataclass fields)."""
     node = config.RnnsweepConfig
     for part in filter(None, parent.split(".")):
-        node = typing.get_type_hints(node).get(part)
+        # model and task are free-form (a user's own); the built-ins' schemas name theirs.
+        node = _FREE_FORM.get(part) if node is config.RnnsweepConfig and part in _FREE_FORM \
+            else typing.get_type_hints(node).get(part)
         if not dataclasses.is_dataclass(node):
             return []
     return sorted(f.name for f in dataclasses.fields(node))
+
+
+_FREE_FORM = {"model": config.schema.ModelConfig, "task": config.schema.TaskConfig}
 
 
 def _first_line(text: str) -> str:

@@ -67,9 +67,12 @@ class Sinks:
 
 class SweepContext:
     def __init__(self, tracking: DictConfig | None, *, multirun: bool, name: str = "sweep",
-                 tags: dict[str, str] | None = None, params: dict[str, str] | None = None
-                 ) -> None:
+                 tags: dict[str, str] | None = None, params: dict[str, str] | None = None,
+                 objective: DictConfig | None = None) -> None:
         self.tracking, self.multirun, self.name = tracking, multirun, name
+        # What the sweep's best trial is judged by (objective.metric and direction, and the
+        # workload that picks the default metric); None: the default of the default.
+        self.objective = objective
         self._parent_tags, self._parent_params = tags or {}, params or {}
         self.tracker = None
         self.parent: str | None = None
@@ -105,8 +108,11 @@ class SweepContext:
 
         tags = {ROLE_TAG: "sweep", "rnnsweep.sweep_name": ready,
                 "rnnsweep.overrides": " ".join(overrides)[:4000]}
+        judged_by = OmegaConf.masked_copy(config, [k for k in ("objective", "workload")
+                                                   if k in config])
         return cls(OmegaConf.select(config, "tracking"), multirun=multirun, name=name,
-                   tags=tags, params={f"sweep.{k}": str(v) for k, v in params.items()})
+                   tags=tags, params={f"sweep.{k}": str(v) for k, v in params.items()},
+                   objective=judged_by)
 
     def open(self) -> None:
         """Opens the store, closes sweeps whose driver died, and starts the parent run."""
@@ -260,7 +266,9 @@ def _ran_to_end(error: BaseException | None) -> bool:
 
 def _describe(error: BaseException | None) -> str:
     if isinstance(error, SystemExit):
-        return f"the sweep ended with exit status {error.code}"
+        # Hydra prints what raised (the sweeper, a callback) and exits 1.
+        return (f"the sweep ended with exit status {error.code}: the sweeper, a callback or "
+                "Hydra raised (see its output)")
     return f"the sweep raised {type(error).__name__}: {error}"[:4000]
 
 

@@ -18,12 +18,15 @@ class SweepTask:
     """The Hydra task function: runs one trial. With a sweep context (in the driver's own
     process: a single run, or Hydra's basic launcher) it also records the trial there;
     without one (in a Ray worker) it hands the record back, and the driver records it,
-    so workers need neither the driver's filesystem nor write access to the store."""
+    so workers need neither the driver's filesystem nor write access to the store.
+
+    Where it records the trial itself it returns ``objective.metric``, the one number a
+    sweeper wants; the launcher does the same with the records it gets back."""
 
     def __init__(self, context: SweepContext | None = None) -> None:
         self.context = context
 
-    def __call__(self, cfg: DictConfig) -> TrialRecord:
+    def __call__(self, cfg: DictConfig) -> TrialRecord | float:
         # Imported here, not at the top: a Ray worker unpickles this module before its
         # first trial and never needs MLflow, and the Ray driver never needs torch.
         from rnnsweep.trial.run import run_trial
@@ -33,6 +36,9 @@ class SweepTask:
             from rnnsweep.sweep.worker import node_fingerprint
 
             self.context.record_here(trial_name(), record, node_fingerprint())
+            from rnnsweep.sweep import objective
+
+            return objective.value(cfg, record)
         return record
 
     def for_workers(self) -> SweepTask:

@@ -26,7 +26,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from rnnsweep.record import FAILED, TrialRecord, config_hash, flatten
-from rnnsweep.sweep import interrupts, worker
+from rnnsweep.sweep import interrupts, objective, worker
 from rnnsweep.sweep.cluster import LaunchError, ray_session
 from rnnsweep.sweep.composer import Composer
 from rnnsweep.sweep.context import SweepContext
@@ -124,6 +124,9 @@ def _run(launcher, context: SweepContext, jobs: list[Job], nodes: list[Node]
         job.result = JobReturn(overrides=job.overrides, cfg=job.config,
                                status=JobStatus.COMPLETED)
         sinks.reused(job.idx, reusable[job.idx])
+        # The sweeper gets the reused trial's number, as if it had run again.
+        job.result.return_value = objective.value_of_run(context.tracker, reusable[job.idx],
+                                                         job.config)
     to_run = [job for job in jobs if job.state == "pending"]
     _submit(launcher, to_run)
     sinks.submitted([TrialInfo(job.idx, job.name, tuple(job.overrides), params.get(job.idx, {}),
@@ -248,6 +251,8 @@ def _finish(job: Job, context: SweepContext, jobs: list[Job], nodes: list[Node],
     if job.info.get("fingerprint"):
         record.tags[FINGERPRINT_TAG] = job.info["fingerprint"]
     context.sinks.finished(job.idx, record)
+    # The record is with the sinks; a sweeper gets the one number it optimises.
+    job.result.return_value = objective.value(job.config, record)
 
 
 def _failed_return(job: Job, reason: str, as_record: bool) -> JobReturn:

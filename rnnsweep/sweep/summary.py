@@ -6,6 +6,7 @@ import time
 from typing import TYPE_CHECKING
 
 from rnnsweep.record import DIVERGED
+from rnnsweep.sweep import objective
 
 if TYPE_CHECKING:
     from rnnsweep.sweep.context import SweepContext
@@ -36,6 +37,8 @@ def finish_sweep(context: SweepContext) -> dict[str, float]:
     if throughputs:
         summary["best_throughput_seq_per_s"] = max(throughputs)
     tracker.log_summary(parent, summary)
+    # The sweep's answer, whichever sweeper chose its trials (Optuna's included).
+    objective.log_best(tracker, parent, context.objective, reused)
     # Imported here, not at the top: keeps matplotlib out of every CLI start.
     from rnnsweep.report import write_report_safely
 

@@ -2,6 +2,11 @@
 
 Both implementations hold the same weights (the loop copies them from a fused module
 built with the same seed), so they compute the same function and can be compared.
+
+Any other ``torch.nn.Module`` can be swept too (``model._target_``). Its contract: it is
+built with its config's keys plus ``output_size`` (what the task needs per timestep),
+takes ``(batch, seq_len, input_size)`` and returns ``(batch, seq_len, output_size)``, or
+a tuple with that first (a second tensor, if any, is taken as the hidden activations).
 """
 
 from __future__ import annotations
@@ -83,6 +88,27 @@ class RecurrentNet(nn.Module):
             last_c.append(c)
         h_n = torch.stack(last_h)
         return layer_in, ((h_n, torch.stack(last_c)) if lstm else h_n)
+
+
+def split_output(result) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(prediction, hidden)`` from whatever a model's forward returns (the contract
+    above). Without a hidden tensor the prediction stands in for it."""
+    if isinstance(result, torch.Tensor):
+        return result, result
+    if isinstance(result, (tuple, list)) and result and isinstance(result[0], torch.Tensor):
+        hidden = result[1] if len(result) > 1 and isinstance(result[1], torch.Tensor) \
+            else result[0]
+        return result[0], hidden
+    raise TypeError(f"the model returned {type(result).__name__}; expected a tensor "
+                    "(batch, seq_len, output_size) or a tuple with it first")
+
+
+def check_output(prediction: torch.Tensor, batch: int, seq_len: int, output_size: int) -> None:
+    """A model's output on a probe batch must have the shape the task scores."""
+    expected = (batch, seq_len, output_size)
+    if tuple(prediction.shape) != expected:
+        raise ValueError(f"output shape {tuple(prediction.shape)} on a probe batch "
+                         f"({batch}, {seq_len}, input_size); expected {expected}")
 
 
 def with_impl(model: RecurrentNet, impl: str) -> RecurrentNet:

@@ -15,11 +15,14 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import torch
+from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
+from torch import nn
 
+from rnnsweep.config.schema import TRAINING_KEYS, TaskConfig
 from rnnsweep.record import DIVERGED, FAILED, UNSUPPORTED, TrialRecord, config_hash, flatten
-from rnnsweep.trial import data, environment, noise, timing, training
-from rnnsweep.trial.models import RecurrentNet, forward_flops_per_sequence, with_impl
+from rnnsweep.trial import environment, flops, noise, timing, training
+from rnnsweep.trial.models import RecurrentNet, check_output, split_output, with_impl
 
 LOGGED_SERIES = ("loss", "grad_norm", "grad_norm_clipped", "saturation", "grad_scale")
 
@@ -74,12 +77,29 @@ def _compute_device(cfg: DictConfig, record: TrialRecord) -> str:
     return _name(override)
 
 
-def build_model(cfg: DictConfig) -> RecurrentNet:
+def build_model(cfg: DictConfig, output_size: int = 1) -> nn.Module:
+    """The ``model`` config's ``_target_``, built with its keys and the task's output size."""
     torch.manual_seed(cfg.seed)  # same seed, same weights: fused and loop stay comparable
-    m = cfg.model
-    return RecurrentNet(_name(m.cell), m.input_size, m.hidden_size, m.num_layers,
-                        _name(m.impl), output_size=1,
-                        recurrent_init_scale=m.recurrent_init_scale)
+    model = instantiate(_plain(cfg.model), output_size=output_size)
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model._target_={cfg.model._target_} built a "
+                        f"{type(model).__name__}, not a torch.nn.Module")
+    return model
+
+
+def build_source(cfg: DictConfig, device: torch.device):
+    """The ``task`` config's batch source (``rnnsweep.trial.data`` says what it offers)."""
+    own = {k: v for k, v in _plain(cfg.task).items() if k not in TRAINING_KEYS}
+    return instantiate(own, batch=cfg.batch, seq_len=cfg.seq_len,
+                       input_size=cfg.model.input_size, device=device, seed=cfg.seed)
+
+
+def probe_model(model: nn.Module, cfg: DictConfig, output_size: int,
+                device: torch.device) -> None:
+    """Two sequences through the model: its output must be what the task scores."""
+    with torch.no_grad():
+        result = model(torch.zeros(2, cfg.seq_len, cfg.model.input_size, device=device))
+    check_output(split_output(result)[0], 2, cfg.seq_len, output_size)
 
 
 def _run(cfg: DictConfig, record: TrialRecord, num_threads: int) -> None:
@@ -94,15 +114,19 @@ def _run(cfg: DictConfig, record: TrialRecord, num_threads: int) -> None:
         record.tags["rnnsweep.cuda_memory_fraction"] = f"{fraction:g}"
     peak = environment.PeakMemory(device)
     peak.start()  # before the model exists: its weights are part of the trial's memory
-    model = build_model(cfg).to(device)
+    source = build_source(cfg, device)
+    model = build_model(cfg, source.output_size).to(device)
+    _check_workload(cfg, model)
+    probe_model(model, cfg, source.output_size, device)
     amp_dtype = _check_precision(cfg, model, device)
     metrics = record.metrics
-    seq_flops = forward_flops_per_sequence(_name(cfg.model.cell), cfg.model.input_size,
-                                           cfg.model.hidden_size, cfg.model.num_layers,
-                                           cfg.seq_len)
+    counted = flops.forward_flops(model, cfg.model.input_size, cfg.seq_len, device)
+    seq_flops = counted.per_sequence
+    metrics["forward_flops_per_seq"] = float(seq_flops)
+    record.tags["rnnsweep.flops_source"] = counted.source
     if cfg.workload.train:
         with _loaded(record, "step_time_ms", device, num_threads, _shared(cfg)):
-            _train(cfg, model, device, amp_dtype, record, seq_flops)
+            _train(cfg, model, device, amp_dtype, record, seq_flops, source)
     if cfg.workload.bench:
         _bench(cfg, model, device, amp_dtype, num_threads, record, seq_flops)
     if cfg.workload.deploy:
@@ -112,7 +136,21 @@ def _run(cfg: DictConfig, record: TrialRecord, num_threads: int) -> None:
     record.tags["rnnsweep.peak_mem_kind"] = peak.kind
 
 
-def _check_precision(cfg: DictConfig, model: RecurrentNet,
+def _check_workload(cfg: DictConfig, model: nn.Module) -> None:
+    """Workloads that reach into the built-in models' internals say so, never substitute."""
+    if isinstance(model, RecurrentNet):
+        return
+    target = cfg.model._target_
+    if cfg.workload.compare_impl:
+        raise Unsupported(f"workload.compare_impl: the fused-vs-loop comparison applies to "
+                          f"the built-in models (model=lstm|gru|rnn), not {target}")
+    if cfg.workload.deploy:
+        raise Unsupported(f"workload=deploy: streaming and export need a model that carries "
+                          f"its state (forward(x, state) -> (y, hidden, state), like "
+                          f"rnnsweep.trial.models.RecurrentNet); {target} is not one")
+
+
+def _check_precision(cfg: DictConfig, model: nn.Module,
                      device: torch.device) -> torch.dtype | None:
     name = cfg.precision.autocast_dtype
     if name is None:
@@ -128,21 +166,19 @@ def _check_precision(cfg: DictConfig, model: RecurrentNet,
     probe = torch.zeros(1, 2, cfg.model.input_size, device=device)
     try:
         with torch.inference_mode(), training.autocast(device, dtype):
-            _, hidden, _ = model(probe)
+            _, hidden = split_output(model(probe))
     except RuntimeError as exc:  # e.g. oneDNN has no bf16 LSTM without AVX512-BF16/AMX
-        raise Unsupported(f"precision={cfg.precision.name}: {_name(cfg.model.cell)} under "
+        raise Unsupported(f"precision={cfg.precision.name}: {_model_name(cfg)} under "
                           f"autocast fails on {device.type}: {str(exc).splitlines()[0]}") from exc
     if hidden.dtype != dtype:
         raise Unsupported(f"precision={cfg.precision.name}: autocast on {device.type} runs "
-                          f"{_name(cfg.model.cell)} in {hidden.dtype}, not {dtype}")
+                          f"{_model_name(cfg)} in {hidden.dtype}, not {dtype}")
     return dtype
 
 
-def _train(cfg: DictConfig, model: RecurrentNet, device: torch.device,
-           amp_dtype: torch.dtype | None, record: TrialRecord, seq_flops: int) -> None:
-    task = _name(cfg.task.name)
-    batch_at = data.batches(task, cfg.batch, cfg.seq_len, cfg.model.input_size, 1, device,
-                             cfg.seed)
+def _train(cfg: DictConfig, model: nn.Module, device: torch.device,
+           amp_dtype: torch.dtype | None, record: TrialRecord, seq_flops: int,
+           source) -> None:
     guard = training.GuardSettings(
         max_norm=cfg.clipping.max_norm,
         explode_threshold=cfg.guard.explode_threshold,
@@ -151,11 +187,12 @@ def _train(cfg: DictConfig, model: RecurrentNet, device: torch.device,
         inject_nan_steps=frozenset(cfg.guard.inject_nan_steps),
         raise_at_step=cfg.guard.raise_at_step,
     )
-    optimizer = training.make_optimizer(_name(cfg.task.optimizer), model.parameters(),
-                                        cfg.task.lr)
-    result = training.train(model, batch_at, cfg.steps, optimizer, device, amp_dtype,
-                            cfg.precision.grad_scaler, guard,
-                            select=lambda pred: data.select_output(task, pred))
+    # A user's task config may leave the training keys to the built-ins' defaults.
+    optimizer = training.make_optimizer(
+        _name(OmegaConf.select(cfg, "task.optimizer", default=TaskConfig.optimizer)),
+        model.parameters(), OmegaConf.select(cfg, "task.lr", default=TaskConfig.lr))
+    result = training.train(model, source.batch, cfg.steps, optimizer, device, amp_dtype,
+                            cfg.precision.grad_scaler, guard, loss_fn=source.loss)
     record.step_metrics.update({k: v for k, v in result.series.items() if k in LOGGED_SERIES})
     metrics = record.metrics
     metrics.update({k: float(v) for k, v in result.counts.items()})
@@ -164,6 +201,7 @@ def _train(cfg: DictConfig, model: RecurrentNet, device: torch.device,
         record.reason = f"all {cfg.steps} training steps were non-finite (skipped)"
     if cfg.steps:
         metrics["final_loss"] = result.series["loss"][-1]
+        metrics.update(source.summary(metrics["final_loss"]))
         # Skipped (non-finite) steps are counted above; the maxima describe the others.
         metrics["max_grad_norm"] = _finite_max(result.series["grad_norm"])
         metrics["max_grad_norm_clipped"] = _finite_max(result.series["grad_norm_clipped"])
@@ -301,6 +339,16 @@ def _finite_max(values: list[float]) -> float:
 def _threads(cfg: DictConfig) -> int:
     cpus = cfg.hardware.num_cpus
     return max(1, int(cpus)) if cpus else len(os.sched_getaffinity(0))
+
+
+def _plain(node: DictConfig) -> dict:
+    """A config node as plain Python values (enum members as their names) for a
+    constructor that knows nothing of OmegaConf."""
+    return OmegaConf.to_container(node, resolve=True, enum_to_str=True)
+
+
+def _model_name(cfg: DictConfig) -> str:
+    return _name(cfg.model.cell) if "cell" in cfg.model else cfg.model._target_
 
 
 def _name(value) -> str:

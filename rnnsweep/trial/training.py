@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from rnnsweep.trial.models import split_output
+
 # Columns of the per-step row that is moved to the host once per step.
 COLUMNS = ("loss", "grad_norm", "grad_norm_clipped", "output_finite", "saturation")
 
@@ -57,8 +59,10 @@ def make_optimizer(name: str, params, lr: float) -> torch.optim.Optimizer:
 
 def train(model: nn.Module, batch_at, steps: int, optimizer: torch.optim.Optimizer,
           device: torch.device, amp_dtype: torch.dtype | None, grad_scaler: bool,
-          guard: GuardSettings, select=lambda pred: pred) -> TrainResult:
-    """Runs ``steps`` guarded steps. ``batch_at(step)`` yields ``(inputs, targets)``."""
+          guard: GuardSettings, loss_fn=None) -> TrainResult:
+    """Runs ``steps`` guarded steps. ``batch_at(step)`` yields ``(inputs, targets)``;
+    ``loss_fn(prediction, targets)`` scores them (MSE when not given)."""
+    loss_fn = loss_fn or (lambda pred, target: nn.functional.mse_loss(pred.float(), target))
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     scaler = torch.amp.GradScaler(device.type) if grad_scaler else None
@@ -78,8 +82,8 @@ def train(model: nn.Module, batch_at, steps: int, optimizer: torch.optim.Optimiz
         if step in guard.inject_nan_steps:
             x = x * nan
         with autocast(device, amp_dtype):
-            prediction, hidden, _ = model(x)
-            loss = nn.functional.mse_loss(select(prediction).float(), target)
+            prediction, hidden = split_output(model(x))
+            loss = loss_fn(prediction, target)
         result.output_dtype = str(hidden.dtype).removeprefix("torch.")
         optimizer.zero_grad(set_to_none=True)
         (scaler.scale(loss) if scaler else loss).backward()

@@ -1,0 +1,134 @@
+"""The command line, parsed by Hydra's own argument parser, and where its config comes from.
+
+``python -m rnnsweep`` takes exactly Hydra's flags (``--config-dir``, ``--config-name``,
+``--config-path``, ``--cfg``, ``--info``, ``--shell-completion``, ``--help``, ...). The
+parsed arguments serve twice: validation composes every trial from the same search path
+Hydra will use, and then the very same arguments are handed to Hydra to run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass
+
+from hydra import version
+from hydra._internal.utils import (
+    _run_hydra,
+    create_automatic_config_search_path,
+    detect_task_name,
+    get_args_parser,
+)
+from hydra.core.config_search_path import ConfigSearchPath, SearchPathQuery
+from hydra.main import _get_rerun_conf
+from hydra.types import TaskFunction
+
+from rnnsweep.config.schema import conf_dir
+
+VERSION_BASE = "1.3"
+# The module that holds the task function: Hydra names the job after it.
+TASK_MODULE = "rnnsweep.sweep.job"
+DEFAULT_CONFIG_NAME = "config"
+SHELL_COMPLETION_COMMANDS = ("install", "uninstall", "query")
+
+
+class CommandError(ValueError):
+    """A one-line, user-facing error about the command line itself."""
+
+
+@dataclass(frozen=True)
+class Command:
+    args: argparse.Namespace
+    parser: argparse.ArgumentParser
+
+    @property
+    def overrides(self) -> list[str]:
+        return list(self.args.overrides)
+
+    @property
+    def multirun(self) -> bool:
+        return bool(self.args.multirun)
+
+    @property
+    def runs_trials(self) -> bool:
+        """False for the flags that show things (help, config, info, completion)."""
+        a = self.args
+        return not (a.help or a.hydra_help or a.cfg or a.info or a.shell_completion
+                    or a.experimental_rerun)
+
+    @property
+    def config_name(self) -> str:
+        return self.args.config_name or DEFAULT_CONFIG_NAME
+
+    @property
+    def config_path(self) -> str:
+        """rnnsweep's own ``conf/`` unless ``--config-path`` replaces it."""
+        return self.args.config_path or str(conf_dir())
+
+    def search_path(self) -> ConfigSearchPath:
+        """The search path exactly as Hydra builds it for this command line."""
+        path = create_automatic_config_search_path(None, TASK_MODULE, self.config_path)
+        if self.args.config_dir is not None:
+            path.prepend(provider="command-line", path=f"file://{self.args.config_dir}",
+                         anchor=SearchPathQuery(provider="schema"))
+        return path
+
+    @property
+    def task_name(self) -> str:
+        return detect_task_name(None, TASK_MODULE)
+
+
+def parse(argv: list[str]) -> Command:
+    """Parses ``argv`` as Hydra would; paths the user gives are taken from the working
+    directory (Hydra would take a relative ``--config-path`` from rnnsweep's own
+    package, which no user means)."""
+    parser = get_args_parser()
+    parser.prog = "rnnsweep"
+    parser.error = _refuse  # one line, not argparse's usage block
+    for action in parser._actions:
+        if "--config-path" in action.option_strings:
+            action.help = ("Replaces rnnsweep's own conf/ as the primary config directory "
+                           "(absolute, relative to the working directory, or pkg://)")
+    # Intermixed: overrides may come before and after flags (``batch=1 -m seed=0,1``),
+    # which plain parse_args, as in @hydra.main, refuses.
+    args = parser.parse_intermixed_args(argv)
+    if args.config_dir is not None:
+        args.config_dir = os.path.abspath(args.config_dir)
+        if not os.path.isdir(args.config_dir):
+            raise CommandError(f"--config-dir={args.config_dir}: no such directory")
+    if args.config_path is not None and not _absolute(args.config_path):
+        args.config_path = os.path.abspath(args.config_path)
+    if args.config_path is not None and not args.config_path.startswith("pkg://") \
+            and not os.path.isdir(args.config_path):
+        raise CommandError(f"--config-path={args.config_path}: no such directory")
+    # Hydra's own rules, checked here so that breaking them is one line, not a traceback.
+    if args.run + args.multirun + (args.cfg is not None) + args.shell_completion \
+            + (args.info is not None) > 1:
+        raise CommandError("only one of --run, --multirun, --cfg, --info and "
+                           "--shell-completion at a time")
+    if args.resolve and not (args.cfg or args.help):
+        raise CommandError("--resolve goes with --cfg or --help")
+    if args.shell_completion and not any(o.split("=", 1)[0] in SHELL_COMPLETION_COMMANDS
+                                         for o in args.overrides):
+        raise CommandError("--shell-completion needs one of install=SHELL, uninstall=SHELL "
+                           "or query=SHELL (SHELL: bash, zsh or fish); for example: "
+                           "eval \"$(rnnsweep -sc install=bash)\"")
+    return Command(args, parser)
+
+
+def run(command: Command, task_function: TaskFunction) -> None:
+    """Hands the parsed command to Hydra, as ``@hydra.main`` would have."""
+    version.setbase(VERSION_BASE)
+    if command.args.experimental_rerun is not None:
+        task_function(_get_rerun_conf(command.args.experimental_rerun, command.overrides))
+        return
+    _run_hydra(args=command.args, args_parser=command.parser, task_function=task_function,
+               config_path=command.config_path, config_name=command.config_name)
+
+
+def _refuse(message: str):
+    raise CommandError(message)
+
+
+def _absolute(path: str) -> bool:
+    return os.path.isabs(path) or path.startswith("pkg://")

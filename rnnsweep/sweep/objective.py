@@ -1,0 +1,95 @@
+"""The one number a trial hands to a sweeper, and the sweep's best trial by it.
+
+Hydra's optimising sweepers (Optuna, Nevergrad, Ax) want the task function to return a
+float. ``objective.metric`` names which of the trial's metrics that is, and
+``objective.direction`` whether lower or higher is better. The full record still goes
+to MLflow. A trial that failed, was unsupported or lacks the metric returns the worst
+value for the direction (+inf when minimising, -inf when maximising): every sweeper
+accepts it, and it steers the search away without stopping it.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import TYPE_CHECKING
+
+from omegaconf import DictConfig, OmegaConf
+
+from rnnsweep.record import OK, TrialRecord
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from mlflow.entities import Run
+
+    from rnnsweep.tracking import Tracker
+
+log = logging.getLogger(__name__)
+DEFAULT_DIRECTION = "minimize"
+
+
+def settings(cfg: DictConfig | None) -> tuple[str, str]:
+    if cfg is None:
+        cfg = OmegaConf.create()
+    metric = OmegaConf.select(cfg, "objective.metric") or default_metric(cfg)
+    direction = OmegaConf.select(cfg, "objective.direction", default=DEFAULT_DIRECTION)
+    return str(metric), str(direction)
+
+
+def default_metric(cfg: DictConfig) -> str:
+    """The workload's headline, lower is better: forward latency when the trial times
+    it, the final training loss when it only trains, streaming latency when it deploys."""
+    if OmegaConf.select(cfg, "workload.bench", default=True):
+        return "latency_ms"
+    if OmegaConf.select(cfg, "workload.train", default=False):
+        return "final_loss"
+    return "stream_latency_ms_p50"
+
+
+def worst(direction: str) -> float:
+    return math.inf if direction == "minimize" else -math.inf
+
+
+def value(cfg: DictConfig, record: TrialRecord) -> float:
+    metric, direction = settings(cfg)
+    found = record.metrics.get(metric)
+    if record.outcome != OK or found is None or not math.isfinite(found):
+        if record.outcome == OK:
+            log.warning("objective.metric=%s: this trial has no finite %s (its metrics: %s); "
+                        "returning %s", metric, metric, ", ".join(sorted(record.metrics)),
+                        worst(direction))
+        return worst(direction)
+    return float(found)
+
+
+def value_of_run(tracker: Tracker, run_id: str, cfg: DictConfig) -> float:
+    """A trial skipped because an identical one finished: that run's value."""
+    metric, direction = settings(cfg)
+    found = tracker.client.get_run(run_id).data.metrics.get(metric)
+    return float(found) if found is not None and math.isfinite(found) else worst(direction)
+
+
+def log_best(tracker: Tracker, parent: str, cfg: DictConfig | None,
+             reused: Sequence[Run] = ()) -> None:
+    """Logs the best trial on the parent (``best_objective``, tags naming the trial) and
+    prints it: the sweep's answer, whichever sweeper chose the trials. The sweep's own
+    children compete with the earlier runs it reused (a resumed sweep)."""
+    metric, direction = settings(cfg)
+    scored = [(run.data.metrics[metric], run) for run in [*tracker.children(parent), *reused]
+              if run.data.tags.get("rnnsweep.outcome") == OK
+              and math.isfinite(run.data.metrics.get(metric, math.nan))]
+    tags = {"rnnsweep.objective": f"{metric} ({direction})"}
+    if not scored:
+        tracker.log(parent, tags=tags)
+        print(f"rnnsweep: no trial has a finite {metric}; no best trial")
+        return
+    pick = min if direction == "minimize" else max
+    best, run = pick(scored, key=lambda pair: pair[0])
+    name = run.data.tags.get("mlflow.runName", run.info.run_id)
+    tags.update({"rnnsweep.objective.best_run": run.info.run_id,
+                 "rnnsweep.objective.best_trial": name})
+    tracker.log(parent, tags=tags)
+    tracker.log_summary(parent, {"best_objective": best})
+    print(f"rnnsweep: best {metric} ({direction}): {best:.6g} in trial {name} "
+          f"(run {run.info.run_id})")
