@@ -55,7 +55,10 @@ def run(args: list[str]) -> int:
     sweeps.register()
     privacy.telemetry_off()
     # Before Hydra parses anything: it writes the overrides into multirun.yaml and .hydra/.
-    sys.argv[1:] = args = redaction.hide_in_overrides(args)
+    try:
+        sys.argv[1:] = args = redaction.hide_in_overrides(args)
+    except redaction.CredentialsInOverride as exc:
+        _refuse(exc)
     try:
         command = cli_command.parse(args)
     except cli_command.CommandError as exc:

@@ -19,6 +19,8 @@ import os
 import re
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+from rnnsweep.config.errors import ConfigError
+
 MASK = "***"
 SECRET_URI_ENV = "RNNSWEEP_TRACKING_SECRET_URI"
 USERNAME_ENV, PASSWORD_ENV, TOKEN_ENV = (
@@ -71,14 +73,27 @@ def hide_credentials(uri: str) -> str:
     return redact_uri(uri)
 
 
+class CredentialsInOverride(ConfigError):
+    """A URI with credentials in an override that has nowhere safe to keep them."""
+
+
 def hide_in_overrides(args: list[str]) -> list[str]:
     """The command line with each ``tracking.uri`` override's credentials moved out
-    (``hide_credentials``): Hydra, which writes its overrides to disk, never sees them."""
+    (``hide_credentials``): Hydra, which writes its overrides to disk, never sees them.
+
+    Any other override whose value holds a URI with credentials is refused: nothing else
+    rnnsweep connects to takes credentials from the environment, and Hydra would write
+    them into ``multirun.yaml``, ``.hydra/`` and the run's params."""
     out = []
     for arg in args:
         key, eq, value = arg.partition("=")
         if eq and key.lstrip("+~") == "tracking.uri" and value:
             arg = f"{key}={hide_credentials(value)}"
+        elif eq and redact(value) != value:
+            raise CredentialsInOverride(
+                f"{key.lstrip('+~')}={redact(value)}: a URI with credentials is taken only "
+                "in tracking.uri; pass other credentials through the environment (for a "
+                "Ray cluster, RAY_AUTH_TOKEN)")
         out.append(arg)
     return out
 

@@ -25,6 +25,7 @@ from conftest import BASIC_LAUNCHER, TOY, Store, new_store, run_cli
 
 import rnnsweep.config
 import rnnsweep.config.sweeps
+from rnnsweep import redaction
 from rnnsweep.config.bounds import check_local_cpus, weight_count
 from rnnsweep.config.store import check_store
 from rnnsweep.config.validation import ConfigError, check_overrides
@@ -70,6 +71,8 @@ CASES: dict[str, Case] = {
     "mysql driver missing": Case(("tracking.uri=mysql://127.0.0.1:1/x",),
                                  ("tracking.uri", "pip install")),
     "ftp scheme": Case(("tracking.uri=ftp://x",), ("tracking.uri", "ftp", "sqlite://")),
+    "credentials in another uri": Case(("-m", "ray.address=ray://u:pw@127.0.0.1:10001"),
+                                       ("ray.address", "credentials", "tracking.uri")),
     "plain path": Case(("tracking.uri=mlruns",), ("tracking.uri", "file store")),
     "empty uri": Case(("tracking.uri=''",), ("tracking.uri",)),
     "parent is a file": Case(("tracking.uri=sqlite:////etc/passwd/x.db",),
@@ -227,6 +230,7 @@ def test_refused_by_the_checks_in_process(name, populated_store, tmp_path, monke
         overrides.append(f"tracking.uri={store.uri}")
     overrides = [*_toy_without(case.args), *overrides]
     with pytest.raises(ConfigError) as refused:
+        overrides = redaction.hide_in_overrides(overrides)
         checked = check_overrides(overrides, multirun)
         check_store(checked.base, overrides, multirun)
         if not multirun:

@@ -85,6 +85,17 @@ def test_overrides_lose_credentials_before_hydra(clean_env):
     assert PASSWORD not in " ".join(hidden)
 
 
+@pytest.mark.parametrize("arg", [
+    f"ray.address=ray://alice:{PASSWORD}@127.0.0.1:10001",
+    f"+ray.working_dir=https://example.org/code.zip?token={PASSWORD}",
+])
+def test_credentials_in_any_other_override_are_refused(clean_env, arg):
+    with pytest.raises(redaction.CredentialsInOverride) as refused:
+        redaction.hide_in_overrides(["-m", arg])
+    assert PASSWORD not in str(refused.value)
+    assert str(refused.value).startswith(arg.split("=", 1)[0].lstrip("+"))
+
+
 def test_telemetry_off_by_default_and_the_users_choice_wins():
     code = "import os, rnnsweep; print(os.environ['MLFLOW_DISABLE_TELEMETRY'])"
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_DISABLE_TELEMETRY"}
