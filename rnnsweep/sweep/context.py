@@ -60,7 +60,8 @@ class Sinks:
             if event == "ended" and not hasattr(sink, event):
                 continue
             try:
-                getattr(sink, event)(*args)
+                with interrupts.held():  # a signal waits for the sink's write to end
+                    getattr(sink, event)(*args)
             except Exception as exc:  # noqa: BLE001 - see the class docstring
                 log.warning("%s.%s failed: %s", type(sink).__name__, event, exc)
 
@@ -204,7 +205,10 @@ class SweepContext:
             return
         self._closed = True
         error = interrupts.as_interrupt(error)
-        self.sinks.ended()  # the terminal's closing table, before the summary line
+        try:
+            self.sinks.ended()  # the terminal's closing table, before the summary line
+        except Interrupted as exc:
+            error = exc
         stopping = self._stop_ray_in_background()
         if _ran_to_end(error) and self.parent:
             try:

@@ -68,3 +68,14 @@ def deferred() -> Iterator[list[int]]:
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+
+
+@contextmanager
+def held() -> Iterator[None]:
+    """A signal arriving inside the block (a store write, which a library might wrap or
+    swallow mid-transaction) is raised as soon as the block is done."""
+    with deferred() as noted:
+        yield
+    if noted:
+        _received.append(noted[0])
+        raise Interrupted(noted[0])
