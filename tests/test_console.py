@@ -255,11 +255,14 @@ def test_mlflow_store_creation_says_nothing_after_logs_setup(tmp_path):
 @pytest.mark.slow
 def test_a_sweep_on_the_embedded_ray_writes_nothing_to_stderr(mlflow_store, tmp_path):
     """No token-authentication banner, no MLflow INFO lines, no font-cache line: a
-    successful sweep leaves stderr empty."""
+    successful sweep leaves stderr empty but for rnnsweep's own warnings (on a busy
+    machine, that its timings are noisy)."""
     result = run_cli(["-m", *toy("batch=1,2", "workload=train", "hardware.num_cpus=1"),
                       *cli_paths(mlflow_store, tmp_path)], tmp_path,
                      extra_env={"MPLCONFIGDIR": str(tmp_path / "fresh-matplotlib-cache")})
     assert result.returncode == 0, result.stderr[-3000:]
-    assert result.stderr == ""
+    foreign = [line for line in result.stderr.splitlines()
+               if not line.startswith("rnnsweep: warning: ")]
+    assert foreign == [], result.stderr
     for chatter in ("Token authentication", "INFO mlflow", "font", "[HYDRA]"):
         assert chatter not in result.stdout, chatter

@@ -197,8 +197,9 @@ def sweeps_dir() -> Path:
 
 
 def _resource_dir(name: str) -> Path:
-    package = Path(__file__).resolve().parents[1]
-    for candidate in (package / name, package.parent / name):
-        if candidate.is_dir():
-            return candidate
-    raise FileNotFoundError(f"rnnsweep: cannot find its {name}/ directory near {package}")
+    """``conf/`` and ``sweeps/`` sit at the top of a checkout; ``rnnsweep/conf`` and
+    ``rnnsweep/sweeps`` link to them, and the wheel ships their files there."""
+    found = Path(__file__).resolve().parents[1] / name
+    if not found.is_dir():
+        raise FileNotFoundError(f"rnnsweep: cannot find its {name}/ directory at {found}")
+    return found
