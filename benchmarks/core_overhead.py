@@ -12,7 +12,7 @@
     SQLite MLflow store through ``Tracker.write_record`` (and the metrics alone through
     ``Tracker.log``). Target: <= ~1 s.
 
-Shapes are experiment 1's defaults (EXPERIMENTS.md): LSTM 128 -> 256, seq_len 100,
+Shapes are experiment 1's defaults (docs/experiments.md): LSTM 128 -> 256, seq_len 100,
 batch 32, fp32, Adam, regression task. Compared variants alternate (ABAB...) so drift in
 machine load hits both; each figure is a median. Run it on a quiet machine: the load
 average is printed before and after.

@@ -98,7 +98,7 @@ def test_batch_sweep(mlflow_store, tmp_path):
 
 
 def assert_experiment_1(cfg) -> None:
-    """EXPERIMENTS.md section 1: LSTM, input 128, hidden 256, seq_len 100, forward latency."""
+    """Experiment 1 (docs/experiments.md): LSTM 128 -> 256, seq_len 100, forward latency."""
     assert str(cfg.model.cell) == "lstm"
     assert (cfg.model.input_size, cfg.model.hidden_size, cfg.model.num_layers) == (128, 256, 1)
     assert str(cfg.model.impl) == "fused"

@@ -151,7 +151,7 @@ def test_recurrent_init_scale_multiplies_only_recurrent_weights():
                                    getattr(base.rnn, f"weight_ih_l{k}"))
 
 
-# EXPERIMENTS.md "Reference arithmetic": per layer, per timestep, per sequence.
+# docs/experiments.md "Reference arithmetic": per layer, per timestep, per sequence.
 def reference_flops(cell: str, i: int, h: int, layers: int, t: int) -> int:
     per_step = {"rnn": lambda i_: 2 * h * (i_ + h),
                 "gru": lambda i_: 6 * h * (i_ + h),
@@ -205,7 +205,7 @@ def counter_total(model: torch.nn.Module, x: torch.Tensor) -> int:
 @pytest.mark.parametrize("layers", [1, 2])
 @pytest.mark.parametrize("cell", CELLS)
 def test_counted_flops_of_builtins_equal_the_formula(cell, layers, impl):
-    """The built-ins' whole forward (recurrent layers by EXPERIMENTS.md, plus the head)."""
+    """The built-ins' whole forward (recurrent layers by docs/experiments.md, plus the head)."""
     model = RecurrentNet(cell, IN, HID, layers, impl, output_size=2)
     count = flops.forward_flops(model, IN, STEPS, torch.device("cpu"))
     head = 2 * HID * 2 * STEPS

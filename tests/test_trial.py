@@ -28,7 +28,7 @@ BENCH_KEYS = ("latency_ms", "latency_iqr_ms", "latency_ms_per_seq", "throughput_
               "throughput_tok_per_s", "gflops", "matmul_gflops", "flop_utilization")
 SERIES = ("loss", "grad_norm", "grad_norm_clipped", "saturation")
 
-# EXPERIMENTS.md section 4: the exploding-gradient demonstration.
+# docs/experiments.md, experiment 4: the exploding-gradient demonstration.
 EXPLODING = ["model=rnn", "model.recurrent_init_scale=3", "task=adding", "task.optimizer=sgd",
              "task.lr=0.01", "model.input_size=64", "model.hidden_size=128", "batch=16",
              "seq_len=50", "steps=3", "workload=train", "hardware=cpu"]

@@ -3,7 +3,7 @@
 ``torch.utils.flop_counter.FlopCounterMode`` counts the matrix products a model's forward
 dispatches, whatever the model. Some fused recurrent kernels (oneDNN's LSTM on CPU,
 cuDNN's RNNs on CUDA) are single ops it has no formula for, so it counts nothing inside
-them; those layers get the textbook formula instead (EXPERIMENTS.md, "Reference
+them; those layers get the textbook formula instead (docs/experiments.md, "Reference
 arithmetic"), and the result says which source it came from.
 """
 

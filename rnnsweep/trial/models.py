@@ -153,7 +153,7 @@ def _cells_from(fused: nn.RNNBase, cell: str) -> list[nn.Module]:
 
 def forward_flops_per_sequence(cell: str, input_size: int, hidden_size: int,
                                num_layers: int, seq_len: int) -> int:
-    """Multiply-add FLOPs of the recurrent layers for one sequence (EXPERIMENTS.md)."""
+    """Multiply-add FLOPs of the recurrent layers for one sequence (docs/experiments.md)."""
     gates = {"rnn": 1, "gru": 3, "lstm": 4}[cell]
     total, in_size = 0, input_size
     for _ in range(num_layers):

@@ -207,7 +207,7 @@ def _train(cfg: DictConfig, model: nn.Module, device: torch.device,
         metrics["max_grad_norm_clipped"] = _finite_max(result.series["grad_norm_clipped"])
         metrics["step_time_ms"] = result.step_time_ms
         metrics["train_seq_per_s"] = cfg.batch / (result.step_time_ms / 1e3)
-        # A training step costs about three forward passes (EXPERIMENTS.md).
+        # A training step costs about three forward passes (docs/experiments.md).
         metrics["train_gflops"] = 3 * seq_flops * cfg.batch / (result.step_time_ms / 1e3) / 1e9
         record.tags["rnnsweep.output_dtype"] = result.output_dtype
         if "grad_scale" in result.series:

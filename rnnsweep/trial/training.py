@@ -1,4 +1,4 @@
-"""Guarded training steps (EXPERIMENTS.md section 4).
+"""Guarded training steps (docs/experiments.md, experiment 4).
 
 A step is skipped, and counted, when the forward output, the loss or the gradients are
 non-finite. The total gradient norm is measured before clipping and after it.
