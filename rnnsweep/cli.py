@@ -99,16 +99,10 @@ def start_ray(checked: CheckedCommand, address: str | None, context) -> None:
     before anything is recorded."""
     from rnnsweep.sweep import cluster as ray_session
 
-    if address:
-        try:
-            ray_session.check_reachable(address)
-        except ray_session.LaunchError as exc:
-            _refuse(exc)
-    # Ray's start-up mostly waits on the processes it spawns, leaving a core idle; the
-    # store's first use (MLflow's import, creating the tables) fills it. It is always
-    # joined, even on a refusal, so the tables are never left half made.
-    store = threading.Thread(target=_open_store, args=(checked.base.tracking,),
-                             name="open-store")
+    # Ray's start-up mostly waits on the processes it spawns, leaving a core idle; MLflow's
+    # import (seconds) fills it. The store itself is opened only once the command is
+    # accepted: a refused command creates and records nothing.
+    store = threading.Thread(target=_import_tracking, name="import-mlflow")
     store.start()
     try:
         ray_session.connect(address, checked.base.hydra.launcher, checked.base)
@@ -128,13 +122,9 @@ def start_ray(checked: CheckedCommand, address: str | None, context) -> None:
 
 
 
-def _open_store(tracking: DictConfig) -> None:
-    try:
-        from rnnsweep.tracking import Tracker
+def _import_tracking() -> None:
+    import rnnsweep.tracking  # noqa: F401
 
-        Tracker(tracking.uri, tracking.experiment)
-    except Exception:  # noqa: BLE001 - the sweep opens the store again and reports it there
-        pass
 
 
 def keep_ray_local(address: str | None) -> None:

@@ -95,7 +95,7 @@ CASES: dict[str, Case] = {
     # --- numbers silently accepted before ---
     "min_run_time=inf": Case(("min_run_time=inf",), ("min_run_time",)),
     "min_run_time=nan": Case(("min_run_time=nan",), ("min_run_time",)),
-    "min_run_time=0": Case(("min_run_time=0",), ("min_run_time", "> 0")),
+    "min_run_time=0": Case(("min_run_time=0",), ("min_run_time", "(0, 600]")),
     "min_run_time=86400": Case(("min_run_time=86400",), ("min_run_time", "600")),
     "steps=10000000": Case(("steps=10000000",), ("steps", "100000")),
     "repeats=10000000": Case(("repeats=10000000",), ("repeats",)),

@@ -134,7 +134,7 @@ BAD_INPUTS = {
     "batch=-3": (["batch=-3"], ["batch", ">= 1"]),
     "batch=abc": (["batch=abc"], ["batch", "integer"]),
     "seq_len=0": (["seq_len=0"], ["seq_len", ">= 1"]),
-    "steps=-1": (["steps=-1"], ["steps", ">= 0"]),
+    "steps=-1": (["steps=-1"], ["steps", "[0, 100000]"]),
     "precision=fp8": (["precision=fp8"], ["precision", "fp32", "bf16", "fp16"]),
     "model=transformer": (["model=transformer"], ["model", "lstm", "gru", "rnn"]),
     "model.hidden_size=0": (["model.hidden_size=0"], ["model.hidden_size", ">= 1"]),

@@ -133,16 +133,9 @@ def check_trial(cfg: DictConfig) -> None:
         raise ConfigError(str(exc)) from None
     for key in positive_ints:
         _require(cfg, key, lambda v: v >= 1, "an integer >= 1")
-    for key in ("steps", "warmup", "seed"):
-        _require(cfg, key, lambda v: v >= 0, "an integer >= 0")
-    _require(cfg, "min_run_time", lambda v: v > 0, "a number of seconds > 0")
-    _require(cfg, "task.lr", lambda v: v is None or v > 0, "a learning rate > 0")
-    _require(cfg, "clipping.max_norm", lambda v: v is None or v > 0, "null or a number > 0")
-    _require(cfg, "hardware.num_cpus", lambda v: v is None or v > 0, "null or a number > 0")
-    _require(cfg, "hardware.num_gpus", lambda v: v >= 0, "a number >= 0")
     _require(cfg, "precision.autocast_dtype", lambda v: v in (None, "float16", "bfloat16"),
              "one of null, float16, bfloat16")
-    bounds.check_bounds(cfg)
+    bounds.check_bounds(cfg)  # steps, seed, min_run_time, lr, clipping, hardware, ...
     bounds.check_memory(cfg)
     if OmegaConf.select(cfg, "task.name") == "adding" and cfg.model.input_size < 2:
         raise ConfigError(f"model.input_size={cfg.model.input_size}: task=adding needs >= 2 "

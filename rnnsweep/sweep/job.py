@@ -95,11 +95,3 @@ def _named(override: str, swept: Collection[str] | None) -> bool:
     if swept is not None:
         return key in swept
     return not key.startswith(NON_IDENTITY_PREFIXES)
-
-
-def summary_line(name: str, record: TrialRecord) -> str:
-    shown = ("latency_ms", "latency_ms_per_seq", "throughput_seq_per_s", "step_time_ms",
-             "final_loss", "nonfinite_steps")
-    values = "  ".join(f"{k}={record.metrics[k]:.4g}" for k in shown if k in record.metrics)
-    reason = f"  ({record.reason})" if record.reason else ""
-    return f"[{record.outcome}] {name}  {values}{reason}"
