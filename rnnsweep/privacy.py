@@ -37,13 +37,27 @@ def telemetry_off() -> None:
 
 @contextmanager
 def no_cloud_probes() -> Iterator[dict[str, str]]:
-    """While Ray's head processes start, plain HTTP off the machine goes nowhere. Yields
-    the environment the job's workers should get back (the user's own proxy settings;
-    an empty value is unset for ``requests``)."""
+    """While Ray's head processes start, plain HTTP off the machine goes nowhere, and the
+    tracking credentials are out of the environment Ray's processes (and so every worker)
+    inherit: only the driver's MLflow client reads them. Yields the environment the job's
+    workers should get back (the user's own proxy settings; an empty value is unset for
+    ``requests``)."""
+    from rnnsweep.redaction import DRIVER_ONLY_ENV
+
+    secrets = {key: os.environ.pop(key) for key in DRIVER_ONLY_ENV if key in os.environ}
+    try:
+        if os.environ.get("RNNSWEEP_ALLOW_CLOUD_PROBES") == "1":
+            yield {}
+        else:
+            with _dead_proxy() as worker_env:
+                yield worker_env
+    finally:
+        os.environ.update(secrets)
+
+
+@contextmanager
+def _dead_proxy() -> Iterator[dict[str, str]]:
     saved = {key: os.environ.get(key) for key in _PROXY_KEYS}
-    if os.environ.get("RNNSWEEP_ALLOW_CLOUD_PROBES") == "1":
-        yield {}
-        return
     os.environ.update(http_proxy=_DEAD_PROXY, HTTP_PROXY=_DEAD_PROXY,
                       no_proxy=_LOOPBACK, NO_PROXY=_LOOPBACK)
     try:

@@ -25,6 +25,8 @@ MASK = "***"
 SECRET_URI_ENV = "RNNSWEEP_TRACKING_SECRET_URI"
 USERNAME_ENV, PASSWORD_ENV, TOKEN_ENV = (
     "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN")
+# Where a tracking URI's credentials live: read by the driver's MLflow client alone.
+DRIVER_ONLY_ENV = (USERNAME_ENV, PASSWORD_ENV, TOKEN_ENV, SECRET_URI_ENV)
 
 # Query parameters that carry secrets (lower-cased; compared after dropping - and _).
 _SECRET_PARAMS = {"token", "accesstoken", "apikey", "key", "password", "passwd", "pwd",

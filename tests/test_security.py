@@ -23,7 +23,7 @@ import pytest
 from conftest import TOY, compose_cfg, new_store, run_cli
 from mlflow.tracking import MlflowClient
 
-from rnnsweep import redaction
+from rnnsweep import privacy, redaction
 from rnnsweep.record import DIVERGED
 from rnnsweep.trial.run import run_trial
 
@@ -94,6 +94,14 @@ def test_credentials_in_any_other_override_are_refused(clean_env, arg):
         redaction.hide_in_overrides(["-m", arg])
     assert PASSWORD not in str(refused.value)
     assert str(refused.value).startswith(arg.split("=", 1)[0].lstrip("+"))
+
+
+def test_ray_starts_without_the_tracking_credentials(clean_env):
+    """Ray's processes, and so every worker, inherit the environment ray.init runs in."""
+    redaction.hide_credentials(f"http://alice:{PASSWORD}@127.0.0.1:5055")
+    with privacy.no_cloud_probes():
+        assert PASSWORD not in " ".join(os.environ.values())
+    assert os.environ[redaction.PASSWORD_ENV] == PASSWORD  # the driver's client still has it
 
 
 def test_telemetry_off_by_default_and_the_users_choice_wins():
