@@ -6,8 +6,11 @@ when idle"."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
 from conftest import TOY, compose_cfg
@@ -16,22 +19,34 @@ from rnnsweep.trial.noise import IQR_LIMIT, Load, verdict
 from rnnsweep.trial.run import run_trial
 
 BURN = "import time\nend = time.time() + 60\nwhile time.time() < end: pass\n"
+# Enough training steps that the phase spans several of /proc/stat's 10 ms ticks: over a
+# shorter window, other processes' load cannot be measured at all.
 TIMED = [*TOY, "workload=train_bench", "hardware=cpu", "hardware.num_cpus=1",
-         "min_run_time=0.5"]
+         "min_run_time=0.5", "steps=60"]
 
 
 @pytest.fixture
 def burners():
     """One CPU-bound process per core, started here and ended by their own PIDs."""
-    import os
     procs = [subprocess.Popen([sys.executable, "-c", BURN])
              for _ in range(len(os.sched_getaffinity(0)))]
     try:
+        # Burning before the trial starts: its training phase lasts milliseconds, less
+        # than an interpreter's start-up.
+        deadline = time.monotonic() + 30
+        while min(_cpu_seconds(p.pid) for p in procs) < 0.2 and time.monotonic() < deadline:
+            time.sleep(0.05)
         yield procs
     finally:
         for proc in procs:
             proc.kill()
             proc.wait(timeout=10)
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User and system CPU time a process has used, from /proc/<pid>/stat."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def test_a_trial_timed_beside_cpu_burners_is_flagged(burners):
