@@ -22,14 +22,16 @@ BURN = "import time\nend = time.time() + 60\nwhile time.time() < end: pass\n"
 # Enough training steps that the phase spans several of /proc/stat's 10 ms ticks: over a
 # shorter window, other processes' load cannot be measured at all.
 TIMED = [*TOY, "workload=train_bench", "hardware=cpu", "hardware.num_cpus=1",
-         "min_run_time=0.5", "steps=60"]
+         "min_run_time=0.5", "steps=400"]
 
 
 @pytest.fixture
 def burners():
-    """One CPU-bound process per core, started here and ended by their own PIDs."""
+    """Two CPU-bound processes per core, started here and ended by their own PIDs: with
+    one per core, the trial's thread and the burners share the cores about evenly and the
+    load sits at the verdict's threshold."""
     procs = [subprocess.Popen([sys.executable, "-c", BURN])
-             for _ in range(len(os.sched_getaffinity(0)))]
+             for _ in range(2 * len(os.sched_getaffinity(0)))]
     try:
         # Burning before the trial starts: its training phase lasts milliseconds, less
         # than an interpreter's start-up.
@@ -56,7 +58,7 @@ def test_a_trial_timed_beside_cpu_burners_is_flagged(burners):
     reason = record.tags["rnnsweep.timing.noise_reason"]
     assert "latency_ms: " in reason and "step_time_ms: " in reason  # each timed figure
     assert "other processes used" in reason
-    # The burners alone are one CPU each; whatever else runs here only adds to it.
+    # The burners alone take most of the cores; whatever else runs here only adds to it.
     assert record.metrics["latency_other_cpus"] >= 0.75
     assert record.metrics["step_time_other_cpus"] >= 0.75
     assert record.metrics["latency_blocks"] >= 1
