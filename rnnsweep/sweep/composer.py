@@ -12,7 +12,7 @@ is composed the usual way.
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 from hydra._internal.config_loader_impl import ConfigLoaderImpl, get_overrides_dirname
 from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -64,14 +64,13 @@ def is_plain_value(override: Override, loader) -> bool:
 
 
 def compose_trials(trials: Sequence[Sequence[str]], compose: Callable[[list[str]], DictConfig],
-                   loader) -> list[DictConfig]:
+                   loader) -> Iterator[DictConfig]:
     """``compose(overrides)`` of every trial (configs without the ``hydra`` node, as
-    Hydra's compose API returns them), sharing one composition between trials that
-    differ only in values. A value that does not apply is composed the usual way, so
-    that its error is the one ``compose`` gives."""
+    Hydra's compose API returns them), one at a time, sharing one composition between
+    trials that differ only in values. A value that does not apply is composed the usual
+    way, so that its error is the one ``compose`` gives."""
     parser = OverridesParser.create()
     shared: dict[tuple[str, ...], DictConfig] = {}
-    composed = []
     for trial in trials:
         parsed = parser.parse_overrides(list(trial))
         values = [o for o in parsed if is_plain_value(o, loader)]
@@ -83,5 +82,4 @@ def compose_trials(trials: Sequence[Sequence[str]], compose: Callable[[list[str]
             ConfigLoaderImpl._apply_overrides_to_config(values, config)
         except Exception:  # noqa: BLE001 - composed again below, for Hydra's own message
             config = compose(list(trial))
-        composed.append(config)
-    return composed
+        yield config

@@ -52,7 +52,12 @@ def worst(direction: str) -> float:
 
 
 def value(cfg: DictConfig, record: TrialRecord) -> float:
-    metric, direction = settings(cfg)
+    return score(record, *settings(cfg))
+
+
+def score(record: TrialRecord, metric: str, direction: str) -> float:
+    """``value`` for a trial whose settings were read from its config already (the
+    launcher keeps these two strings, not each trial's config)."""
     found = record.metrics.get(metric)
     if record.outcome != OK or found is None or not math.isfinite(found):
         if record.outcome == OK:
@@ -63,9 +68,11 @@ def value(cfg: DictConfig, record: TrialRecord) -> float:
     return float(found)
 
 
-def value_of_run(tracker: Tracker, run_id: str, cfg: DictConfig) -> float:
-    """A trial skipped because an identical one finished: that run's value."""
-    metric, direction = settings(cfg)
+def value_of_run(tracker: Tracker, run_id: str, cfg: DictConfig | str,
+                 direction: str | None = None) -> float:
+    """A trial skipped because an identical one finished: that run's value (``cfg``: the
+    trial's config, or its objective metric with ``direction``)."""
+    metric, direction = (cfg, direction) if isinstance(cfg, str) else settings(cfg)
     found = tracker.client.get_run(run_id).data.metrics.get(metric)
     return float(found) if found is not None and math.isfinite(found) else worst(direction)
 
