@@ -96,8 +96,10 @@ def _launch(launcher, context: SweepContext, job_overrides: Sequence[Sequence[st
         raise SystemExit(2) from None
 
 
-def _compose(composer: Composer, job: Job) -> DictConfig:
-    config = composer.compose(job.overrides)
+def _compose(composer: Composer, job: Job, hydra: bool = True) -> DictConfig:
+    config = composer.compose(job.overrides, hydra)
+    if "hydra" not in config:  # the trial's own keys only (see Composer.compose)
+        return config
     with open_dict(config):
         config.hydra.job.id = job.idx
         config.hydra.job.num = job.idx
@@ -116,7 +118,9 @@ def _plan(composer: Composer, jobs: list[Job], nodes: list[Node], records: bool
     checked before anything runs."""
     params: dict[int, dict[str, str]] = {}
     for job in jobs:
-        config = _compose(composer, job)
+        # Its hydra node is composed when the job is submitted (where the job shares a
+        # composition with others: otherwise it comes whole, and is kept till then).
+        config = _compose(composer, job, hydra=not records)
         job.request = plan(config, nodes)
         job.judged_by = objective.settings(config)
         job.retries = int(OmegaConf.select(config, "ray.max_retries", default=2))
@@ -128,7 +132,7 @@ def _plan(composer: Composer, jobs: list[Job], nodes: list[Node], records: bool
             flat = _params(config)
             job.digest = config_hash(flat)
             params[job.idx] = {sys.intern(k): sys.intern(v) for k, v in flat.items()}
-        else:
+        if "hydra" in config:
             job.config = config
     check_feasible({j.idx: j.request for j in jobs}, nodes, {j.idx: j.name for j in jobs})
     return params
@@ -218,6 +222,7 @@ class _Submitter:
         while self.queue and len(self.in_flight) < self.window:
             job = self.queue.pop()
             config = job.config if job.config is not None else _compose(self.composer, job)
+            job.config = None
             job.ref = self.execute.options(
                 num_returns="streaming", num_cpus=job.request.num_cpus,
                 num_gpus=job.request.num_gpus, max_retries=job.retries,
