@@ -78,12 +78,14 @@ def value_of_run(tracker: Tracker, run_id: str, cfg: DictConfig | str,
 
 
 def log_best(tracker: Tracker, parent: str, cfg: DictConfig | None,
-             reused: Sequence[Run] = ()) -> None:
+             reused: Sequence[Run] = (), children: Sequence[Run] | None = None) -> None:
     """Logs the best trial on the parent (``best_objective``, tags naming the trial) and
     prints it: the sweep's answer, whichever sweeper chose the trials. The sweep's own
     children compete with the earlier runs it reused (a resumed sweep)."""
     metric, direction = settings(cfg)
-    scored = [(run.data.metrics[metric], run) for run in [*tracker.children(parent), *reused]
+    if children is None:  # the parent's children, where the caller has not read them yet
+        children = tracker.children(parent)
+    scored = [(run.data.metrics[metric], run) for run in [*children, *reused]
               if run.data.tags.get("rnnsweep.outcome") == OK
               and math.isfinite(run.data.metrics.get(metric, math.nan))]
     tags = {"rnnsweep.objective": f"{metric} ({direction})"}
