@@ -38,9 +38,9 @@ _parser = OverridesParser.create()
 class CheckedCommand:
     base: DictConfig  # the sweep's base config, its ``hydra`` node included
     overrides: list[list[str]]  # each trial's overrides, as Hydra's sweeper expands them
-    # What the CLI still reads of each trial (its resources): its ``hardware`` and
-    # ``workload`` nodes, shared between trials alike. A thousand whole configs would
-    # weigh over 50 MB for the whole sweep.
+    # Each trial's composed config (no ``hydra`` node); with ``whole=False``, only what
+    # the CLI still reads of it (its resources: ``hardware`` and ``workload``), shared
+    # between trials alike: a thousand whole configs weigh over 50 MB.
     trials: list[DictConfig]
 
 
@@ -50,7 +50,7 @@ _HYDRA_KEPT = ("hydra.launcher.", "hydra.sweeper.", "hydra.searchpath")
 
 
 def check_overrides(overrides: list[str], multirun: bool,
-                    command: Command | None = None) -> CheckedCommand:
+                    command: Command | None = None, whole: bool = True) -> CheckedCommand:
     """Composes and checks every trial the command line describes, from the config the
     command names (its ``--config-dir``, ``--config-name``, ``hydra.searchpath``...)."""
     command = command or parse([])
@@ -84,17 +84,22 @@ def check_overrides(overrides: list[str], multirun: bool,
         kept: list[DictConfig] = []
         try:
             # One trial at a time: checked, probed, and let go but for its resources.
-            targets.check(_checked(composed, kept))
+            targets.check(_checked(composed, kept, whole))
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
     bounds.check_launcher(base)
     return CheckedCommand(base, [list(t) for t in trials], kept)
 
 
-def _checked(composed: Iterable[DictConfig], kept: list[DictConfig]) -> Iterator[DictConfig]:
+def _checked(composed: Iterable[DictConfig], kept: list[DictConfig], whole: bool
+             ) -> Iterator[DictConfig]:
     alike: dict[str, DictConfig] = {}
     for trial in composed:
         check_trial(trial)
+        if whole:
+            kept.append(trial)
+            yield trial
+            continue
         resources = OmegaConf.masked_copy(trial, [k for k in ("hardware", "workload")
                                                   if k in trial])
         kept.append(alike.setdefault(OmegaConf.to_yaml(resources), resources))
