@@ -233,7 +233,8 @@ class _Submitter:
             self.in_flight[job.ref] = job
 
     def done(self, ref) -> None:
-        del self.in_flight[ref]
+        # Its stream let go too: Ray keeps a task's spec for retries while it is referenced.
+        self.in_flight.pop(ref).ref = None
         self.top_up()
 
 
