@@ -31,6 +31,7 @@ SWEEP_TAG = "rnnsweep.sweep"
 # On a finished trial: what produced its numbers; resume reuses it only on the same.
 FINGERPRINT_TAG = "rnnsweep.env_fingerprint"
 CONFIG_HASH_TAG = "rnnsweep.config_hash"
+SEARCH_PAGE = 100
 
 
 class Tracker:
@@ -136,7 +137,9 @@ class Tracker:
     def _search(self, query: str) -> Iterator:
         token = None
         while True:
-            page = self.client.search_runs([self.experiment_id], query, max_results=1000,
+            # Pages of a hundred: the store builds every row of a page as objects at
+            # once, several times the size of the runs it returns.
+            page = self.client.search_runs([self.experiment_id], query, max_results=SEARCH_PAGE,
                                            page_token=token)
             yield from page
             token = page.token
