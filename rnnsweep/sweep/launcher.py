@@ -152,20 +152,21 @@ def _run(launcher, context: SweepContext, composer: Composer, jobs: list[Job],
     sinks = context.sinks
     reusable = _reusable(launcher.config, context, jobs, nodes)
     for job in (job for job in jobs if job.idx in reusable):
-        job.state = "reused"
-        job.result = JobReturn(overrides=job.overrides, cfg=job.config,
-                               status=JobStatus.COMPLETED)
+        job.state, job.config = "reused", None  # only recorded sweeps reuse
+        job.result = JobReturn(overrides=job.overrides, status=JobStatus.COMPLETED)
         sinks.reused(job.idx, reusable[job.idx])
         # The sweeper gets the reused trial's number, as if it had run again.
         job.result.return_value = objective.value_of_run(context.tracker, reusable[job.idx],
                                                          *job.judged_by)
     to_run = [job for job in jobs if job.state == "pending"]
+    submitter = _Submitter(launcher, composer, to_run, nodes, context.records)
+    # The first trials run while their runs are made (the sinks hear of their start only
+    # once every run exists).
+    submitter.top_up()
     sinks.submitted([TrialInfo(job.idx, job.name, tuple(job.overrides), params.get(job.idx, {}),
                                _submission_tags(job)) for job in to_run])
     params.clear()  # on their runs now
-    submitter = _Submitter(launcher, composer, to_run, nodes, context.records)
     try:
-        submitter.top_up()
         _collect(context, to_run, nodes, launcher.settings.poll_s, submitter)
     except Interrupted as exc:
         _cancel(context, to_run, f"interrupted ({exc.name})")
