@@ -201,8 +201,8 @@ def metric_bars(labels: Sequence[str], metrics: Mapping[str, Sequence[float]], *
             ax.set_xticks(range(len(labels)), labels, rotation=30 if len(labels) > 3 else 0,
                           ha="right" if len(labels) > 3 else "center", fontsize=8)
         # Beyond that, names and values would overprint one another (and drawing a
-        # thousand of them took seconds): bars by trial number, the table has the rest.
-        ax.set_xlabel("trial" if len(labels) <= MAX_NAMED_BARS else "trial (in table order)")
+        # thousand of them took seconds): unnamed bars, the table has the rest.
+        ax.set_xlabel("trial")
         ax.set_ylabel(ylabel)
     return _png(fig)
 
