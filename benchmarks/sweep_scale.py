@@ -26,6 +26,8 @@ single runs; wall times drift 10-20% between runs), with
 
     before (0438d98):  marginal 0.170 s/trial, driver peak RSS +420 KB/trial
                        (N=1000: 183.8 s, peak 739.6 MB, RSS growth mid-run +108.3 MB)
+                       again, 03:30:  0.188 s/trial, +428 KB/trial
+                       (N=1000: 200.4 s, peak 745.9 MB; a 40 s test ran beside it)
     after:             marginal 0.148 s/trial, driver peak RSS  +97 KB/trial
                        (N=1000: 156.0 s, peak 435.5 MB, RSS growth mid-run +32.6 MB)
 
