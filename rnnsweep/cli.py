@@ -70,7 +70,7 @@ def run(args: list[str]) -> int:
         return 0
     multirun, overrides = command.multirun, command.overrides
     try:
-        checked = check_overrides(overrides, multirun, command)
+        checked = check_overrides(overrides, multirun, command, whole=False)
         check_store(checked.base, overrides, multirun)
         if not (multirun and _uses_ray_launcher(checked.base)):
             for trial in checked.trials:  # runs here, not on a Ray node

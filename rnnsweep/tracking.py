@@ -15,6 +15,7 @@ from pathlib import Path
 
 from filelock import FileLock
 from mlflow.entities import Metric, Param, RunTag
+from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
@@ -30,11 +31,13 @@ SWEEP_TAG = "rnnsweep.sweep"
 # On a finished trial: what produced its numbers; resume reuses it only on the same.
 FINGERPRINT_TAG = "rnnsweep.env_fingerprint"
 CONFIG_HASH_TAG = "rnnsweep.config_hash"
+SEARCH_PAGE = 100
 
 
 class Tracker:
     def __init__(self, uri: str, experiment: str) -> None:
         resolved = resolve_uri(uri)
+        self._artifact_uris: dict[str, str] = {}  # run id -> local artifact URI, till written
         self.uri = redact(resolved)  # shown and recorded; only the client sees credentials
         # A fresh SQLite store runs its migrations when it is first opened, and two
         # processes doing that at once leave it half-migrated; two creating one
@@ -54,6 +57,10 @@ class Tracker:
         if parent_run_id:
             all_tags[MLFLOW_PARENT_RUN_ID] = parent_run_id  # the UI nests runs by this tag
         run = self.client.create_run(self.experiment_id, tags=all_tags, run_name=name)
+        if run.info.artifact_uri and run.info.artifact_uri.startswith("file:"):
+            # Kept till the run's artifacts are written: MLflow would otherwise read the
+            # whole run back to find where they go (the dearest part of writing a trial).
+            self._artifact_uris[run.info.run_id] = run.info.artifact_uri
         return run.info.run_id
 
     def write_record(self, run_id: str, record: TrialRecord, with_params: bool = True) -> None:
@@ -67,6 +74,7 @@ class Tracker:
                  metrics=metrics)
         if record.artifacts:
             self.log_artifacts(run_id, record.artifacts)
+        self._artifact_uris.pop(run_id, None)
         self.client.set_terminated(run_id, record.status)
 
     def log(self, run_id: str, params: dict[str, str] | None = None,
@@ -95,11 +103,16 @@ class Tracker:
                 path = Path(tmp, rel)
                 path.parent.mkdir(parents=True, exist_ok=True)
                 path.write_bytes(_redact_text_file(rel, content))
-            self.client.log_artifacts(run_id, tmp)
+            local = self._artifact_uris.pop(run_id, None)
+            if local:
+                get_artifact_repository(local).log_artifacts(tmp)
+            else:
+                self.client.log_artifacts(run_id, tmp)
 
     def fail_run(self, run_id: str, reason: str, status: str = "FAILED") -> None:
         self.client.set_tag(run_id, "rnnsweep.outcome", status)
         self.client.set_tag(run_id, "rnnsweep.reason", redact(reason)[:4000])
+        self._artifact_uris.pop(run_id, None)
         self.client.set_terminated(run_id, status)
 
     def finished_configs(self) -> dict[tuple[str, str], tuple[str, str]]:
@@ -124,7 +137,9 @@ class Tracker:
     def _search(self, query: str) -> Iterator:
         token = None
         while True:
-            page = self.client.search_runs([self.experiment_id], query, max_results=1000,
+            # Pages of a hundred: the store builds every row of a page as objects at
+            # once, several times the size of the runs it returns.
+            page = self.client.search_runs([self.experiment_id], query, max_results=SEARCH_PAGE,
                                            page_token=token)
             yield from page
             token = page.token

@@ -65,7 +65,7 @@ def test_trials_composed_through_the_compose_api_equal_hydras_own():
     GlobalHydra.instance().clear()
     with initialize_config_dir(str(rnnsweep.config.conf_dir()), version_base="1.3"):
         loader = GlobalHydra.instance().config_loader()
-        mine = compose_trials(trials, lambda o: compose("config", overrides=o), loader)
+        mine = list(compose_trials(trials, lambda o: compose("config", overrides=o), loader))
         hydras = [compose("config", overrides=t) for t in trials]
     GlobalHydra.instance().clear()
     assert [comparable(c) for c in mine] == [comparable(c) for c in hydras]
@@ -90,3 +90,20 @@ def test_launcher_params_equal_the_trials_own_flattening(loader_and_master, over
         del trial["hydra"]
     expected = flatten(OmegaConf.to_container(trial, resolve=True, enum_to_str=True))
     assert _params(config) == expected
+
+
+@pytest.mark.parametrize("overrides", [["seed=3"], ["model=gru", "batch=8"], ["model=gru"]])
+def test_a_jobs_trial_keys_alone_flatten_as_the_whole_job(loader_and_master, overrides):
+    """The launcher plans each job (its request, params and config hash) from its
+    trial keys without the ``hydra`` node, then composes it whole to submit it: both must
+    say the same of the trial."""
+    from rnnsweep.sweep.launcher import _params
+
+    loader, master = loader_and_master
+    composer = Composer(loader, master)
+    trial_only, whole = composer.compose(overrides, hydra=False), composer.compose(overrides)
+    assert "hydra" in whole
+    assert ("hydra" in trial_only) == (overrides == ["model=gru"])  # composed from scratch
+    assert _params(trial_only) == _params(whole)
+    assert comparable(OmegaConf.masked_copy(whole, [k for k in whole if k != "hydra"])) \
+        == comparable(OmegaConf.masked_copy(trial_only, [k for k in trial_only if k != "hydra"]))

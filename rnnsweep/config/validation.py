@@ -38,7 +38,10 @@ _parser = OverridesParser.create()
 class CheckedCommand:
     base: DictConfig  # the sweep's base config, its ``hydra`` node included
     overrides: list[list[str]]  # each trial's overrides, as Hydra's sweeper expands them
-    trials: list[DictConfig]  # each trial's composed config (no ``hydra`` node)
+    # Each trial's composed config (no ``hydra`` node); with ``whole=False``, only what
+    # the CLI still reads of it (its resources: ``hardware`` and ``workload``), shared
+    # between trials alike: a thousand whole configs weigh over 50 MB.
+    trials: list[DictConfig]
 
 
 # Hydra settings that change what is composed or how it is swept; validation composes
@@ -47,7 +50,7 @@ _HYDRA_KEPT = ("hydra.launcher.", "hydra.sweeper.", "hydra.searchpath")
 
 
 def check_overrides(overrides: list[str], multirun: bool,
-                    command: Command | None = None) -> CheckedCommand:
+                    command: Command | None = None, whole: bool = True) -> CheckedCommand:
     """Composes and checks every trial the command line describes, from the config the
     command names (its ``--config-dir``, ``--config-name``, ``hydra.searchpath``...)."""
     command = command or parse([])
@@ -78,14 +81,29 @@ def check_overrides(overrides: list[str], multirun: bool,
             trials = BasicSweeper.split_arguments(expanded, None)[0]
         composed = compose_trials(trials, lambda trial: _compose(trial, name),
                                   GlobalHydra.instance().config_loader())
-        for trial in composed:
-            check_trial(trial)
+        kept: list[DictConfig] = []
         try:
-            targets.check(composed)
+            # One trial at a time: checked, probed, and let go but for its resources.
+            targets.check(_checked(composed, kept, whole))
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
     bounds.check_launcher(base)
-    return CheckedCommand(base, [list(t) for t in trials], composed)
+    return CheckedCommand(base, [list(t) for t in trials], kept)
+
+
+def _checked(composed: Iterable[DictConfig], kept: list[DictConfig], whole: bool
+             ) -> Iterator[DictConfig]:
+    alike: dict[str, DictConfig] = {}
+    for trial in composed:
+        check_trial(trial)
+        if whole:
+            kept.append(trial)
+            yield trial
+            continue
+        resources = OmegaConf.masked_copy(trial, [k for k in ("hardware", "workload")
+                                                  if k in trial])
+        kept.append(alike.setdefault(OmegaConf.to_yaml(resources), resources))
+        yield trial
 
 
 @contextlib.contextmanager

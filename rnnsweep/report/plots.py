@@ -187,15 +187,21 @@ def linear_fits(panels: Sequence[FitPanel], *, xlabel: str, title: str, sweep: s
     return _png(fig)
 
 
+MAX_NAMED_BARS = 40
+
+
 def metric_bars(labels: Sequence[str], metrics: Mapping[str, Sequence[float]], *, sweep: str,
                 device: str) -> bytes:
     """The fallback: one panel per metric (its label with unit), one bar per trial."""
     fig, axes = _figure(len(metrics), f"{sweep}: trials compared", device)
     for ax, (ylabel, values) in zip(axes, metrics.items(), strict=True):
         bars = ax.bar(range(len(labels)), values, color=[f"C{i % 10}" for i in range(len(labels))])
-        ax.bar_label(bars, fmt=plain, padding=2, fontsize=8)
-        ax.set_xticks(range(len(labels)), labels, rotation=30 if len(labels) > 3 else 0,
-                      ha="right" if len(labels) > 3 else "center", fontsize=8)
+        if len(labels) <= MAX_NAMED_BARS:
+            ax.bar_label(bars, fmt=plain, padding=2, fontsize=8)
+            ax.set_xticks(range(len(labels)), labels, rotation=30 if len(labels) > 3 else 0,
+                          ha="right" if len(labels) > 3 else "center", fontsize=8)
+        # Beyond that, names and values would overprint one another (and drawing a
+        # thousand of them took seconds): unnamed bars, the table has the rest.
         ax.set_xlabel("trial")
         ax.set_ylabel(ylabel)
     return _png(fig)

@@ -3,6 +3,7 @@ so a report can be rebuilt for any past sweep, from any store or tracking server
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from mlflow.exceptions import MlflowException
@@ -41,9 +42,15 @@ def sweep_trials(tracker: Tracker, parent) -> list[Trial]:
 def to_trial(run) -> Trial:
     tags = run.data.tags
     return Trial(run_id=run.info.run_id, outcome=tags.get("rnnsweep.outcome") or run.info.status,
-                 reason=tags.get("rnnsweep.reason", ""), params=dict(run.data.params),
-                 metrics=dict(run.data.metrics), device=device_name(tags), tags=dict(tags),
+                 reason=tags.get("rnnsweep.reason", ""), params=_interned(run.data.params),
+                 metrics=dict(run.data.metrics), device=device_name(tags), tags=_interned(tags),
                  experiment_id=run.info.experiment_id)
+
+
+def _interned(strings: dict[str, str]) -> dict[str, str]:
+    """A sweep's trials share nearly all their keys and values: one copy of each for a
+    thousand trials, not a thousand."""
+    return {sys.intern(k): sys.intern(v) for k, v in strings.items()}
 
 
 def device_name(tags: dict[str, str]) -> str:

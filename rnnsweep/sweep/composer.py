@@ -12,7 +12,7 @@ is composed the usual way.
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 from hydra._internal.config_loader_impl import ConfigLoaderImpl, get_overrides_dirname
 from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -25,21 +25,35 @@ class Composer:
         self.loader, self.master = config_loader, master
         self.parser = OverridesParser.create()
         self._shared: dict[tuple[str, ...], DictConfig] = {}
+        self._trial_only: dict[tuple[str, ...], DictConfig] = {}
 
-    def compose(self, overrides: list[str]) -> DictConfig:
+    def compose(self, overrides: list[str], hydra: bool = True) -> DictConfig:
+        """The job's config. ``hydra=False``: without its ``hydra`` node where it shares
+        a composition (a copy three times cheaper, for reading the trial's own keys);
+        a job composed from scratch always has it."""
         parsed = self.parser.parse_overrides(overrides)
         values = [o for o in parsed if self._is_plain_value(o)]
         structural = [o.input_line for o in parsed if o not in values]
         if not values:
             return self.loader.load_sweep_config(self.master, list(overrides))
-        key = tuple(structural)
-        if key not in self._shared:
-            self._shared[key] = self.loader.load_sweep_config(self.master, structural)
-        config = copy.deepcopy(self._shared[key])
+        config = copy.deepcopy(self._base(tuple(structural), hydra))
         ConfigLoaderImpl._apply_overrides_to_config(values, config)
-        OmegaConf.copy_cache(from_config=self.master, to_config=config)
-        self._record(config, parsed)
+        if hydra:
+            OmegaConf.copy_cache(from_config=self.master, to_config=config)
+            self._record(config, parsed)
         return config
+
+    def _base(self, key: tuple[str, ...], hydra: bool) -> DictConfig:
+        if key not in self._shared:
+            self._shared[key] = self.loader.load_sweep_config(self.master, list(key))
+        if hydra:
+            return self._shared[key]
+        if key not in self._trial_only:
+            trial = copy.deepcopy(self._shared[key])
+            with open_dict(trial):
+                del trial["hydra"]
+            self._trial_only[key] = trial
+        return self._trial_only[key]
 
     def _is_plain_value(self, override: Override) -> bool:
         return is_plain_value(override, self.loader)
@@ -64,14 +78,13 @@ def is_plain_value(override: Override, loader) -> bool:
 
 
 def compose_trials(trials: Sequence[Sequence[str]], compose: Callable[[list[str]], DictConfig],
-                   loader) -> list[DictConfig]:
+                   loader) -> Iterator[DictConfig]:
     """``compose(overrides)`` of every trial (configs without the ``hydra`` node, as
-    Hydra's compose API returns them), sharing one composition between trials that
-    differ only in values. A value that does not apply is composed the usual way, so
-    that its error is the one ``compose`` gives."""
+    Hydra's compose API returns them), one at a time, sharing one composition between
+    trials that differ only in values. A value that does not apply is composed the usual
+    way, so that its error is the one ``compose`` gives."""
     parser = OverridesParser.create()
     shared: dict[tuple[str, ...], DictConfig] = {}
-    composed = []
     for trial in trials:
         parsed = parser.parse_overrides(list(trial))
         values = [o for o in parsed if is_plain_value(o, loader)]
@@ -83,5 +96,4 @@ def compose_trials(trials: Sequence[Sequence[str]], compose: Callable[[list[str]
             ConfigLoaderImpl._apply_overrides_to_config(values, config)
         except Exception:  # noqa: BLE001 - composed again below, for Hydra's own message
             config = compose(list(trial))
-        composed.append(config)
-    return composed
+        yield config

@@ -81,6 +81,15 @@ def headline(metrics: dict[str, float], swept: set[str]) -> tuple[Metric, ...]:
     return ()
 
 
+_SHOWN = {m.key for kind in (FUSED, STREAMING, CLIPPING, PRECISION, LATENCY, TRAINING)
+          for m in kind}
+
+
+def _shown(key: str) -> bool:
+    """Whether a metric can be among a trial's headline values (see ``headline``)."""
+    return key in _SHOWN or (key.startswith("export_") and key.endswith("_max_abs_diff"))
+
+
 def headline_values(metrics: dict[str, float], swept: set[str]) -> dict[str, float]:
     """label -> value for the headline metrics a trial has."""
     metrics = dict(metrics)
@@ -152,6 +161,8 @@ class ConsoleSink:
                 # A trial recorded where it ran (Hydra's basic launcher) comes with its
                 # name only, which is its overrides joined.
                 info = replace(info, overrides=tuple(info.name.split(",")))
+            # Its name and overrides are what is shown; its params are the store's.
+            info = replace(info, params={}, tags={})
             self.trials.setdefault(info.idx, _Trial(info))
         self.swept = swept_keys([t.info.overrides for t in self.trials.values()])
         self._refresh()
@@ -174,7 +185,7 @@ class ConsoleSink:
         trial.state = "failed" if record.outcome == FAILED else "done"
         trial.outcome, trial.reason = record.outcome, record.reason
         trial.noisy = record.tags.get(NOISY_TAG) == "true"
-        trial.metrics = dict(record.metrics)
+        trial.metrics = {k: v for k, v in record.metrics.items() if _shown(k)}
         trial.values = headline_values(trial.metrics, self.swept)
         line = self._result_line(idx, trial)
         self._last = line.strip()

@@ -31,12 +31,13 @@ from rnnsweep.sweep.cluster import LaunchError, ray_session
 from rnnsweep.sweep.composer import Composer
 from rnnsweep.sweep.context import SweepContext
 from rnnsweep.sweep.interrupts import Interrupted
-from rnnsweep.sweep.job import SweepTask, trial_name, trial_names
+from rnnsweep.sweep.job import SweepTask, trial_names
 from rnnsweep.sweep.resources import (
     InfeasibleRequest,
     Node,
     Request,
     check_feasible,
+    concurrent_trials,
     gpu_tags,
     plan,
 )
@@ -48,9 +49,15 @@ from rnnsweep.tracking import CONFIG_HASH_TAG, FINGERPRINT_TAG
 class Job:
     idx: int
     overrides: list[str]
-    config: DictConfig
     name: str
+    # Composed when the job is planned and again when it is submitted, and dropped once
+    # Ray holds it: a thousand-trial sweep never keeps a thousand configs (over 100 kB
+    # of objects each) in the driver. Kept throughout where nothing is recorded (any
+    # Hydra app's jobs), whose returns carry it.
+    config: DictConfig | None = None
     request: Request | None = None
+    digest: str | None = None
+    judged_by: tuple[str, str] = ("", "")  # objective metric and direction
     retries: int = 0
     ref: Any = None  # the trial's streaming task: it yields its start, then its result
     state: str = "pending"  # pending | running | done | failed | reused | killed
@@ -76,63 +83,91 @@ def _launch(launcher, context: SweepContext, job_overrides: Sequence[Sequence[st
     config = launcher.config
     Path(str(config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
     composer = Composer(launcher.hydra_context.config_loader, config)
-    jobs = [_compose(composer, initial_job_idx + i, list(o)) for i, o in enumerate(job_overrides)]
-    for job, name in zip(jobs, trial_names([j.overrides for j in jobs]), strict=True):
-        job.name = name  # by the keys this sweep varies, and only those
+    overrides = [list(o) for o in job_overrides]
+    # Named by the keys this sweep varies, and only those.
+    jobs = [Job(initial_job_idx + i, o, name)
+            for i, (o, name) in enumerate(zip(overrides, trial_names(overrides), strict=True))]
     try:
         with ray_session(config, launcher.settings) as nodes:
-            _plan(jobs, nodes)
-            return _run(launcher, context, jobs, nodes)
+            infos = _plan(composer, jobs, nodes, context.records)
+            return _run(launcher, context, composer, jobs, nodes, infos)
     except (LaunchError, InfeasibleRequest) as exc:
         print(f"rnnsweep: error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
 
 
-def _compose(composer: Composer, idx: int, overrides: list[str]) -> Job:
-    config = composer.compose(overrides)
+def _compose(composer: Composer, job: Job, hydra: bool = True) -> DictConfig:
+    config = composer.compose(job.overrides, hydra)
+    if "hydra" not in config:  # the trial's own keys only (see Composer.compose)
+        return config
     with open_dict(config):
-        config.hydra.job.id = idx
-        config.hydra.job.num = idx
+        config.hydra.job.id = job.idx
+        config.hydra.job.num = job.idx
         # Resolved here, once: a worker resolving it again could name another directory.
         config.hydra.sweep.dir = str(config.hydra.sweep.dir)
-    return Job(idx, overrides, config, trial_name(overrides))
+    if job.request is not None:  # planned already
+        with open_dict(config):
+            _compose_request(config, job.request)
+    return config
 
 
-def _plan(jobs: list[Job], nodes: list[Node]) -> None:
+def _plan(composer: Composer, jobs: list[Job], nodes: list[Node], records: bool
+          ) -> dict[int, dict[str, str]]:
+    """Each job composed once, one at a time: its resource request, its objective and,
+    when the sweep is recorded, its params (returned) and config hash. Every request is
+    checked before anything runs."""
+    params: dict[int, dict[str, str]] = {}
     for job in jobs:
-        job.request = plan(job.config, nodes)
+        # Its hydra node is composed when the job is submitted (where the job shares a
+        # composition with others: otherwise it comes whole, and is kept till then).
+        config = _compose(composer, job, hydra=not records)
+        job.request = plan(config, nodes)
+        job.judged_by = objective.settings(config)
+        job.retries = int(OmegaConf.select(config, "ray.max_retries", default=2))
+        with open_dict(config):  # as the worker will see it
+            _compose_request(config, job.request)
+        if records:
+            # Flattened once per trial: its hash decides resume, and the params go on its
+            # run. Interned: the trials of a sweep share nearly all their keys and values.
+            flat = _params(config)
+            job.digest = config_hash(flat)
+            params[job.idx] = {sys.intern(k): sys.intern(v) for k, v in flat.items()}
+        if "hydra" in config:
+            job.config = config
     check_feasible({j.idx: j.request for j in jobs}, nodes, {j.idx: j.name for j in jobs})
-    for job in jobs:
-        if OmegaConf.select(job.config, "hardware") is not None:
-            # The trial sizes its threads from this, and its params show what it was given.
-            with open_dict(job.config):
-                job.config.hardware.device = job.request.device
-                job.config.hardware.num_cpus = job.request.num_cpus
-                job.config.hardware.num_gpus = job.request.num_gpus
-                job.config.hardware.exclusive = job.request.exclusive
+    return params
 
 
-def _run(launcher, context: SweepContext, jobs: list[Job], nodes: list[Node]
-         ) -> list[JobReturn]:
+def _compose_request(config: DictConfig, request: Request) -> None:
+    """The trial sizes its threads from this, and its params show what it was given."""
+    if OmegaConf.select(config, "hardware") is not None:
+        config.hardware.device = request.device
+        config.hardware.num_cpus = request.num_cpus
+        config.hardware.num_gpus = request.num_gpus
+        config.hardware.exclusive = request.exclusive
+
+
+def _run(launcher, context: SweepContext, composer: Composer, jobs: list[Job],
+         nodes: list[Node], params: dict[int, dict[str, str]]) -> list[JobReturn]:
     sinks = context.sinks
-    # Flattened once per trial: its hash decides resume, and the params go on its run.
-    params = {job.idx: _params(job.config) for job in jobs} if context.records else {}
-    digests = {idx: config_hash(p) for idx, p in params.items()}
-    reusable = _reusable(launcher.config, context, jobs, digests, nodes)
+    reusable = _reusable(launcher.config, context, jobs, nodes)
     for job in (job for job in jobs if job.idx in reusable):
-        job.state = "reused"
-        job.result = JobReturn(overrides=job.overrides, cfg=job.config,
-                               status=JobStatus.COMPLETED)
+        job.state, job.config = "reused", None  # only recorded sweeps reuse
+        job.result = JobReturn(overrides=job.overrides, status=JobStatus.COMPLETED)
         sinks.reused(job.idx, reusable[job.idx])
         # The sweeper gets the reused trial's number, as if it had run again.
         job.result.return_value = objective.value_of_run(context.tracker, reusable[job.idx],
-                                                         job.config)
+                                                         *job.judged_by)
     to_run = [job for job in jobs if job.state == "pending"]
-    _submit(launcher, to_run)
+    submitter = _Submitter(launcher, composer, to_run, nodes, context.records)
+    # The first trials run while their runs are made (the sinks hear of their start only
+    # once every run exists).
+    submitter.top_up()
     sinks.submitted([TrialInfo(job.idx, job.name, tuple(job.overrides), params.get(job.idx, {}),
-                               _submission_tags(job, digests)) for job in to_run])
+                               _submission_tags(job)) for job in to_run])
+    params.clear()  # on their runs now
     try:
-        _collect(context, to_run, nodes, launcher.settings.poll_s)
+        _collect(context, to_run, nodes, launcher.settings.poll_s, submitter)
     except Interrupted as exc:
         _cancel(context, to_run, f"interrupted ({exc.name})")
         raise
@@ -140,7 +175,7 @@ def _run(launcher, context: SweepContext, jobs: list[Job], nodes: list[Node]
 
 
 def _reusable(config: DictConfig, context: SweepContext, jobs: list[Job],
-              digests: dict[int, str], nodes: list[Node]) -> dict[int, str]:
+              nodes: list[Node]) -> dict[int, str]:
     """Trials an identical finished trial stands for: same config, and measured in the
     environment this cluster would measure it in (asked of the nodes only when some
     config matches). A cluster whose nodes differ reruns everything."""
@@ -148,14 +183,14 @@ def _reusable(config: DictConfig, context: SweepContext, jobs: list[Job],
         return {}
     finished = context.tracker.finished_configs()
     known = {digest for digest, _ in finished}
-    if not any(d in known for d in digests.values()):
+    if not any(job.digest in known for job in jobs):
         return {}
     fingerprints = _node_fingerprints(nodes)
     if len(fingerprints) != 1:
         return {}
     (env,) = fingerprints
-    return {job.idx: finished[(digests[job.idx], env)][0] for job in jobs
-            if (digests[job.idx], env) in finished}
+    return {job.idx: finished[(job.digest, env)][0] for job in jobs
+            if (job.digest, env) in finished}
 
 
 def _node_fingerprints(nodes: list[Node]) -> set[str]:
@@ -165,31 +200,55 @@ def _node_fingerprints(nodes: list[Node]) -> set[str]:
     return set(ray.get(refs))
 
 
-def _submit(launcher, jobs: list[Job]) -> None:
-    execute = ray.remote(worker.execute)
-    task = launcher.task_function
-    # Shared by every trial: serialised once into Ray's object store, not once per trial.
-    context_ref = ray.put(launcher.hydra_context)
-    state_ref = ray.put(Singleton.get_state())
-    task_ref = ray.put(task.for_workers() if isinstance(task, SweepTask) else task)
-    for job in jobs:
-        job.retries = int(OmegaConf.select(job.config, "ray.max_retries", default=2))
-        job.ref = execute.options(
-            num_returns="streaming", num_cpus=job.request.num_cpus,
-            num_gpus=job.request.num_gpus, max_retries=job.retries, retry_exceptions=False,
-            name=f"rnnsweep-trial-{job.idx}",
-        ).remote(context_ref, task_ref, job.config, state_ref, os.getcwd())
+class _Submitter:
+    """Hands jobs to Ray a few at a time: enough queued to keep every slot busy, each
+    composed just before it goes. Ray holds a submitted task's arguments until the task
+    ends, so submitting a thousand at once would hold a thousand configs."""
+
+    def __init__(self, launcher, composer: Composer, jobs: list[Job], nodes: list[Node],
+                 drop_configs: bool) -> None:
+        self.composer, self.drop_configs = composer, drop_configs
+        self.queue = list(reversed(jobs))  # popped from the end, in submission order
+        self.in_flight: dict[Any, Job] = {}
+        self.window = 2 * concurrent_trials([j.request for j in jobs], nodes) + 4
+        self.execute = ray.remote(worker.execute)
+        task = launcher.task_function
+        # Shared by every trial: serialised once into Ray's object store, not once per trial.
+        self.context_ref = ray.put(launcher.hydra_context)
+        self.state_ref = ray.put(Singleton.get_state())
+        self.task_ref = ray.put(task.for_workers() if isinstance(task, SweepTask) else task)
+        self.cwd = os.getcwd()
+
+    def top_up(self) -> None:
+        while self.queue and len(self.in_flight) < self.window:
+            job = self.queue.pop()
+            config = job.config if job.config is not None else _compose(self.composer, job)
+            job.config = None
+            job.ref = self.execute.options(
+                num_returns="streaming", num_cpus=job.request.num_cpus,
+                num_gpus=job.request.num_gpus, max_retries=job.retries,
+                retry_exceptions=False, name=f"rnnsweep-trial-{job.idx}",
+            ).remote(self.context_ref, self.task_ref, config, self.state_ref, self.cwd)
+            if not self.drop_configs:
+                job.config = config
+            self.in_flight[job.ref] = job
+
+    def done(self, ref) -> None:
+        # Its stream let go too: Ray keeps a task's spec for retries while it is referenced.
+        self.in_flight.pop(ref).ref = None
+        self.top_up()
 
 
-def _submission_tags(job: Job, digests: dict[int, str]) -> dict[str, str]:
+def _submission_tags(job: Job) -> dict[str, str]:
     tags = {"rnnsweep.ray.request": job.request.describe()}
-    if job.idx in digests:
-        tags[CONFIG_HASH_TAG] = digests[job.idx]
+    if job.digest:
+        tags[CONFIG_HASH_TAG] = job.digest
     return tags
 
 
-def _collect(context: SweepContext, jobs: list[Job], nodes: list[Node], poll_s: float) -> None:
-    pending = {job.ref: job for job in jobs}
+def _collect(context: SweepContext, jobs: list[Job], nodes: list[Node], poll_s: float,
+             submitter: _Submitter) -> None:
+    pending = submitter.in_flight
     while pending:
         try:
             ready, _ = ray.wait(list(pending), num_returns=1, timeout=poll_s)
@@ -204,7 +263,7 @@ def _collect(context: SweepContext, jobs: list[Job], nodes: list[Node], poll_s: 
         for ref in sorted(ready, key=lambda r: pending[r].state != "pending"):
             job = pending[ref]
             if _advance(job, context, jobs, nodes):
-                del pending[ref]
+                submitter.done(ref)
 
 
 def _advance(job: Job, context: SweepContext, jobs: list[Job], nodes: list[Node]) -> bool:
@@ -241,18 +300,22 @@ def _finish(job: Job, context: SweepContext, jobs: list[Job], nodes: list[Node],
         else:
             return
     job.state = "failed" if record.outcome == FAILED else "done"
-    # The worker's copy of the job's Hydra config, a few hundred kB of objects per trial,
-    # would pile up on the driver over a long sweep; nothing downstream of an rnnsweep
-    # trial reads it (the record and the driver's own config say everything).
-    ret.hydra_cfg = None
     job.info["node_ip"] = next((n.address for n in nodes if n.node_id == job.info.get("node_id")),
                                "?")
     record.tags.update(_placement_tags(job, jobs))
     if job.info.get("fingerprint"):
         record.tags[FINGERPRINT_TAG] = job.info["fingerprint"]
     context.sinks.finished(job.idx, record)
-    # The record is with the sinks; a sweeper gets the one number it optimises.
-    job.result.return_value = objective.value(job.config, record)
+    # The record is with the sinks; a sweeper gets the one number it optimises. What the
+    # driver keeps of a finished trial is that number and when and where it ran.
+    job.result = JobReturn(overrides=job.overrides, cfg=job.config, status=job.result.status,
+                           working_dir=ret.working_dir, task_name=ret.task_name)
+    job.result.return_value = objective.score(record, *job.judged_by)
+    job.info = {k: job.info[k] for k in _KEPT_INFO if k in job.info}
+
+
+# What a finished trial's neighbours still read of it (its overlap and GPU co-tenancy).
+_KEPT_INFO = ("started", "finished", "node_id", "gpu_ids")
 
 
 def _failed_return(job: Job, reason: str, as_record: bool) -> JobReturn:

@@ -52,7 +52,12 @@ def worst(direction: str) -> float:
 
 
 def value(cfg: DictConfig, record: TrialRecord) -> float:
-    metric, direction = settings(cfg)
+    return score(record, *settings(cfg))
+
+
+def score(record: TrialRecord, metric: str, direction: str) -> float:
+    """``value`` for a trial whose settings were read from its config already (the
+    launcher keeps these two strings, not each trial's config)."""
     found = record.metrics.get(metric)
     if record.outcome != OK or found is None or not math.isfinite(found):
         if record.outcome == OK:
@@ -63,20 +68,24 @@ def value(cfg: DictConfig, record: TrialRecord) -> float:
     return float(found)
 
 
-def value_of_run(tracker: Tracker, run_id: str, cfg: DictConfig) -> float:
-    """A trial skipped because an identical one finished: that run's value."""
-    metric, direction = settings(cfg)
+def value_of_run(tracker: Tracker, run_id: str, cfg: DictConfig | str,
+                 direction: str | None = None) -> float:
+    """A trial skipped because an identical one finished: that run's value (``cfg``: the
+    trial's config, or its objective metric with ``direction``)."""
+    metric, direction = (cfg, direction) if isinstance(cfg, str) else settings(cfg)
     found = tracker.client.get_run(run_id).data.metrics.get(metric)
     return float(found) if found is not None and math.isfinite(found) else worst(direction)
 
 
 def log_best(tracker: Tracker, parent: str, cfg: DictConfig | None,
-             reused: Sequence[Run] = ()) -> None:
+             reused: Sequence[Run] = (), children: Sequence[Run] | None = None) -> None:
     """Logs the best trial on the parent (``best_objective``, tags naming the trial) and
     prints it: the sweep's answer, whichever sweeper chose the trials. The sweep's own
     children compete with the earlier runs it reused (a resumed sweep)."""
     metric, direction = settings(cfg)
-    scored = [(run.data.metrics[metric], run) for run in [*tracker.children(parent), *reused]
+    if children is None:  # the parent's children, where the caller has not read them yet
+        children = tracker.children(parent)
+    scored = [(run.data.metrics[metric], run) for run in [*children, *reused]
               if run.data.tags.get("rnnsweep.outcome") == OK
               and math.isfinite(run.data.metrics.get(metric, math.nan))]
     tags = {"rnnsweep.objective": f"{metric} ({direction})"}

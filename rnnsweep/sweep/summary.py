@@ -38,7 +38,8 @@ def finish_sweep(context: SweepContext) -> dict[str, float]:
         summary["best_throughput_seq_per_s"] = max(throughputs)
     tracker.log_summary(parent, summary)
     # The sweep's answer, whichever sweeper chose its trials (Optuna's included).
-    objective.log_best(tracker, parent, context.objective, reused)
+    objective.log_best(tracker, parent, context.objective, reused, children)
+    del children  # the report reads the runs its own way; a thousand need not be held twice
     # Imported here, not at the top: keeps matplotlib out of every CLI start.
     from rnnsweep.report import write_report_safely
 

@@ -44,7 +44,12 @@ def execute(hydra_context, task_function, config: DictConfig, singleton_state,
                              config=config, job_dir_key="hydra.sweep.dir",
                              job_subdir_key="hydra.sweep.subdir")
     info["finished"] = time.time()
-    info["fingerprint"] = node_fingerprint() if _is_record(ret) else ""
+    info["fingerprint"] = ""
+    if _is_record(ret):
+        info["fingerprint"] = node_fingerprint()
+        # The job's Hydra config, over 100 kB of objects, would cost the driver its
+        # unpickling for nothing: the record and the driver's own config say everything.
+        ret.cfg = ret.hydra_cfg = None
     yield ret, info
 
 
