@@ -173,7 +173,9 @@ class ConsoleSink:
             trial.state = "running"
         self._refresh()
 
-    def reused(self, idx: int, run_id: str) -> None:
+    def reused(self, idx: int, run_id: str, info: TrialInfo | None = None) -> None:
+        if info is not None and idx not in self.trials:  # reused trials are never submitted
+            self.submitted([info])
         trial = self._trial(idx)
         trial.state, trial.note = "reused", run_id
         self._say(f"  #{idx} [reused] {trial.info.name}: an identical trial finished as "

@@ -43,8 +43,8 @@ class Sinks:
     def started(self, idx: int) -> None:
         self._each("started", idx)
 
-    def reused(self, idx: int, run_id: str) -> None:
-        self._each("reused", idx, run_id)
+    def reused(self, idx: int, run_id: str, info: TrialInfo | None = None) -> None:
+        self._each("reused", idx, run_id, info)
 
     def finished(self, idx: int, record: TrialRecord) -> None:
         self._each("finished", idx, record)
@@ -161,7 +161,7 @@ class SweepContext:
     def started(self, idx: int) -> None:
         pass
 
-    def reused(self, idx: int, run_id: str) -> None:
+    def reused(self, idx: int, run_id: str, info: TrialInfo | None = None) -> None:
         self.reused_runs[idx] = run_id
 
     def finished(self, idx: int, record: TrialRecord) -> None:
@@ -242,6 +242,11 @@ class SweepContext:
             status, reason = "FAILED", _describe(error)
         if status and self.recording is not None:
             self.n_killed += self.recording.close_open_runs(reason, status)
+        elif self.recording is not None and self.recording.open:
+            # Trials whose record could not be written (the sink warned why) end FAILED,
+            # never RUNNING under a finished parent.
+            self.n_failed += self.recording.close_open_runs(
+                "its record could not be written to the store", "FAILED")
         if self.parent is None:
             return
         if status:

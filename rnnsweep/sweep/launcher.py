@@ -154,7 +154,7 @@ def _run(launcher, context: SweepContext, composer: Composer, jobs: list[Job],
     for job in (job for job in jobs if job.idx in reusable):
         job.state, job.config = "reused", None  # only recorded sweeps reuse
         job.result = JobReturn(overrides=job.overrides, status=JobStatus.COMPLETED)
-        sinks.reused(job.idx, reusable[job.idx])
+        sinks.reused(job.idx, reusable[job.idx], TrialInfo(job.idx, job.name, tuple(job.overrides)))
         # The sweeper gets the reused trial's number, as if it had run again.
         job.result.return_value = objective.value_of_run(context.tracker, reusable[job.idx],
                                                          *job.judged_by)

@@ -41,7 +41,7 @@ class RecordingSink:
     def started(self, idx: int) -> None:
         pass
 
-    def reused(self, idx: int, run_id: str) -> None:
+    def reused(self, idx: int, run_id: str, info: TrialInfo | None = None) -> None:
         if self.parent:
             name = self.tracker.client.get_run(run_id).info.run_name or str(idx)
             self.tracker.client.set_tag(self.parent, f"{REUSED_TAG_PREFIX}{run_id}", name)

@@ -31,8 +31,9 @@ class SweepSink(Protocol):
     def started(self, idx: int) -> None:
         """A worker began running trial ``idx``."""
 
-    def reused(self, idx: int, run_id: str) -> None:
-        """Trial ``idx`` was not run: an identical trial already finished as ``run_id``."""
+    def reused(self, idx: int, run_id: str, info: TrialInfo | None = None) -> None:
+        """Trial ``idx`` (``info``: reused trials are never submitted) was not run: an
+        identical trial already finished as ``run_id``."""
 
     def finished(self, idx: int, record: TrialRecord) -> None:
         """Trial ``idx`` ended with ``record`` (its outcome may be FAILED)."""
