@@ -29,9 +29,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-# Environment that would tie the nodes to this checkout or to another Ray.
-_DROP_ENV = ("PYTHONPATH", "RAY_ADDRESS", "VIRTUAL_ENV", "RNNSWEEP_PARENT_RUN_ID",
-             "RNNSWEEP_RECORDS_TO_DRIVER")
+# Environment that would tie the nodes to this checkout or to another Ray, or make them
+# a single-node Ray: the local-only switch (which test modules that start an embedded Ray
+# set for the whole session when they are collected) keeps a second node from joining.
+_DROP_ENV = ("PYTHONPATH", "RAY_ADDRESS", "VIRTUAL_ENV", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER")
 
 
 def free_port() -> int:
