@@ -6,7 +6,7 @@ only link to this one is a ``.pth`` line naming this venv's site-packages. torch
 and Hydra import there, but rnnsweep's own editable-install ``.pth`` is never processed,
 so ``import rnnsweep`` fails on the nodes unless rnnsweep ships its code to them.
 
-The cluster is started and stopped by the PIDs this module started (never ``ray stop``,
+The cluster is started and stopped by the PIDs this module started (never Ray's own stop command,
 which would stop every Ray on the machine). It uses its own temp dir, free ports, a
 token of its own (``RAY_AUTH_MODE=token`` with ``RAY_AUTH_TOKEN``, not ``~/.ray``), and
 a HOME holding a ``ray_bootstrap_config.yaml``: Ray's dashboard reads that file for its
