@@ -213,10 +213,12 @@ class _Submitter:
         self.window = 2 * concurrent_trials([j.request for j in jobs], nodes) + 4
         self.execute = ray.remote(worker.execute)
         task = launcher.task_function
-        # Shared by every trial: serialised once into Ray's object store, not once per trial.
-        self.context_ref = ray.put(launcher.hydra_context)
-        self.state_ref = ray.put(Singleton.get_state())
-        self.task_ref = ray.put(task.for_workers() if isinstance(task, SweepTask) else task)
+        # Shared by every trial: serialised once into Ray's object store, and fetched by
+        # each worker process once (see worker.SweepShared).
+        self.shared: worker.SweepShared = (
+            ray.put(launcher.hydra_context),
+            ray.put(task.for_workers() if isinstance(task, SweepTask) else task),
+            ray.put(Singleton.get_state()))
         self.cwd = os.getcwd()
 
     def top_up(self) -> None:
@@ -228,7 +230,7 @@ class _Submitter:
                 num_returns="streaming", num_cpus=job.request.num_cpus,
                 num_gpus=job.request.num_gpus, max_retries=job.retries,
                 retry_exceptions=False, name=f"rnnsweep-trial-{job.idx}",
-            ).remote(self.context_ref, self.task_ref, config, self.state_ref, self.cwd)
+            ).remote(self.shared, config, self.cwd)
             if not self.drop_configs:
                 job.config = config
             self.in_flight[job.ref] = job
