@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 OK, UNSUPPORTED, FAILED = "OK", "UNSUPPORTED", "FAILED"
+# On every trial's run: the hash of its config (``config_hash``), which resume matches on.
+CONFIG_HASH_TAG = "rnnsweep.config_hash"
 # Every training step was non-finite: the trial ran, but its numbers describe nothing.
 DIVERGED = "DIVERGED"
 

@@ -20,7 +20,7 @@ from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
 from rnnsweep.config.store import resolve_uri
-from rnnsweep.record import OK, TrialRecord
+from rnnsweep.record import CONFIG_HASH_TAG, OK, TrialRecord
 from rnnsweep.redaction import connection_uri, redact
 
 # MLflow's per-request limits for log_batch: of each kind, and in all.
@@ -30,8 +30,9 @@ ROLE_TAG = "rnnsweep.role"
 SWEEP_TAG = "rnnsweep.sweep"
 # On a finished trial: what produced its numbers; resume reuses it only on the same.
 FINGERPRINT_TAG = "rnnsweep.env_fingerprint"
-CONFIG_HASH_TAG = "rnnsweep.config_hash"
-SEARCH_PAGE = 100
+# On a resumed sweep's parent, one per trial it reused: ``<prefix><run id>`` = its name.
+REUSED_TAG_PREFIX = "rnnsweep.reused."
+SEARCH_PAGE = 25  # runs per search: MLflow holds about 120 kB of objects per run of a page
 
 
 class Tracker:

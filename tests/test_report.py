@@ -247,7 +247,7 @@ def test_cli_unknown_run_id_is_a_one_line_error_and_exit_2(sweeps):
 from recorded import record_sweep  # noqa: E402
 
 from rnnsweep.report import sections, text  # noqa: E402
-from rnnsweep.report.reading import REUSED_PREFIX  # noqa: E402
+from rnnsweep.tracking import REUSED_TAG_PREFIX  # noqa: E402
 
 
 @pytest.fixture
@@ -330,8 +330,8 @@ def test_reused_runs_are_in_the_report_marked_reused(tracker):
     first = record_sweep(tracker, [["batch=2", "workload=bench"], ["batch=4", "workload=bench"]])
     reused = {t.params["batch"]: t.run_id for t in build_report(tracker, first).trials}
     second = record_sweep(tracker, [["batch=8", "workload=bench"]],
-                          parent_tags={f"{REUSED_PREFIX}{reused['2']}": "batch=2",
-                                       f"{REUSED_PREFIX}{reused['4']}": "batch=4"})
+                          parent_tags={f"{REUSED_TAG_PREFIX}{reused['2']}": "batch=2",
+                                       f"{REUSED_TAG_PREFIX}{reused['4']}": "batch=4"})
     report = build_report(tracker, second)
     assert column(report, "batch") == ["2", "4", "8"]
     assert [t.reused for t in report.trials] == [True, True, False]
@@ -339,7 +339,7 @@ def test_reused_runs_are_in_the_report_marked_reused(tracker):
     assert any("2 trials were reused" in n for n in report.notes)
     # A sweep that reused everything still gets a complete report.
     everything = record_sweep(tracker, [], parent_tags={
-        f"{REUSED_PREFIX}{run_id}": f"batch={batch}" for batch, run_id in reused.items()})
+        f"{REUSED_TAG_PREFIX}{run_id}": f"batch={batch}" for batch, run_id in reused.items()})
     assert column(build_report(tracker, everything), "outcome") == ["OK (reused)"] * 2
 
 

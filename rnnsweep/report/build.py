@@ -27,13 +27,16 @@ from rnnsweep.tracking import Tracker
 __all__ = ["Finding", "Report", "ReportError", "Trial", "build_report", "main", "sweep_axes",
            "write_report", "write_report_safely"]
 
-def build_report(tracker: Tracker, parent_run_id: str) -> Report:
+def build_report(tracker: Tracker, parent_run_id: str,
+                 trials: list[Trial] | None = None) -> Report:
+    """``trials``: the sweep's, where the caller has read them already (``sweep_trials``)."""
     parent = tracker.client.get_run(parent_run_id)
     if parent.info.experiment_id != tracker.experiment_id:
         raise ReportError(f"run {parent_run_id} belongs to experiment "
                           f"{parent.info.experiment_id}, not to the tracker's "
                           f"{tracker.experiment_id}")
-    trials = sweep_trials(tracker, parent)
+    if trials is None:
+        trials = sweep_trials(tracker, parent)
     if not trials:
         raise ReportError(f"run {parent_run_id} has no child runs: is it a sweep's parent run?")
     axes = sweep_axes(trials)
@@ -50,18 +53,20 @@ def build_report(tracker: Tracker, parent_run_id: str) -> Report:
     return report
 
 
-def write_report(tracker: Tracker, parent_run_id: str) -> Report:
+def write_report(tracker: Tracker, parent_run_id: str,
+                 trials: list[Trial] | None = None) -> Report:
     """Builds the report and logs it onto the parent run; raises on any problem."""
-    report = build_report(tracker, parent_run_id)
+    report = build_report(tracker, parent_run_id, trials)
     tracker.log_artifacts(parent_run_id, report.artifacts())
     return report
 
 
-def write_report_safely(tracker: Tracker, parent_run_id: str) -> Report | None:
+def write_report_safely(tracker: Tracker, parent_run_id: str,
+                        trials: list[Trial] | None = None) -> Report | None:
     """For the end of a sweep: a report that cannot be built is a warning, never a failed
     sweep (the trials are recorded; ``python -m rnnsweep.report`` can rebuild it later)."""
     try:
-        report = write_report(tracker, parent_run_id)
+        report = write_report(tracker, parent_run_id, trials)
     except Exception as exc:  # noqa: BLE001 - any failure here is a warning by design
         print(f"rnnsweep: warning: no report for parent run {parent_run_id}: "
               f"{type(exc).__name__}: {one_line(str(exc))}", file=sys.stderr)

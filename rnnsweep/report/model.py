@@ -20,6 +20,11 @@ class Trial:
     tags: dict[str, str] = field(default_factory=dict)
     reused: bool = False  # measured by an earlier sweep and reused by this one (resume)
     experiment_id: str = ""
+    status: str = ""  # the run's MLflow status: FINISHED, FAILED, KILLED, RUNNING
+
+    @property
+    def name(self) -> str:
+        return self.tags.get("mlflow.runName") or self.run_id
 
     @property
     def ok(self) -> bool:

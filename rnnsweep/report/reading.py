@@ -11,11 +11,7 @@ from mlflow.tracking import MlflowClient
 
 from rnnsweep import redaction
 from rnnsweep.report.model import Trial
-from rnnsweep.tracking import ROLE_TAG, Tracker
-
-# A resumed sweep's parent names each run it reused instead of rerunning:
-# ``rnnsweep.reused.<run id>`` = the trial's name.
-REUSED_PREFIX = "rnnsweep.reused."
+from rnnsweep.tracking import REUSED_TAG_PREFIX, ROLE_TAG, Tracker
 
 
 class ReportError(Exception):
@@ -27,8 +23,8 @@ def sweep_trials(tracker: Tracker, parent) -> list[Trial]:
     trials = [to_trial(run) for run in tracker.children(parent.info.run_id)]
     own = {t.run_id for t in trials}
     for key in sorted(parent.data.tags):
-        run_id = key.removeprefix(REUSED_PREFIX)
-        if key.startswith(REUSED_PREFIX) and run_id not in own:
+        run_id = key.removeprefix(REUSED_TAG_PREFIX)
+        if key.startswith(REUSED_TAG_PREFIX) and run_id not in own:
             try:
                 run = tracker.client.get_run(run_id)
             except MlflowException:
@@ -44,7 +40,7 @@ def to_trial(run) -> Trial:
     return Trial(run_id=run.info.run_id, outcome=tags.get("rnnsweep.outcome") or run.info.status,
                  reason=tags.get("rnnsweep.reason", ""), params=_interned(run.data.params),
                  metrics=dict(run.data.metrics), device=device_name(tags), tags=_interned(tags),
-                 experiment_id=run.info.experiment_id)
+                 experiment_id=run.info.experiment_id, status=run.info.status)
 
 
 def _interned(strings: dict[str, str]) -> dict[str, str]:

@@ -89,6 +89,7 @@ class SweepContext:
         self._owns_ray = False
         self._watchdog: subprocess.Popen | None = None
         self._local_idx = itertools.count()
+        interrupts.forget()
 
     # --- creating ------------------------------------------------------------------------
 
@@ -178,13 +179,8 @@ class SweepContext:
         self.open()
         record.tags[FINGERPRINT_TAG] = fingerprint
         idx = next(self._local_idx)
-        self.n_submitted += 1
-        self.n_finished += 1
-        self.n_failed += record.outcome == FAILED
-        for sink in (self.recording, self.terminal):
-            if sink is not None:
-                sink.submitted([TrialInfo(idx, name)])
-                sink.finished(idx, record)
+        self.sinks.submitted([TrialInfo(idx, name)])
+        self.sinks.finished(idx, record)
 
     @property
     def exit_status(self) -> int:

@@ -42,6 +42,12 @@ def received() -> Interrupted | None:
     return Interrupted(_received[0]) if _received else None
 
 
+def forget() -> None:
+    """A new sweep in this process starts clean: a signal an earlier sweep handled (and
+    survived, as a Python caller of the launcher may) does not mark this one KILLED."""
+    _received.clear()
+
+
 def as_interrupt(error: BaseException | None) -> BaseException | None:
     """``error``, or the interrupt behind it when a signal arrived."""
     if isinstance(error, Interrupted):

@@ -25,7 +25,7 @@ from hydra.core.utils import JobReturn, JobStatus, configure_log, setup_globals
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from rnnsweep.record import FAILED, TrialRecord, config_hash, flatten
+from rnnsweep.record import CONFIG_HASH_TAG, FAILED, TrialRecord, config_hash, flatten
 from rnnsweep.sweep import interrupts, objective, worker
 from rnnsweep.sweep.cluster import LaunchError, ray_session
 from rnnsweep.sweep.composer import Composer
@@ -42,7 +42,7 @@ from rnnsweep.sweep.resources import (
     plan,
 )
 from rnnsweep.sweep.sink import TrialInfo
-from rnnsweep.tracking import CONFIG_HASH_TAG, FINGERPRINT_TAG
+from rnnsweep.tracking import FINGERPRINT_TAG
 
 
 @dataclass

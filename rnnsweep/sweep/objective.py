@@ -21,8 +21,7 @@ from rnnsweep.record import OK, TrialRecord
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-    from mlflow.entities import Run
-
+    from rnnsweep.report.model import Trial
     from rnnsweep.tracking import Tracker
 
 log = logging.getLogger(__name__)
@@ -78,27 +77,28 @@ def value_of_run(tracker: Tracker, run_id: str, cfg: DictConfig | str,
 
 
 def log_best(tracker: Tracker, parent: str, cfg: DictConfig | None,
-             reused: Sequence[Run] = (), children: Sequence[Run] | None = None) -> None:
+             trials: Sequence[Trial] | None = None) -> None:
     """Logs the best trial on the parent (``best_objective``, tags naming the trial) and
     prints it: the sweep's answer, whichever sweeper chose the trials. The sweep's own
-    children compete with the earlier runs it reused (a resumed sweep)."""
+    children compete with the earlier runs it reused (a resumed sweep). ``trials``: the
+    sweep's (``report.reading.sweep_trials``), where the caller has read them already."""
     metric, direction = settings(cfg)
-    if children is None:  # the parent's children, where the caller has not read them yet
-        children = tracker.children(parent)
-    scored = [(run.data.metrics[metric], run) for run in [*children, *reused]
-              if run.data.tags.get("rnnsweep.outcome") == OK
-              and math.isfinite(run.data.metrics.get(metric, math.nan))]
+    if trials is None:
+        from rnnsweep.report.reading import sweep_trials
+
+        trials = sweep_trials(tracker, tracker.client.get_run(parent))
+    scored = [(trial.metrics[metric], trial) for trial in trials
+              if trial.outcome == OK and math.isfinite(trial.metrics.get(metric, math.nan))]
     tags = {"rnnsweep.objective": f"{metric} ({direction})"}
     if not scored:
         tracker.log(parent, tags=tags)
         print(f"rnnsweep: no trial has a finite {metric}; no best trial")
         return
     pick = min if direction == "minimize" else max
-    best, run = pick(scored, key=lambda pair: pair[0])
-    name = run.data.tags.get("mlflow.runName", run.info.run_id)
-    tags.update({"rnnsweep.objective.best_run": run.info.run_id,
-                 "rnnsweep.objective.best_trial": name})
+    best, trial = pick(scored, key=lambda pair: pair[0])
+    tags.update({"rnnsweep.objective.best_run": trial.run_id,
+                 "rnnsweep.objective.best_trial": trial.name})
     tracker.log(parent, tags=tags)
     tracker.log_summary(parent, {"best_objective": best})
-    print(f"rnnsweep: best {metric} ({direction}): {best:.6g} in trial {name} "
-          f"(run {run.info.run_id})")
+    print(f"rnnsweep: best {metric} ({direction}): {best:.6g} in trial {trial.name} "
+          f"(run {trial.run_id})")

@@ -13,10 +13,9 @@ from collections.abc import Sequence
 
 from rnnsweep.record import TrialRecord
 from rnnsweep.sweep.sink import TrialInfo
-from rnnsweep.tracking import SWEEP_TAG, Tracker
+from rnnsweep.tracking import REUSED_TAG_PREFIX, SWEEP_TAG, Tracker
 
 log = logging.getLogger(__name__)
-REUSED_TAG_PREFIX = "rnnsweep.reused."
 
 
 class RecordingSink:

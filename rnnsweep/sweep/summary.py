@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING
 
-from rnnsweep.record import DIVERGED
+from rnnsweep.record import DIVERGED, UNSUPPORTED
 from rnnsweep.sweep import objective
 
 if TYPE_CHECKING:
@@ -15,40 +15,40 @@ if TYPE_CHECKING:
 def finish_sweep(context: SweepContext) -> dict[str, float]:
     """Summarises the sweep's own children and the trials it reused from earlier sweeps
     (a resumed sweep that reran nothing still describes every trial it stands for)."""
+    # MLflow only; the report's plotting (matplotlib) is imported below, when it is drawn.
+    from rnnsweep.report.reading import sweep_trials
+
     tracker, parent = context.tracker, context.parent
-    children = tracker.children(parent)
-    reused = [tracker.client.get_run(run_id)
-              for run_id in sorted(set(context.reused_runs.values()))]
-    statuses = [run.info.status for run in children]
-    throughputs = [run.data.metrics["throughput_seq_per_s"] for run in children + reused
-                   if "throughput_seq_per_s" in run.data.metrics]
+    # Read once, as compact trials (a sweep's shared strings held once), for the summary,
+    # the best trial and the report alike: a thousand MLflow runs held whole, twice over,
+    # were most of the driver's memory at the end of a long sweep.
+    trials = sweep_trials(tracker, tracker.client.get_run(parent))
+    own = [t.status for t in trials if not t.reused]
+    throughputs = [t.metrics["throughput_seq_per_s"] for t in trials
+                   if "throughput_seq_per_s" in t.metrics]
     summary = {
-        "trials": len(children) + len(reused),
-        "trials_finished": statuses.count("FINISHED"),
-        "trials_reused": len(reused),
-        "trials_failed": statuses.count("FAILED"),
-        "trials_killed": statuses.count("KILLED"),
-        "trials_unsupported": sum(run.data.tags.get("rnnsweep.outcome") == "UNSUPPORTED"
-                                  for run in children + reused),
-        "trials_diverged": sum(run.data.tags.get("rnnsweep.outcome") == DIVERGED
-                               for run in children + reused),
+        "trials": len(trials),
+        "trials_finished": own.count("FINISHED"),
+        "trials_reused": len(trials) - len(own),
+        "trials_failed": own.count("FAILED"),
+        "trials_killed": own.count("KILLED"),
+        "trials_unsupported": sum(t.outcome == UNSUPPORTED for t in trials),
+        "trials_diverged": sum(t.outcome == DIVERGED for t in trials),
         "sweep_wall_s": time.time() - context.started_at,
     }
     if throughputs:
         summary["best_throughput_seq_per_s"] = max(throughputs)
     tracker.log_summary(parent, summary)
     # The sweep's answer, whichever sweeper chose its trials (Optuna's included).
-    objective.log_best(tracker, parent, context.objective, reused, children)
-    del children  # the report reads the runs its own way; a thousand need not be held twice
-    # Imported here, not at the top: keeps matplotlib out of every CLI start.
+    objective.log_best(tracker, parent, context.objective, trials)
     from rnnsweep.report import write_report_safely
 
-    write_report_safely(tracker, parent)  # never raises: a failed report is a warning
-    reused_note = f" ({summary['trials_reused']} reused)" if reused else ""
-    print(f"rnnsweep: {summary['trials_finished'] + summary['trials_reused']}/"
+    write_report_safely(tracker, parent, trials)  # never raises: a failed report is a warning
+    reused = summary["trials_reused"]
+    reused_note = f" ({reused} reused)" if reused else ""
+    print(f"rnnsweep: {summary['trials_finished'] + reused}/"
           f"{summary['trials']} trials finished{reused_note}, {summary['trials_failed']} failed, "
           f"{summary['trials_unsupported']} unsupported, "
           f"{summary['trials_diverged']} diverged in {summary['sweep_wall_s']:.1f} s "
           f"(parent run {parent})", flush=True)
     return summary
-

@@ -20,7 +20,15 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from rnnsweep.config.schema import TRAINING_KEYS, TaskConfig
-from rnnsweep.record import DIVERGED, FAILED, UNSUPPORTED, TrialRecord, config_hash, flatten
+from rnnsweep.record import (
+    CONFIG_HASH_TAG,
+    DIVERGED,
+    FAILED,
+    UNSUPPORTED,
+    TrialRecord,
+    config_hash,
+    flatten,
+)
 from rnnsweep.trial import environment, flops, noise, timing, training
 from rnnsweep.trial.models import RecurrentNet, check_output, split_output, with_impl
 
@@ -35,7 +43,7 @@ def run_trial(cfg: DictConfig) -> TrialRecord:
     """Threads follow ``hardware.num_cpus`` (set to what Ray granted, under the launcher)."""
     container = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
     record = TrialRecord(params=flatten(container))
-    record.tags["rnnsweep.config_hash"] = config_hash(record.params)
+    record.tags[CONFIG_HASH_TAG] = config_hash(record.params)
     record.artifacts["config.yaml"] = OmegaConf.to_yaml(container).encode()
     try:
         _run(cfg, record, _threads(cfg))
