@@ -6,11 +6,13 @@ experiment, older first. Trials are matched by their config without the environm
 after a torch upgrade, on CPU and GPU, or on two GPU models lines up trial by trial.
 
 For each timed metric the ratio B/A of the medians comes with a 95% confidence interval,
-bootstrapped from the trials' timing blocks (the ``timing/<metric>`` series each trial
-records). A pair is "slower" when the interval lies above 1 and the ratio exceeds
-1 + threshold, "faster" symmetrically, and otherwise "same within noise". The threshold
-is the noise floor between trials: on a shared machine the same script's timings drift
-10-20% from one process to the next, which no within-trial interval can see. A pair in
+bootstrapped from the samples each trial records as the ``timing/<metric>`` series: its
+timing blocks for the forward latencies, its steady training steps for ``step_time_ms``,
+its streamed chunks for ``stream_latency_ms_p50``. A pair is "slower" when the interval
+lies above 1 and the ratio exceeds 1 + threshold, "faster" symmetrically, and otherwise
+"same within noise". The threshold is the noise floor between trials: on a shared machine
+the same script's timings drift 10-20% from one process to the next, which no
+within-trial interval can see. A pair in
 which either trial carries a noise verdict (``rnnsweep.timing.noisy``: other load beside
 it, a wide spread, a shared device) is judged against ``--noisy-threshold`` instead: on
 this project's 2-core machine at a load average of 12, the same toy trial's median moved
@@ -47,7 +49,7 @@ ENVIRONMENT_PREFIXES = (*NON_IDENTITY_PREFIXES, "hardware.")
 # The band a pair with a noisy trial must leave: 3.0 means more than 4x slower or faster.
 NOISY_THRESHOLD = 3.0
 RESAMPLES = 2000
-MIN_BLOCKS = 3  # fewer blocks give no interval
+MIN_BLOCKS = 3  # fewer samples give no interval
 SLOWER, FASTER, SAME, UNKNOWN = "slower", "faster", "same within noise", "no interval"
 
 
@@ -57,7 +59,7 @@ class Pair:
     metric: str
     a: float
     b: float
-    low: float  # 95% interval of b/a; nan when too few blocks
+    low: float  # 95% interval of b/a; nan when too few samples
     high: float
     verdict: str
     noisy: bool = False  # either trial's timings carry a noise verdict

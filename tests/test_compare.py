@@ -96,3 +96,14 @@ def test_without_ids_the_last_two_sweeps_of_the_experiment(store, capsys):
 def test_verdict_rules(ratio, low, high, expected):
     pair = compare.Pair("t", "latency_ms", 1.0, ratio, low, high, "")
     assert compare.verdict(pair, 0.10) == expected
+
+
+@pytest.mark.slow  # two short training trials
+def test_training_step_times_are_compared_with_an_interval(store):
+    # step_time_ms is the median of the steady steps; those steps are its samples.
+    train = ["workload=train", "hardware=cpu", "hardware.num_cpus=1", "steps=16"]
+    a, b = (record_sweep(store, [train], name) for name in ("train-a", "train-b"))
+    (pair,) = compare.compare(store, a, b, threshold=0.10)
+    assert pair.metric == "step_time_ms"
+    assert pair.verdict != compare.UNKNOWN
+    assert pair.low <= pair.ratio <= pair.high, pair

@@ -11,7 +11,6 @@ import pytest
 from rnnsweep.record import FAILED, OK, TrialRecord
 from rnnsweep.sweep import interrupts
 from rnnsweep.sweep.context import SweepContext
-from rnnsweep.sweep.sink import TrialInfo
 
 
 class Heard:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import statistics
 
 import pytest
 import torch
@@ -84,6 +85,11 @@ def test_measure_streaming_metrics(cell: str) -> None:
     assert 0 < report.metrics["stream_latency_ms_p50"] <= report.metrics["stream_latency_ms_p99"]
     assert report.metrics["stream_chunks_per_s"] > 0
     assert all(math.isfinite(v) for v in report.metrics.values())
+    # Every timed chunk (5 per pass of 30 steps in chunks of 7, 3 passes): the samples
+    # the percentiles describe, which rnnsweep.compare bootstraps its interval from.
+    assert len(report.latencies_ms) == 5 * 3
+    assert report.metrics["stream_latency_ms_p50"] == pytest.approx(
+        statistics.median(report.latencies_ms))
 
 
 def test_measure_streaming_flags_a_mismatch() -> None:

@@ -6,6 +6,7 @@ import math
 import pickle
 import pickletools
 import re
+import statistics
 
 import pytest
 import torch
@@ -106,8 +107,12 @@ def test_default_trial_metrics_are_consistent(default_trial):
 
 def test_default_trial_step_series(default_trial):
     cfg, record = default_trial
-    # No grad_scale without a scaler; the timing blocks are a series of their own.
-    assert set(record.step_metrics) == {*SERIES, "timing/latency_ms"}
+    # No grad_scale without a scaler; the timing blocks are a series of their own, and so
+    # are the steady training steps (all but the first) that step_time_ms is the median of.
+    assert set(record.step_metrics) == {*SERIES, "timing/latency_ms", "timing/step_time_ms"}
+    steps_ms = record.step_metrics["timing/step_time_ms"]
+    assert len(steps_ms) == cfg.steps - 1
+    assert record.metrics["step_time_ms"] == pytest.approx(statistics.median(steps_ms))
     for name in SERIES:
         assert len(record.step_metrics[name]) == cfg.steps, name
         assert all(math.isfinite(v) for v in record.step_metrics[name]), name

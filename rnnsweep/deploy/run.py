@@ -21,6 +21,9 @@ class DeploymentResult:
     metrics: dict[str, float] = field(default_factory=dict)
     tags: dict[str, str] = field(default_factory=dict)
     files: list[pathlib.Path] = field(default_factory=list)
+    # The samples behind a timed metric, by metric: ``stream_latency_ms_p50`` -> every
+    # timed chunk's latency.
+    samples_ms: dict[str, list[float]] = field(default_factory=dict)
 
 
 def run_deployment(
@@ -53,6 +56,7 @@ def run_deployment(
     result = DeploymentResult(
         metrics=dict(stream.metrics),
         tags={"rnnsweep.stream.parity": "ok" if stream.parity_ok else "failed"},
+        samples_ms={"stream_latency_ms_p50": stream.latencies_ms},
     )
     if export:
         report = export_and_verify(

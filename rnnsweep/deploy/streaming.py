@@ -18,7 +18,7 @@ import pathlib
 import time
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import torch
 
@@ -187,6 +187,9 @@ def open_exported(path: str | pathlib.Path) -> StreamingSession:
 class StreamReport:
     metrics: dict[str, float]
     parity_ok: bool
+    # Every timed chunk's latency, in order: the samples the percentiles describe, from
+    # which ``rnnsweep.compare`` bootstraps its interval for the p50.
+    latencies_ms: list[float] = field(default_factory=list)
 
 
 def measure_streaming(
@@ -235,7 +238,8 @@ def measure_streaming(
         "stream_latency_ms_p99": p99,
         "stream_chunks_per_s": len(latencies_ms) / (sum(latencies_ms) / 1e3),
     }
-    return StreamReport(metrics, parity_ok=worst <= atol)  # False for NaN, as it should be
+    return StreamReport(metrics, parity_ok=worst <= atol,  # False for NaN, as it should be
+                        latencies_ms=latencies_ms)
 
 
 def _stream(

@@ -214,6 +214,7 @@ def _train(cfg: DictConfig, model: nn.Module, device: torch.device,
         metrics["max_grad_norm"] = _finite_max(result.series["grad_norm"])
         metrics["max_grad_norm_clipped"] = _finite_max(result.series["grad_norm_clipped"])
         metrics["step_time_ms"] = result.step_time_ms
+        _keep_samples(record, "step_time_ms", [t * 1e3 for t in result.steady_step_times_s])
         metrics["train_seq_per_s"] = cfg.batch / (result.step_time_ms / 1e3)
         # A training step costs about three forward passes (docs/experiments.md).
         metrics["train_gflops"] = 3 * seq_flops * cfg.batch / (result.step_time_ms / 1e3) / 1e9
@@ -279,11 +280,17 @@ def _timed(record: TrialRecord, metric: str, measured: timing.Timing, shared: st
     record.metrics[f"{stem}_blocks"] = float(measured.blocks)
     if measured.load is not None:
         record.metrics[f"{stem}_other_cpus"] = measured.load.other_cpus
-    times = measured.times_s
-    step = max(1, -(-len(times) // MAX_BLOCKS_KEPT))
-    record.step_metrics[f"timing/{metric}"] = [t * 1e3 for t in times[::step]]
+    _keep_samples(record, metric, [t * 1e3 for t in measured.times_s])
     noisy, reason = measured.verdict(shared)
     _add_verdict(record, metric, noisy, reason)
+
+
+def _keep_samples(record: TrialRecord, metric: str, samples_ms: list[float]) -> None:
+    """The samples a timed metric summarises (timing blocks, steady training steps,
+    streamed chunks) as the series ``timing/<metric>``, at most ``MAX_BLOCKS_KEPT`` of them
+    evenly spaced: ``rnnsweep.compare`` bootstraps its confidence interval from these."""
+    step = max(1, -(-len(samples_ms) // MAX_BLOCKS_KEPT))
+    record.step_metrics[f"timing/{metric}"] = samples_ms[::step]
 
 
 def _add_verdict(record: TrialRecord, metric: str, noisy: bool, reason: str) -> None:
@@ -336,6 +343,8 @@ def _deploy(cfg: DictConfig, model: RecurrentNet, device: torch.device,
                                 device=device, warmup=cfg.warmup, repeats=cfg.repeats)
         record.metrics.update(result.metrics)
         record.tags.update(result.tags)
+        for metric, samples in result.samples_ms.items():
+            _keep_samples(record, metric, samples)
         for path in result.files:
             record.artifacts[f"export/{path.relative_to(out_dir)}"] = path.read_bytes()
 

@@ -39,10 +39,13 @@ class TrainResult:
     output_dtype: str = ""
 
     @property
-    def step_time_ms(self) -> float:
+    def steady_step_times_s(self) -> list[float]:
         # The first step pays for allocator and kernel warm-up; it is not a steady step.
-        steady = self.step_times_s[1:] or self.step_times_s
-        return statistics.median(steady) * 1e3
+        return self.step_times_s[1:] or self.step_times_s
+
+    @property
+    def step_time_ms(self) -> float:
+        return statistics.median(self.steady_step_times_s) * 1e3
 
 
 def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
