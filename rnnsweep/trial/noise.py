@@ -11,6 +11,7 @@ see them.
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from dataclasses import dataclass
@@ -33,6 +34,19 @@ class Load:
     other_cpus: float
     cpus: int  # CPUs this process may run on
     other_device_procs: int = 0  # other processes on the CUDA device (NVML), else 0
+    window_s: float = math.inf
+
+    @property
+    def resolution_cpus(self) -> float:
+        """How far ``other_cpus`` can be off from counting whole jiffies alone: a tick at
+        either end of the window on each CPU, and on this process's own count."""
+        return (self.cpus + 1) / CLK_TCK / self.window_s
+
+    @property
+    def measurable(self) -> bool:
+        """The window is long enough for its counts to tell the load margin apart (on
+        2 CPUs at 100 ticks a second: 0.12 s); a shorter one judges nothing either way."""
+        return self.resolution_cpus <= LOAD_MARGIN_CPUS
 
 
 class LoadWindow:
@@ -51,7 +65,7 @@ class LoadWindow:
         wall = max(time.monotonic() - wall0, 1e-9)
         other_ticks = (_busy_ticks(self.cpus) - busy0) - (_own_ticks() - own0)
         other = max(0.0, other_ticks / CLK_TCK / wall)
-        return Load(other, len(self.cpus), _other_device_procs(self.device_index))
+        return Load(other, len(self.cpus), _other_device_procs(self.device_index), wall)
 
 
 def verdict(median_s: float, iqr_s: float, blocks: int, load: Load | None, threads: int,
@@ -66,7 +80,7 @@ def verdict(median_s: float, iqr_s: float, blocks: int, load: Load | None, threa
         reasons.append(f"{blocks} timing block{'s' if blocks != 1 else ''}: no spread to judge")
     if load is not None:
         free = max(0, load.cpus - threads)
-        if load.other_cpus > free + LOAD_MARGIN_CPUS:
+        if load.measurable and load.other_cpus > free + LOAD_MARGIN_CPUS:
             reasons.append(f"other processes used {load.other_cpus:.2f} of {load.cpus} CPUs "
                            f"({free} left free by {threads} threads)")
         if load.other_device_procs:
