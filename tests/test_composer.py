@@ -107,3 +107,25 @@ def test_a_jobs_trial_keys_alone_flatten_as_the_whole_job(loader_and_master, ove
     assert _params(trial_only) == _params(whole)
     assert comparable(OmegaConf.masked_copy(whole, [k for k in whole if k != "hydra"])) \
         == comparable(OmegaConf.masked_copy(trial_only, [k for k in trial_only if k != "hydra"]))
+
+
+def test_a_job_sent_as_its_values_is_the_job_the_driver_would_compose(loader_and_master):
+    """What a worker builds from the shared composition and a pickled patch is the config
+    the driver would have composed and sent whole."""
+    import pickle
+
+    from rnnsweep.sweep.composer import apply, job_config
+
+    loader, master = loader_and_master
+    composer = Composer(loader, master)
+    overrides = ["model=gru", "seed=7", "batch=8"]
+    hardware = {"device": "cpu", "num_cpus": 1, "num_gpus": 0, "exclusive": True}
+    patch = pickle.loads(pickle.dumps(composer.patch(overrides)))  # as Ray ships it
+    base = pickle.loads(pickle.dumps(composer.base(patch.key)))
+    sweep_dir = str(composer.base(patch.key).hydra.sweep.dir)
+    on_worker = job_config(apply(base, patch), 3, hardware, sweep_dir)
+    on_driver = job_config(composer.compose(overrides), 3, hardware)
+    assert comparable(on_worker) == comparable(on_driver)
+    assert (on_worker.seed, on_worker.batch, on_worker.hardware.num_cpus) == (7, 8, 1)
+    assert on_worker.hydra.job.num == 3 and on_worker.hydra.sweep.dir == sweep_dir
+    assert composer.patch(["model=gru"]) is None  # nothing plain to share: composed whole

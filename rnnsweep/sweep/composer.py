@@ -7,17 +7,34 @@ one composition of everything else; each then gets its values applied by Hydra's
 override logic, and the job-specific ``hydra`` fields Hydra would have set. Any override
 that can change the defaults list (a config group, a package, a deletion, ``hydra.*``)
 is composed the usual way.
+
+Such a job need not even be composed on the driver: its shared composition travels to
+the workers once, and each job as its value overrides (:class:`Patch`), which the worker
+applies (:func:`job_config`). The driver then neither copies nor pickles a config per job,
+which was a quarter of its time in a thousand-trial sweep.
 """
 
 from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 from hydra._internal.config_loader_impl import ConfigLoaderImpl, get_overrides_dirname
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Override, OverrideType
 from omegaconf import DictConfig, OmegaConf, open_dict
+
+
+@dataclass(frozen=True)
+class Patch:
+    """A job whose config is its shared composition (``key``) with ``values`` applied;
+    ``parsed`` is every override of the job, for Hydra's record of them."""
+
+    key: tuple[str, ...]
+    values: list[Override]
+    parsed: list[Override]
 
 
 class Composer:
@@ -31,25 +48,37 @@ class Composer:
         """The job's config. ``hydra=False``: without its ``hydra`` node where it shares
         a composition (a copy three times cheaper, for reading the trial's own keys);
         a job composed from scratch always has it."""
-        parsed = self.parser.parse_overrides(overrides)
-        values = [o for o in parsed if self._is_plain_value(o)]
-        structural = [o.input_line for o in parsed if o not in values]
-        if not values:
+        patch = self.patch(overrides)
+        if patch is None:
             return self.loader.load_sweep_config(self.master, list(overrides))
-        config = copy.deepcopy(self._base(tuple(structural), hydra))
-        ConfigLoaderImpl._apply_overrides_to_config(values, config)
         if hydra:
-            OmegaConf.copy_cache(from_config=self.master, to_config=config)
-            self._record(config, parsed)
+            return apply(self.base(patch.key), patch)
+        config = copy.deepcopy(self._trial_base(patch.key))
+        ConfigLoaderImpl._apply_overrides_to_config(patch.values, config)
         return config
 
-    def _base(self, key: tuple[str, ...], hydra: bool) -> DictConfig:
+    def patch(self, overrides: list[str]) -> Patch | None:
+        """The job as a shared composition and its values; None for a job that must be
+        composed from scratch (no plain values: nothing to share)."""
+        parsed = self.parser.parse_overrides(overrides)
+        values = [o for o in parsed if self._is_plain_value(o)]
+        if not values:
+            return None
+        return Patch(tuple(o.input_line for o in parsed if o not in values), values, parsed)
+
+    def base(self, key: tuple[str, ...]) -> DictConfig:
+        """The shared composition ``key``, with its ``hydra`` node and the master's
+        resolver cache (``${now:}`` reads the same in every job), as every job of it
+        starts."""
         if key not in self._shared:
-            self._shared[key] = self.loader.load_sweep_config(self.master, list(key))
-        if hydra:
-            return self._shared[key]
+            config = self.loader.load_sweep_config(self.master, list(key))
+            OmegaConf.copy_cache(from_config=self.master, to_config=config)
+            self._shared[key] = config
+        return self._shared[key]
+
+    def _trial_base(self, key: tuple[str, ...]) -> DictConfig:
         if key not in self._trial_only:
-            trial = copy.deepcopy(self._shared[key])
+            trial = copy.deepcopy(self.base(key))
             with open_dict(trial):
                 del trial["hydra"]
             self._trial_only[key] = trial
@@ -58,16 +87,39 @@ class Composer:
     def _is_plain_value(self, override: Override) -> bool:
         return is_plain_value(override, self.loader)
 
-    @staticmethod
-    def _record(config: DictConfig, parsed: list[Override]) -> None:
-        """The job's own fields, as Hydra's composition sets them."""
-        task = [o for o in parsed if not o.is_hydra_override()]
-        with open_dict(config.hydra):
-            config.hydra.overrides.task = [o.input_line for o in task]
-            dirname = config.hydra.job.config.override_dirname
-            config.hydra.job.override_dirname = get_overrides_dirname(
-                overrides=task, kv_sep=dirname.kv_sep, item_sep=dirname.item_sep,
-                exclude_keys=dirname.exclude_keys)
+
+def apply(base: DictConfig, patch: Patch) -> DictConfig:
+    """A job's config from its shared composition: a copy with its values applied by
+    Hydra's own override logic and the job's own fields as Hydra's composition sets them.
+    Runs on the driver or, given the composition once, on a worker."""
+    config = copy.deepcopy(base)
+    ConfigLoaderImpl._apply_overrides_to_config(patch.values, config)
+    task = [o for o in patch.parsed if not o.is_hydra_override()]
+    with open_dict(config.hydra):
+        config.hydra.overrides.task = [o.input_line for o in task]
+        dirname = config.hydra.job.config.override_dirname
+        config.hydra.job.override_dirname = get_overrides_dirname(
+            overrides=task, kv_sep=dirname.kv_sep, item_sep=dirname.item_sep,
+            exclude_keys=dirname.exclude_keys)
+    return config
+
+
+def job_config(config: DictConfig, idx: int, hardware: dict[str, Any] | None,
+               sweep_dir: str | None = None) -> DictConfig:
+    """The fields that make a composed config job ``idx`` of its sweep, and the
+    ``hardware`` Ray granted it (the trial sizes its threads from it, and its params show
+    what it was given). ``sweep_dir``: the sweep directory as the driver resolved it."""
+    if "hydra" in config:
+        with open_dict(config):
+            config.hydra.job.id = idx
+            config.hydra.job.num = idx
+            # Resolved on the driver, once: a worker resolving it could name another one.
+            config.hydra.sweep.dir = sweep_dir or str(config.hydra.sweep.dir)
+    if hardware and OmegaConf.select(config, "hardware") is not None:
+        with open_dict(config):
+            for key, value in hardware.items():
+                config.hardware[key] = value
+    return config
 
 
 def is_plain_value(override: Override, loader) -> bool:

@@ -89,7 +89,6 @@ class SweepContext:
         self._owns_ray = False
         self._watchdog: subprocess.Popen | None = None
         self._local_idx = itertools.count()
-        interrupts.forget()
 
     # --- creating ------------------------------------------------------------------------
 
@@ -192,13 +191,19 @@ class SweepContext:
         return self
 
     def __exit__(self, kind, error, tb) -> None:
-        self.close(error)
+        stopped = self.close(error)
+        if isinstance(stopped, Interrupted) and stopped is not error:
+            # A signal that a library swallowed, or one that came during the closing
+            # report, still ends the command as a signal does (one line, 128 + signum).
+            raise stopped from None
 
-    def close(self, error: BaseException | None = None) -> None:
+    def close(self, error: BaseException | None = None) -> BaseException | None:
         """Ends the sweep: the summary and report when it ran to the end, then the final
-        statuses of the parent and of any run left open, then Ray."""
+        statuses of the parent and of any run left open, then Ray. Returns what ended
+        it (``error``, or the signal behind it), and forgets that signal: a later sweep
+        in this process starts clean."""
         if self._closed:
-            return
+            return None
         self._closed = True
         error = interrupts.as_interrupt(error)
         try:
@@ -226,6 +231,8 @@ class SweepContext:
                 stopping.join()
             if self._watchdog is not None:
                 self._watchdog.stdin.close()  # Ray is down: the watchdog finds nothing
+        interrupts.forget()
+        return error
 
     def _close_runs(self, error: BaseException | None) -> None:
         if self.tracker is None:

@@ -43,8 +43,8 @@ def received() -> Interrupted | None:
 
 
 def forget() -> None:
-    """A new sweep in this process starts clean: a signal an earlier sweep handled (and
-    survived, as a Python caller of the launcher may) does not mark this one KILLED."""
+    """Called once a sweep has ended on the signal: a later sweep in this process (a
+    Python caller of Hydra's launcher API may run several) is not marked KILLED by it."""
     _received.clear()
 
 

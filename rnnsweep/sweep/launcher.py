@@ -22,13 +22,13 @@ from typing import Any
 import ray
 from hydra.core.singleton import Singleton
 from hydra.core.utils import JobReturn, JobStatus, configure_log, setup_globals
-from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from rnnsweep.record import CONFIG_HASH_TAG, FAILED, TrialRecord, config_hash, flatten
 from rnnsweep.sweep import interrupts, objective, worker
 from rnnsweep.sweep.cluster import LaunchError, ray_session
-from rnnsweep.sweep.composer import Composer
+from rnnsweep.sweep.composer import Composer, job_config
 from rnnsweep.sweep.context import SweepContext
 from rnnsweep.sweep.interrupts import Interrupted
 from rnnsweep.sweep.job import SweepTask, trial_names
@@ -97,18 +97,16 @@ def _launch(launcher, context: SweepContext, job_overrides: Sequence[Sequence[st
 
 
 def _compose(composer: Composer, job: Job, hydra: bool = True) -> DictConfig:
-    config = composer.compose(job.overrides, hydra)
-    if "hydra" not in config:  # the trial's own keys only (see Composer.compose)
-        return config
-    with open_dict(config):
-        config.hydra.job.id = job.idx
-        config.hydra.job.num = job.idx
-        # Resolved here, once: a worker resolving it again could name another directory.
-        config.hydra.sweep.dir = str(config.hydra.sweep.dir)
-    if job.request is not None:  # planned already
-        with open_dict(config):
-            _compose_request(config, job.request)
-    return config
+    return job_config(composer.compose(job.overrides, hydra), job.idx, _hardware(job.request))
+
+
+def _hardware(request: Request | None) -> dict[str, Any] | None:
+    """What Ray grants the trial, as its ``hardware`` config says it: the trial sizes its
+    threads from it, and its params show what it was given. None until it is planned."""
+    if request is None:
+        return None
+    return {"device": request.device, "num_cpus": request.num_cpus,
+            "num_gpus": request.num_gpus, "exclusive": request.exclusive}
 
 
 def _plan(composer: Composer, jobs: list[Job], nodes: list[Node], records: bool
@@ -124,8 +122,7 @@ def _plan(composer: Composer, jobs: list[Job], nodes: list[Node], records: bool
         job.request = plan(config, nodes)
         job.judged_by = objective.settings(config)
         job.retries = int(OmegaConf.select(config, "ray.max_retries", default=2))
-        with open_dict(config):  # as the worker will see it
-            _compose_request(config, job.request)
+        job_config(config, job.idx, _hardware(job.request))  # as the worker will see it
         if records:
             # Flattened once per trial: its hash decides resume, and the params go on its
             # run. Interned: the trials of a sweep share nearly all their keys and values.
@@ -136,15 +133,6 @@ def _plan(composer: Composer, jobs: list[Job], nodes: list[Node], records: bool
             job.config = config
     check_feasible({j.idx: j.request for j in jobs}, nodes, {j.idx: j.name for j in jobs})
     return params
-
-
-def _compose_request(config: DictConfig, request: Request) -> None:
-    """The trial sizes its threads from this, and its params show what it was given."""
-    if OmegaConf.select(config, "hardware") is not None:
-        config.hardware.device = request.device
-        config.hardware.num_cpus = request.num_cpus
-        config.hardware.num_gpus = request.num_gpus
-        config.hardware.exclusive = request.exclusive
 
 
 def _run(launcher, context: SweepContext, composer: Composer, jobs: list[Job],
@@ -220,11 +208,13 @@ class _Submitter:
             ray.put(task.for_workers() if isinstance(task, SweepTask) else task),
             ray.put(Singleton.get_state()))
         self.cwd = os.getcwd()
+        # Shared compositions in the object store, and the sweep directory they resolve to.
+        self.bases: dict[tuple[str, ...], tuple[Any, str]] = {}
 
     def top_up(self) -> None:
         while self.queue and len(self.in_flight) < self.window:
             job = self.queue.pop()
-            config = job.config if job.config is not None else _compose(self.composer, job)
+            config = job.config if job.config is not None else self._job(job)
             job.config = None
             job.ref = self.execute.options(
                 num_returns="streaming", num_cpus=job.request.num_cpus,
@@ -234,6 +224,18 @@ class _Submitter:
             if not self.drop_configs:
                 job.config = config
             self.in_flight[job.ref] = job
+
+    def _job(self, job: Job) -> DictConfig | worker.PatchedJob:
+        """A job that shares a composition goes as its values: the composition itself
+        goes to the object store once, and each worker applies the values."""
+        patch = self.composer.patch(job.overrides)
+        if patch is None:
+            return _compose(self.composer, job)
+        if patch.key not in self.bases:
+            base = self.composer.base(patch.key)
+            self.bases[patch.key] = (ray.put(base), str(base.hydra.sweep.dir))
+        ref, sweep_dir = self.bases[patch.key]
+        return worker.PatchedJob((ref,), patch, job.idx, _hardware(job.request), sweep_dir)
 
     def done(self, ref) -> None:
         # Its stream let go too: Ray keeps a task's spec for retries while it is referenced.

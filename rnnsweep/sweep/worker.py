@@ -10,6 +10,7 @@ import os
 import socket
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 import ray
@@ -18,6 +19,8 @@ from hydra.core.utils import JobReturn, run_job, setup_globals
 from omegaconf import DictConfig
 from ray import ObjectRef
 
+from rnnsweep.sweep.composer import Patch, apply, job_config
+
 STARTED = "started"
 
 # What every trial of one sweep shares (Hydra's context, the task function, Hydra's
@@ -25,15 +28,39 @@ STARTED = "started"
 # unresolved and a worker fetches them once per sweep, not once per trial.
 SweepShared = tuple[ObjectRef, ObjectRef, ObjectRef]
 
-# This worker process's copy of the sweep it last ran a trial of: (the state ref's id,
-# the Hydra context, the task function). A reused worker skips the fetch, and above all
-# Hydra's Singleton.set_state, which rescans (re-executes) every installed plugin module
-# each call: together two thirds of a tiny trial's cost in its worker. Hydra's basic
-# launcher, too, sets the singletons once and then runs its jobs one after another.
-_current: tuple[str, Any, Any] | None = None
 
 
-def execute(shared: SweepShared, config: DictConfig, driver_cwd: str) -> Iterator[Any]:
+@dataclass(frozen=True)
+class PatchedJob:
+    """Job ``idx`` as its sweep's shared composition (``base``: a one-element tuple, so
+    that Ray leaves the ref for the worker to fetch once) with its own values applied."""
+
+    base: tuple[ObjectRef]
+    patch: Patch
+    idx: int
+    hardware: dict[str, Any] | None
+    sweep_dir: str
+
+
+@dataclass
+class _Sweep:
+    """This worker process's copy of the sweep it last ran a trial of. A reused worker
+    skips the fetches, and above all Hydra's Singleton.set_state, which rescans
+    (re-executes) every installed plugin module each call: together two thirds of a tiny
+    trial's cost in its worker. Hydra's basic launcher, too, sets the singletons once and
+    then runs its jobs one after another."""
+
+    key: str  # the singleton state's object id: one per sweep
+    hydra_context: Any
+    task_function: Any
+    bases: dict[str, DictConfig] = field(default_factory=dict)  # by object id
+
+
+_current: _Sweep | None = None
+
+
+def execute(shared: SweepShared, job: DictConfig | PatchedJob,
+            driver_cwd: str) -> Iterator[Any]:
     """Runs in a Ray worker as a streaming task: first yields that it started, then the
     Hydra job's result, run exactly as the basic launcher would run it.
 
@@ -51,8 +78,10 @@ def execute(shared: SweepShared, config: DictConfig, driver_cwd: str) -> Iterato
     if os.path.isdir(driver_cwd):
         os.chdir(driver_cwd)
     setup_globals()
-    hydra_context, task_function = _sweep(shared)
-    ret: JobReturn = run_job(hydra_context=hydra_context, task_function=task_function,
+    sweep = _sweep(shared)
+    config = job if isinstance(job, DictConfig) else _composed(sweep, job)
+    ret: JobReturn = run_job(hydra_context=sweep.hydra_context,
+                             task_function=sweep.task_function,
                              config=config, job_dir_key="hydra.sweep.dir",
                              job_subdir_key="hydra.sweep.subdir")
     info["finished"] = time.time()
@@ -65,16 +94,24 @@ def execute(shared: SweepShared, config: DictConfig, driver_cwd: str) -> Iterato
     yield ret, info
 
 
-def _sweep(shared: SweepShared) -> tuple[Any, Any]:
+def _sweep(shared: SweepShared) -> _Sweep:
     """The sweep's Hydra context and task function, its singletons in place."""
     global _current
     context_ref, task_ref, state_ref = shared
     key = state_ref.hex()
-    if _current is None or _current[0] != key:
+    if _current is None or _current.key != key:
         hydra_context, task_function, state = ray.get([context_ref, task_ref, state_ref])
         Singleton.set_state(state)
-        _current = (key, hydra_context, task_function)
-    return _current[1], _current[2]
+        _current = _Sweep(key, hydra_context, task_function)
+    return _current
+
+
+def _composed(sweep: _Sweep, job: PatchedJob) -> DictConfig:
+    (ref,) = job.base
+    if ref.hex() not in sweep.bases:
+        sweep.bases[ref.hex()] = ray.get(ref)
+    return job_config(apply(sweep.bases[ref.hex()], job.patch), job.idx, job.hardware,
+                      job.sweep_dir)
 
 
 def node_fingerprint() -> str:
