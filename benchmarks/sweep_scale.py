@@ -20,26 +20,36 @@ in the machine's load hits both. Target (issue #9): <= 0.1 s per trial.
     python benchmarks/sweep_scale.py [--sizes 16 64] [--repeats 3] [--timeout 1800]
     python benchmarks/sweep_scale.py --sizes 64 1000 --repeats 1
 
-Measured 2026-11-27 on the shared 2-core machine (other agents' load average 3 to 8, so
-single runs; wall times drift 10-20% between runs), with
-``python benchmarks/sweep_scale.py --sizes 64 1000 --repeats 1``:
+Measured 2026-11-27 on this 2-core machine with
+``python benchmarks/sweep_scale.py --sizes 64 1000 --repeats 1`` (single runs: wall times
+drift 10-20% between runs here):
 
-    before (0438d98):  marginal 0.170 s/trial, driver peak RSS +420 KB/trial
-                       (N=1000: 183.8 s, peak 739.6 MB, RSS growth mid-run +108.3 MB)
-                       again, 03:30:  0.188 s/trial, +428 KB/trial
-                       (N=1000: 200.4 s, peak 745.9 MB; a 40 s test ran beside it)
-    after:             marginal 0.148 s/trial, driver peak RSS  +97 KB/trial
-                       (N=1000: 156.0 s, peak 435.5 MB, RSS growth mid-run +32.6 MB)
+    round 2, first session (loaded machine, load average 3-8):
+      0438d98  marginal 0.170 s/trial, driver peak RSS +420 KB/trial (N=1000: 183.8 s)
+      3f777e5  marginal 0.148 s/trial, driver peak RSS  +97 KB/trial (N=1000: 156.0 s)
+    round 2, second session (quiet machine, load average 1-2):
+      979867c  marginal 0.087 s/trial, +74 KB/trial (N=1000:  97.9 s, peak 411.5 MB)
+      b29df8d  marginal 0.062 s/trial, +67 KB/trial (N=1000:  72.4 s; workers set
+               Hydra's singletons once per sweep, not once per trial)
+      9cc4e64  marginal 0.052 s/trial, +58 KB/trial (N=1000:  63.1 s; the close reads
+               the runs once, in pages of 25)
+      (next)   marginal 0.048 s/trial, +53 KB/trial (N=1000:  56.7 s; jobs go to the
+               workers as their values)
+      (last)   marginal 0.052 s/trial, +44 KB/trial (N=1000:  61.1 s, peak 377.8 MB,
+               RSS growth mid-run +10.7 MB; two malloc arenas, free pages handed back
+               every 100 trials)
 
-Every trial was recorded (1000/1000 FINISHED under a FINISHED parent) in each run. The
-memory left per trial is mostly the closing report, which reads every child run back
-(its table has a row per trial); during the trials the driver grows about 40 KB per
-trial. The 0.1 s/trial target is not met on this machine at this load. py-spy on the
-driver of a 300-trial sweep (``py-spy record -r 50 -f raw``) put its CPU per trial at
-about 44 ms in MLflow's SQLite writes (run creation, params, the record's batch, the
-artifact, the final status; 8 ms of it reading each run back to place its artifact,
-since removed) and 11 ms per composition of a job (two per job before planning lost
-its hydra node), next to the workers' own Hydra job set-up and the trial.
+Every trial was recorded (1000/1000 FINISHED under a FINISHED parent) in each run. A
+3,200-trial sweep took 165.8 s (0.052 s a trial). Where the driver's memory goes, from
+``mallinfo2`` inside the driver over 1,200 trials: the live heap grows about 4 KB a trial
+(each trial's result, console line and run id); before the arena and trim settings, the
+free memory glibc kept in its arenas grew about 20 KB a trial, now about 10. The rest of
+the peak's growth is the closing report, which reads every run back (MLflow builds about
+120 kB of objects per run of a search page) and holds each as a trial row of about 5 KB.
+Per trial, py-spy (``py-spy record -r 50 --pid``) put the driver at about 33 ms of CPU
+(MLflow's SQLite writes two thirds of it) and each worker at about 55 ms (Hydra's
+``run_job``: three deep copies of the job's config and its three YAML files), the trial
+itself 17 ms.
 """
 
 from __future__ import annotations

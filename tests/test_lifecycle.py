@@ -3,13 +3,15 @@ process leaves for the next, and that every trial reaches every sink the same wa
 
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
+from pathlib import Path
 
 import pytest
 
 from rnnsweep.record import FAILED, OK, TrialRecord
-from rnnsweep.sweep import interrupts
+from rnnsweep.sweep import heap, interrupts
 from rnnsweep.sweep.context import SweepContext
 
 
@@ -77,3 +79,30 @@ def test_a_trial_run_in_the_drivers_own_process_reaches_every_sink_and_the_count
                             ("submitted", 1, "batch=16"), ("finished", 1, FAILED)]
     assert (context.n_submitted, context.n_finished, context.n_failed) == (2, 2, 1)
     assert context.exit_status == 1
+
+
+def _rss_mb() -> float:
+    status = Path("/proc/self/status").read_text()
+    return int(status.split("VmRSS:")[1].split()[0]) / 1024
+
+
+@pytest.mark.skipif(heap._glibc() is None, reason="glibc's allocator only")
+def test_the_drivers_heap_hands_back_the_holes_a_trials_garbage_leaves():
+    """The pattern a long sweep leaves: much freed, a little kept between it. The freed
+    memory stays in glibc's arena (resident) until it is handed back."""
+    libc = heap._glibc()
+    libc.malloc.restype = ctypes.c_void_p
+    libc.free.argtypes = [ctypes.c_void_p]
+    blocks = [libc.malloc(4096) for _ in range(20_000)]  # 80 MB, below the mmap threshold
+    for block in blocks:
+        ctypes.memset(block, 1, 4096)  # resident
+    kept = blocks[::100]  # the few that live on, spread through the heap
+    for i, block in enumerate(blocks):
+        if i % 100:
+            libc.free(block)
+    before = _rss_mb()
+    heap.give_back()
+    after = _rss_mb()
+    for block in kept:
+        libc.free(block)
+    assert before - after > 40, (before, after)

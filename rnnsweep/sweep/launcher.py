@@ -26,7 +26,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from rnnsweep.record import CONFIG_HASH_TAG, FAILED, TrialRecord, config_hash, flatten
-from rnnsweep.sweep import interrupts, objective, worker
+from rnnsweep.sweep import heap, interrupts, objective, worker
 from rnnsweep.sweep.cluster import LaunchError, ray_session
 from rnnsweep.sweep.composer import Composer, job_config
 from rnnsweep.sweep.context import SweepContext
@@ -268,6 +268,8 @@ def _collect(context: SweepContext, jobs: list[Job], nodes: list[Node], poll_s: 
             job = pending[ref]
             if _advance(job, context, jobs, nodes):
                 submitter.done(ref)
+                if context.n_finished % heap.TRIM_EVERY == 0:
+                    heap.give_back()
 
 
 def _advance(job: Job, context: SweepContext, jobs: list[Job], nodes: list[Node]) -> bool:
