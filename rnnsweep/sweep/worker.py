@@ -29,7 +29,6 @@ STARTED = "started"
 SweepShared = tuple[ObjectRef, ObjectRef, ObjectRef]
 
 
-
 @dataclass(frozen=True)
 class PatchedJob:
     """Job ``idx`` as its sweep's shared composition (``base``: a one-element tuple, so
