@@ -43,9 +43,10 @@ Every trial was recorded (1000/1000 FINISHED under a FINISHED parent) in each ru
 3,200-trial sweep took 165.8 s (0.052 s a trial). Where the driver's memory goes, from
 ``mallinfo2`` inside the driver over 1,200 trials: the live heap grows about 4 KB a trial
 (each trial's result, console line and run id); before the arena and trim settings, the
-free memory glibc kept in its arenas grew about 20 KB a trial, now about 10. The rest of
-the peak's growth is the closing report, which reads every run back (MLflow builds about
-120 kB of objects per run of a search page) and holds each as a trial row of about 5 KB.
+free memory glibc kept in its arenas grew about 20 KB a trial, now 7 to 20 (it varies
+from run to run). The closing report holds every trial as a row of about 5 KB; reading
+them back costs about 29 MB once (the first search page brings in MLflow's and
+SQLAlchemy's search machinery), then about 2 MB for the next 1,175 runs.
 Per trial, py-spy (``py-spy record -r 50 --pid``) put the driver at about 33 ms of CPU
 (MLflow's SQLite writes two thirds of it) and each worker at about 55 ms (Hydra's
 ``run_job``: three deep copies of the job's config and its three YAML files), the trial
