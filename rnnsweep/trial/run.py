@@ -278,7 +278,7 @@ def _timed(record: TrialRecord, metric: str, measured: timing.Timing, shared: st
     stem = metric.replace("latency_ms", "latency")
     record.metrics[f"{stem}_iqr_ms"] = measured.iqr_s * 1e3
     record.metrics[f"{stem}_blocks"] = float(measured.blocks)
-    if measured.load is not None and measured.load.measurable:
+    if measured.load is not None:
         record.metrics[f"{stem}_other_cpus"] = measured.load.other_cpus
     _keep_samples(record, metric, [t * 1e3 for t in measured.times_s])
     noisy, reason = measured.verdict(shared)
@@ -313,8 +313,7 @@ def _loaded(record: TrialRecord, metric: str, device: torch.device, threads: int
     yield
     if metric in record.metrics:
         load = window.stop()
-        if load.measurable:  # a window of a few jiffies says nothing of the load
-            record.metrics[f"{metric.removesuffix('_ms')}_other_cpus"] = load.other_cpus
+        record.metrics[f"{metric.removesuffix('_ms')}_other_cpus"] = load.other_cpus
         _add_verdict(record, metric, *noise.verdict(1.0, 0.0, noise.MIN_BLOCKS, load, threads,
                                                     shared))
 
