@@ -117,15 +117,39 @@ def test_a_job_sent_as_its_values_is_the_job_the_driver_would_compose(loader_and
     from rnnsweep.sweep.composer import apply, job_config
 
     loader, master = loader_and_master
+    sweep_dir = str(master.hydra.sweep.dir)  # as the launcher resolves it, before any job
     composer = Composer(loader, master)
     overrides = ["model=gru", "seed=7", "batch=8"]
     hardware = {"device": "cpu", "num_cpus": 1, "num_gpus": 0, "exclusive": True}
     patch = pickle.loads(pickle.dumps(composer.patch(overrides)))  # as Ray ships it
     base = pickle.loads(pickle.dumps(composer.base(patch.key)))
-    sweep_dir = str(composer.base(patch.key).hydra.sweep.dir)
-    on_worker = job_config(apply(base, patch), 3, hardware, sweep_dir)
+    on_worker = job_config(apply(base, patch), 3, hardware)
     on_driver = job_config(composer.compose(overrides), 3, hardware)
     assert comparable(on_worker) == comparable(on_driver)
     assert (on_worker.seed, on_worker.batch, on_worker.hardware.num_cpus) == (7, 8, 1)
-    assert on_worker.hydra.job.num == 3 and on_worker.hydra.sweep.dir == sweep_dir
+    # The pickled composition carries the driver's resolver cache: same ${now:}, same pid.
+    assert on_worker.hydra.job.num == 3
+    assert on_worker.hydra.sweep.dir == sweep_dir
     assert composer.patch(["model=gru"]) is None  # nothing plain to share: composed whole
+
+
+def test_each_job_sent_as_its_values_gets_its_own_sweep_directory():
+    """A sweep directory that names the job's own values resolves with them, on the
+    worker as on the driver."""
+    from rnnsweep.sweep.composer import apply, job_config
+
+    rnnsweep.config.register()
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(str(rnnsweep.config.conf_dir()), version_base="1.3"):
+        loader = GlobalHydra.instance().config_loader()
+        master = loader.load_configuration(
+            "config", ["hydra/launcher=basic", "hydra.sweep.dir=out/b${batch}"],
+            run_mode=RunMode.MULTIRUN)
+        composer = Composer(loader, master)
+        dirs = []
+        for batch in (8, 16):
+            patch = composer.patch([f"batch={batch}"])
+            dirs.append(job_config(apply(composer.base(patch.key), patch), batch, None)
+                        .hydra.sweep.dir)
+    GlobalHydra.instance().clear()
+    assert dirs == ["out/b8", "out/b16"]

@@ -97,8 +97,8 @@ QUIET = Load(other_cpus=0.0, cpus=2)
     (0.05, 10, Load(0.5, 2), 1, "", False, ""),  # the idle core absorbed it
     (0.05, 10, Load(0.0, 2, other_device_procs=2), 1, "", True, "2 other processes on the GPU"),
     (0.05, 10, QUIET, 2, "trials_beside=1", True, "shared its device (trials_beside=1)"),
-    # Two CPUs over 50 ms are 10 jiffies, counted to within 0.6 CPUs: 0.6 CPUs of other
-    # load there may be rounding; over 0.2 s (within 0.15) it is load. Heavy load is
+    # Two CPUs over 50 ms are 10 jiffies, counted to within 0.8 CPUs: 0.6 CPUs of other
+    # load there may be rounding; over 0.2 s (within 0.2) it is load. Heavy load is
     # flagged over either window.
     (0.05, 10, Load(0.6, 2, window_s=0.05), 2, "", False, ""),
     (0.05, 10, Load(0.6, 2, window_s=0.2), 2, "", True, "other processes used 0.60"),

@@ -104,17 +104,18 @@ def apply(base: DictConfig, patch: Patch) -> DictConfig:
     return config
 
 
-def job_config(config: DictConfig, idx: int, hardware: dict[str, Any] | None,
-               sweep_dir: str | None = None) -> DictConfig:
+def job_config(config: DictConfig, idx: int, hardware: dict[str, Any] | None) -> DictConfig:
     """The fields that make a composed config job ``idx`` of its sweep, and the
     ``hardware`` Ray granted it (the trial sizes its threads from it, and its params show
-    what it was given). ``sweep_dir``: the sweep directory as the driver resolved it."""
+    what it was given)."""
     if "hydra" in config:
         with open_dict(config):
             config.hydra.job.id = idx
             config.hydra.job.num = idx
-            # Resolved on the driver, once: a worker resolving it could name another one.
-            config.hydra.sweep.dir = sweep_dir or str(config.hydra.sweep.dir)
+            # Resolved with the job's own values (``out/b${batch}``) and the master's
+            # resolver cache, which the composition carries: ``${now:}`` and the driver's
+            # pid read the same on every worker as on the driver.
+            config.hydra.sweep.dir = str(config.hydra.sweep.dir)
     if hardware and OmegaConf.select(config, "hardware") is not None:
         with open_dict(config):
             for key, value in hardware.items():

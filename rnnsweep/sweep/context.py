@@ -220,7 +220,7 @@ class SweepContext:
                 error = exc
             except Exception as exc:  # noqa: BLE001 - the parent is closed below anyway
                 log.warning("the sweep's summary failed: %s", exc)
-        with interrupts.deferred():
+        with interrupts.deferred() as noted:
             try:
                 self._close_runs(error)
             except Exception as exc:  # noqa: BLE001 - the lease lets the next command close them
@@ -232,6 +232,10 @@ class SweepContext:
             if self._watchdog is not None:
                 self._watchdog.stdin.close()  # Ray is down: the watchdog finds nothing
         interrupts.forget()
+        if noted and not isinstance(error, Interrupted):
+            # It waited for the final statuses to be written; the command still ends
+            # as that signal ends it.
+            error = Interrupted(noted[0])
         return error
 
     def _close_runs(self, error: BaseException | None) -> None:

@@ -9,13 +9,13 @@ free memory glibc held grew 20 KB a trial, and the process's resident size with 
 arenas rather than one per thread, and the free pages handed back every hundred trials
 (``malloc_trim``), halve that (``benchmarks/sweep_scale.py`` has the figures).
 
-Elsewhere than glibc these do nothing.
+Elsewhere than glibc these do nothing. ``fewer_arenas`` overrides a ``MALLOC_ARENA_MAX``
+the user set, in the CLI's own process only.
 """
 
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import functools
 import sys
 
@@ -29,10 +29,12 @@ def _glibc() -> ctypes.CDLL | None:
     if not sys.platform.startswith("linux"):
         return None
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc = ctypes.CDLL(None)  # the symbols already loaded: no search, no subprocess
         libc.gnu_get_libc_version  # noqa: B018 - glibc only (musl has none of this)
     except (OSError, AttributeError):
         return None
+    libc.mallopt.argtypes, libc.mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    libc.malloc_trim.argtypes, libc.malloc_trim.restype = [ctypes.c_size_t], ctypes.c_int
     return libc
 
 

@@ -208,8 +208,9 @@ class _Submitter:
             ray.put(task.for_workers() if isinstance(task, SweepTask) else task),
             ray.put(Singleton.get_state()))
         self.cwd = os.getcwd()
-        # Shared compositions in the object store, and the sweep directory they resolve to.
-        self.bases: dict[tuple[str, ...], tuple[Any, str]] = {}
+        self.nodes = nodes
+        self._stage(*self.shared)
+        self.bases: dict[tuple[str, ...], Any] = {}  # shared compositions, in the object store
 
     def top_up(self) -> None:
         while self.queue and len(self.in_flight) < self.window:
@@ -232,10 +233,22 @@ class _Submitter:
         if patch is None:
             return _compose(self.composer, job)
         if patch.key not in self.bases:
-            base = self.composer.base(patch.key)
-            self.bases[patch.key] = (ray.put(base), str(base.hydra.sweep.dir))
-        ref, sweep_dir = self.bases[patch.key]
-        return worker.PatchedJob((ref,), patch, job.idx, _hardware(job.request), sweep_dir)
+            self.bases[patch.key] = ray.put(self.composer.base(patch.key))
+            self._stage(self.bases[patch.key])
+        return worker.PatchedJob((self.bases[patch.key],), patch, job.idx,
+                                 _hardware(job.request))
+
+    def _stage(self, *refs) -> None:
+        """Copies shared objects to every node before its trials fetch them: a trial
+        that waits in ``ray.get`` for an object from another node lends its CPUs out
+        meanwhile, and Ray may start a queued trial on them."""
+        if len(self.nodes) > 1:
+            stage = ray.remote(num_cpus=0)(worker.stage)
+            try:
+                ray.get([stage.options(scheduling_strategy=NodeAffinitySchedulingStrategy(
+                    n.node_id, soft=False)).remote(list(refs)) for n in self.nodes])
+            except Exception as exc:  # a signal comes back wrapped (see _collect)
+                raise interrupts.as_interrupt(exc) from None
 
     def done(self, ref) -> None:
         # Its stream let go too: Ray keeps a task's spec for retries while it is referenced.
@@ -253,6 +266,7 @@ def _submission_tags(job: Job) -> dict[str, str]:
 def _collect(context: SweepContext, jobs: list[Job], nodes: list[Node], poll_s: float,
              submitter: _Submitter) -> None:
     pending = submitter.in_flight
+    over = 0  # trials ended here (a sweep without records counts none elsewhere)
     while pending:
         try:
             ready, _ = ray.wait(list(pending), num_returns=1, timeout=poll_s)
@@ -268,7 +282,8 @@ def _collect(context: SweepContext, jobs: list[Job], nodes: list[Node], poll_s: 
             job = pending[ref]
             if _advance(job, context, jobs, nodes):
                 submitter.done(ref)
-                if context.n_finished % heap.TRIM_EVERY == 0:
+                over += 1
+                if over % heap.TRIM_EVERY == 0:
                     heap.give_back()
 
 

@@ -38,7 +38,6 @@ class PatchedJob:
     patch: Patch
     idx: int
     hardware: dict[str, Any] | None
-    sweep_dir: str
 
 
 @dataclass
@@ -109,8 +108,13 @@ def _composed(sweep: _Sweep, job: PatchedJob) -> DictConfig:
     (ref,) = job.base
     if ref.hex() not in sweep.bases:
         sweep.bases[ref.hex()] = ray.get(ref)
-    return job_config(apply(sweep.bases[ref.hex()], job.patch), job.idx, job.hardware,
-                      job.sweep_dir)
+    return job_config(apply(sweep.bases[ref.hex()], job.patch), job.idx, job.hardware)
+
+
+def stage(refs: list[ObjectRef]) -> None:
+    """Run with no CPUs on a node: fetches ``refs`` (nested, so Ray leaves them to this
+    call) into the node's object store."""
+    ray.get(refs)
 
 
 def node_fingerprint() -> str:

@@ -39,9 +39,10 @@ class Load:
     @property
     def resolution_cpus(self) -> float:
         """How far ``other_cpus`` can be off from counting whole jiffies alone: a tick at
-        either end of the window on each CPU, and on this process's own count (on 2 CPUs
-        at 100 ticks a second: 0.6 CPUs over 50 ms, 0.03 over a second)."""
-        return (self.cpus + 1) / CLK_TCK / self.window_s
+        either end of the window on each CPU, and on this process's own user and system
+        counts (on 2 CPUs at 100 ticks a second: 0.8 CPUs over 50 ms, 0.04 over a
+        second)."""
+        return (self.cpus + 2) / CLK_TCK / self.window_s
 
 
 class LoadWindow:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+import random
 import tempfile
 import traceback
 from collections.abc import Iterator
@@ -287,10 +288,14 @@ def _timed(record: TrialRecord, metric: str, measured: timing.Timing, shared: st
 
 def _keep_samples(record: TrialRecord, metric: str, samples_ms: list[float]) -> None:
     """The samples a timed metric summarises (timing blocks, steady training steps,
-    streamed chunks) as the series ``timing/<metric>``, at most ``MAX_BLOCKS_KEPT`` of them
-    evenly spaced: ``rnnsweep.compare`` bootstraps its confidence interval from these."""
-    step = max(1, -(-len(samples_ms) // MAX_BLOCKS_KEPT))
-    record.step_metrics[f"timing/{metric}"] = samples_ms[::step]
+    streamed chunks) as the series ``timing/<metric>``, at most ``MAX_BLOCKS_KEPT`` of them:
+    ``rnnsweep.compare`` bootstraps its confidence interval from these."""
+    if len(samples_ms) > MAX_BLOCKS_KEPT:
+        # A random subset, in order: every k-th would pick the same chunk positions in
+        # every streamed pass (the first after a reset far beyond its share).
+        kept = sorted(random.Random(0).sample(range(len(samples_ms)), MAX_BLOCKS_KEPT))
+        samples_ms = [samples_ms[i] for i in kept]
+    record.step_metrics[f"timing/{metric}"] = samples_ms
 
 
 def _add_verdict(record: TrialRecord, metric: str, noisy: bool, reason: str) -> None:
