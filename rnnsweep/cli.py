@@ -123,10 +123,8 @@ def start_ray(checked: CheckedCommand, address: str | None, context) -> None:
         ray_session.prewarm(concurrent_trials(list(requests.values()), nodes))
 
 
-
 def _import_tracking() -> None:
     import rnnsweep.tracking  # noqa: F401
-
 
 
 def keep_ray_local(address: str | None) -> None:

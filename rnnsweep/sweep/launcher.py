@@ -118,7 +118,7 @@ def _plan(composer: Composer, jobs: list[Job], nodes: list[Node], records: bool
     for job in jobs:
         # Its hydra node is composed when the job is submitted (where the job shares a
         # composition with others: otherwise it comes whole, and is kept till then).
-        config = _compose(composer, job, hydra=not records)
+        config = composer.compose(job.overrides, hydra=not records)
         job.request = plan(config, nodes)
         job.judged_by = objective.settings(config)
         job.retries = int(OmegaConf.select(config, "ray.max_retries", default=2))
