@@ -17,13 +17,12 @@ from typing import NoReturn  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
 from hydra_plugins.rnnsweep_launcher.rnnsweep_launcher import RnnsweepRayLauncherConf  # noqa: E402
-from rnnsweep import config, logs, privacy, redaction  # noqa: E402
+from rnnsweep import config, heap, logs, privacy, redaction  # noqa: E402
 from rnnsweep.config import command as cli_command  # noqa: E402
 from rnnsweep.config import sweeps  # noqa: E402
 from rnnsweep.config.bounds import check_local_cpus  # noqa: E402
 from rnnsweep.config.store import check_store  # noqa: E402
 from rnnsweep.config.validation import CheckedCommand, ConfigError, check_overrides  # noqa: E402
-from rnnsweep.sweep import heap  # noqa: E402
 from rnnsweep.sweep.interrupts import Interrupted  # noqa: E402
 from rnnsweep.sweep.job import trial_names  # noqa: E402
 from rnnsweep.sweep.resources import (  # noqa: E402
@@ -39,7 +38,7 @@ from rnnsweep.sweep.resources import (  # noqa: E402
 
 def main() -> None:
     logs.setup()  # before Ray, MLflow or matplotlib is imported: they speak on import
-    heap.fewer_arenas()  # before any thread allocates (see rnnsweep.sweep.heap)
+    heap.fewer_arenas()  # before any thread allocates (see rnnsweep.heap)
     try:
         status = run(sys.argv[1:])
     except (Interrupted, SystemExit) as exc:

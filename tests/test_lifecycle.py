@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from rnnsweep import heap
 from rnnsweep.record import FAILED, OK, TrialRecord
-from rnnsweep.sweep import heap, interrupts
+from rnnsweep.sweep import interrupts
 from rnnsweep.sweep.context import SweepContext
 
 

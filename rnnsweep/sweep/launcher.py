@@ -25,8 +25,9 @@ from hydra.core.utils import JobReturn, JobStatus, configure_log, setup_globals
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+from rnnsweep import heap
 from rnnsweep.record import CONFIG_HASH_TAG, FAILED, TrialRecord, config_hash, flatten
-from rnnsweep.sweep import heap, interrupts, objective, worker
+from rnnsweep.sweep import interrupts, objective, worker
 from rnnsweep.sweep.cluster import LaunchError, ray_session
 from rnnsweep.sweep.composer import Composer, job_config
 from rnnsweep.sweep.context import SweepContext

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import platform
 import resource
 import socket
@@ -11,6 +9,8 @@ import threading
 from pathlib import Path
 
 import torch
+
+from rnnsweep import heap
 
 
 def cpu_model() -> str:
@@ -62,7 +62,9 @@ class PeakMemory:
             torch.cuda.reset_peak_memory_stats(self.device)
             self.kind = "cuda_max_allocated"
             return
-        _trim_heap()
+        # Memory earlier trials freed goes back to the OS (glibc keeps it otherwise), so this
+        # trial's allocations show above its starting point instead of reusing that slack.
+        heap.give_back()
         self.start_mb = _status_mb("VmRSS")
         if _reset_rss_high_water():
             self.kind = "rss_above_start_vmhwm"
@@ -80,13 +82,6 @@ class PeakMemory:
         else:
             peak = _status_mb("VmHWM")
         return {"peak_mem_mb": max(0.0, peak - self.start_mb), "peak_rss_mb": peak}
-
-
-def _trim_heap() -> None:
-    """Hands memory that earlier trials freed back to the OS (glibc keeps it otherwise), so
-    this trial's allocations show above its starting point instead of reusing that slack."""
-    with contextlib.suppress(OSError, AttributeError):  # not glibc: the slack stays
-        ctypes.CDLL(None).malloc_trim(0)
 
 
 def _reset_rss_high_water() -> bool:

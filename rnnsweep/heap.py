@@ -1,4 +1,4 @@
-"""The driver's heap over a long sweep.
+"""glibc's heap in a long-lived process: the sweep's driver, and a worker between trials.
 
 Each trial leaves the driver garbage of every size (its record unpickled, its MLflow
 writes, its config patch) between a few small objects that live on (its result, its
