@@ -41,6 +41,7 @@ from rnnsweep.sweep.resources import (
     concurrent_trials,
     gpu_tags,
     plan,
+    ran_between,
 )
 from rnnsweep.sweep.sink import TrialInfo
 from rnnsweep.tracking import FINGERPRINT_TAG
@@ -183,10 +184,14 @@ def _reusable(config: DictConfig, context: SweepContext, jobs: list[Job],
 
 
 def _node_fingerprints(nodes: list[Node]) -> set[str]:
-    probe = ray.remote(num_cpus=0)(worker.node_fingerprint)
-    refs = [probe.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n.node_id, soft=False))
-            .remote() for n in nodes]
-    return set(ray.get(refs))
+    return set(ray.get(_on_each_node(worker.node_fingerprint, nodes)))
+
+
+def _on_each_node(function, nodes: list[Node], *args) -> list:
+    """``function(*args)`` once on every node, holding no CPUs: the refs of its results."""
+    remote = ray.remote(num_cpus=0)(function)
+    return [remote.options(scheduling_strategy=NodeAffinitySchedulingStrategy(
+        n.node_id, soft=False)).remote(*args) for n in nodes]
 
 
 class _Submitter:
@@ -244,10 +249,8 @@ class _Submitter:
         that waits in ``ray.get`` for an object from another node lends its CPUs out
         meanwhile, and Ray may start a queued trial on them."""
         if len(self.nodes) > 1:
-            stage = ray.remote(num_cpus=0)(worker.stage)
             try:
-                ray.get([stage.options(scheduling_strategy=NodeAffinitySchedulingStrategy(
-                    n.node_id, soft=False)).remote(list(refs)) for n in self.nodes])
+                ray.get(_on_each_node(worker.stage, self.nodes, list(refs)))
             except Exception as exc:  # a signal comes back wrapped (see _collect)
                 raise interrupts.as_interrupt(exc) from None
 
@@ -355,14 +358,7 @@ def _failed_return(job: Job, reason: str, as_record: bool) -> JobReturn:
 def _placement_tags(job: Job, jobs: list[Job]) -> dict[str, str]:
     begin = job.info.get("started") or 0.0
     end = job.info.get("finished") or time.time()
-    beside = 0
-    for other in jobs:
-        start = other.info.get("started")
-        if other is job or start is None:
-            continue
-        other_end = other.info.get("finished")
-        if start < end and (other_end is None or other_end > begin):
-            beside += 1
+    beside = sum(other is not job and ran_between(other.info, begin, end) for other in jobs)
     return {
         "rnnsweep.ray.node_id": str(job.info.get("node_id", "")),
         "rnnsweep.ray.node_ip": str(job.info.get("node_ip", "")),

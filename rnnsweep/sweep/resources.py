@@ -100,6 +100,13 @@ def concurrent_trials(requests: list[Request], nodes: list[Node]) -> int:
     return min(len(requests), fit)
 
 
+def ran_between(info: dict, begin: float, end: float) -> bool:
+    """Whether a trial (``info``: its ``started`` time, and ``finished`` once known) ran at
+    some moment between ``begin`` and ``end``."""
+    started, finished = info.get("started"), info.get("finished")
+    return started is not None and started < end and (finished is None or finished > begin)
+
+
 def gpu_tags(info: dict, neighbours: list[dict], end: float) -> dict[str, str]:
     """The GPU ids Ray granted a trial and who shared them: the other trials on the same
     node holding one of those ids at some moment while this one ran (``info`` and each
@@ -110,7 +117,7 @@ def gpu_tags(info: dict, neighbours: list[dict], end: float) -> dict[str, str]:
     begin = info.get("started") or 0.0
     sharing = [n for n in neighbours
                if n.get("node_id") == info.get("node_id") and ids & set(n.get("gpu_ids") or [])
-               and (n.get("started") or 0.0) < end and (n.get("finished") or end) > begin]
+               and ran_between(n, begin, end)]
     return {"rnnsweep.ray.gpu_ids": ",".join(sorted(ids)),
             "rnnsweep.ray.gpu_cotenants": str(len(sharing)),
             "rnnsweep.ray.gpu_shared": str(bool(sharing)).lower()}
