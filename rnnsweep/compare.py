@@ -33,13 +33,12 @@ from pathlib import Path
 import numpy as np
 from mlflow.exceptions import MlflowException
 
-from rnnsweep import redaction
 from rnnsweep.record import NON_IDENTITY_PREFIXES
 from rnnsweep.report.axes import label, sweep_axes, values
 from rnnsweep.report.model import Trial
 from rnnsweep.report.reading import ReportError, locate_sweeps, sweep_trials
 from rnnsweep.report.text import one_line, plain
-from rnnsweep.tracking import Tracker, resolve_uri
+from rnnsweep.tracking import Tracker
 
 # Timed metrics compared, lower is better.
 TIMED_METRICS = ("latency_ms", "latency_ms_fused", "latency_ms_loop", "step_time_ms",
@@ -162,8 +161,8 @@ def main(argv: list[str] | None = None) -> int:
               "last two sweeps of --experiment", file=sys.stderr)
         return 2
     try:
-        uri = resolve_uri(redaction.hide_credentials(args.tracking_uri))
-        tracker, (a, b) = locate_sweeps(uri, args.sweeps, args.experiment, count=2)
+        tracker, (a, b) = locate_sweeps(args.tracking_uri, args.sweeps, args.experiment,
+                                        count=2)
         pairs = compare(tracker, a, b, args.threshold, tuple(args.ignore),
                         args.noisy_threshold)
     except (ReportError, MlflowException) as exc:

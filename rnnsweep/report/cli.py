@@ -8,10 +8,8 @@ from pathlib import Path
 
 from mlflow.exceptions import MlflowException
 
-from rnnsweep import redaction
 from rnnsweep.report.reading import ReportError, locate
 from rnnsweep.report.text import one_line
-from rnnsweep.tracking import resolve_uri
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -20,8 +18,7 @@ def main(argv: list[str] | None = None) -> int:
 
     args = _parser().parse_args(argv)
     try:
-        uri = resolve_uri(redaction.hide_credentials(args.tracking_uri))
-        tracker, parent = locate(uri, args.run_id, args.experiment)
+        tracker, parent = locate(args.tracking_uri, args.run_id, args.experiment)
         report = build_report(tracker, parent)
     except (ReportError, MlflowException) as exc:
         print(f"rnnsweep.report: error: {one_line(str(exc))}", file=sys.stderr)

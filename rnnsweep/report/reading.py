@@ -11,7 +11,7 @@ from mlflow.tracking import MlflowClient
 
 from rnnsweep import redaction
 from rnnsweep.report.model import Trial
-from rnnsweep.tracking import REUSED_TAG_PREFIX, ROLE_TAG, Tracker
+from rnnsweep.tracking import REUSED_TAG_PREFIX, ROLE_TAG, Tracker, resolve_uri
 
 
 class ReportError(Exception):
@@ -72,7 +72,9 @@ def locate(uri: str, run_id: str | None, experiment: str | None) -> tuple[Tracke
 def locate_sweeps(uri: str, run_ids: list[str], experiment: str | None,
                   count: int) -> tuple[Tracker, list[str]]:
     """``run_ids`` when given (all in one experiment), else the ``count`` latest sweep parent
-    runs of ``experiment``, oldest first."""
+    runs of ``experiment``, oldest first. ``uri`` as the user gave it: its credentials go
+    where the client reads them, and a relative SQLite path means the current directory."""
+    uri = resolve_uri(redaction.hide_credentials(uri))
     if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
         raise ReportError(f"no MLflow store at {uri}")
     client = MlflowClient(tracking_uri=redaction.connection_uri(uri))
