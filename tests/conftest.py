@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -233,6 +234,18 @@ def _stat(pid: int) -> list[str] | None:
         return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
     except OSError:  # gone meanwhile
         return None
+
+
+def stop_group(proc: subprocess.Popen, term_wait: float = 10, kill_wait: float = 30) -> None:
+    """Ends the process group a test started (``start_new_session=True``), by its id:
+    SIGTERM, then SIGKILL if it is still there after ``term_wait`` seconds."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=term_wait)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=kill_wait)
 
 
 def descendants(root: int) -> dict[int, str]:

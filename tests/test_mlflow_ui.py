@@ -11,7 +11,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -24,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import BASIC_LAUNCHER, cli_env, run_cli, toy
+from conftest import BASIC_LAUNCHER, cli_env, run_cli, stop_group, toy
 from matplotlib.image import imread
 from mlflow.tracking import MlflowClient
 
@@ -99,16 +98,6 @@ def wait_ready(proc: subprocess.Popen, url: str, log: Path) -> None:
                 f"{log.read_text()[-3000:]}")
 
 
-def stop_server(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
-
-
 @pytest.fixture(scope="module")
 def served(tmp_path_factory) -> Iterator[Served]:
     directory = tmp_path_factory.mktemp("ui")
@@ -132,7 +121,7 @@ def served(tmp_path_factory) -> Iterator[Served]:
         yield Served(url, client, experiment_id, parent.info.run_id,
                      tracker.children(parent.info.run_id), report)
     finally:
-        stop_server(server)
+        stop_group(server, term_wait=20, kill_wait=10)
 
 
 def api(served: Served, endpoint: str, body: dict | None = None, **query: str) -> dict:

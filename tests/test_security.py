@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -20,7 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import TOY, compose_cfg, new_store, run_cli
+from conftest import TOY, compose_cfg, new_store, run_cli, stop_group
 from mlflow.tracking import MlflowClient
 
 from rnnsweep import privacy, redaction
@@ -150,17 +149,6 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _stop_group(proc: subprocess.Popen) -> None:
-    """Ends the process group this test started (its own session), by its id."""
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=30)
-
-
 @pytest.fixture
 def mlflow_server(_migrated_store, tmp_path) -> Iterator[tuple[int, Path]]:
     """A real MLflow server on loopback that requires a password (its basic-auth app)."""
@@ -190,7 +178,7 @@ def mlflow_server(_migrated_store, tmp_path) -> Iterator[tuple[int, Path]]:
                 time.sleep(0.5)
         yield port, root
     finally:
-        _stop_group(proc)
+        stop_group(proc)
 
 
 def _files_containing(root: Path, needle: bytes) -> list[Path]:
@@ -362,7 +350,7 @@ def token_cluster(tmp_path) -> Iterator[str]:
                 time.sleep(0.5)
         yield f"127.0.0.1:{port}"
     finally:
-        _stop_group(proc)
+        stop_group(proc)
 
 
 @pytest.mark.slow
