@@ -61,10 +61,8 @@ class Composer:
         """The job as a shared composition and its values; None for a job that must be
         composed from scratch (no plain values: nothing to share)."""
         parsed = self.parser.parse_overrides(overrides)
-        values = [o for o in parsed if self._is_plain_value(o)]
-        if not values:
-            return None
-        return Patch(tuple(o.input_line for o in parsed if o not in values), values, parsed)
+        key, values = split(parsed, self.loader)
+        return Patch(key, values, parsed) if values else None
 
     def base(self, key: tuple[str, ...]) -> DictConfig:
         """The shared composition ``key``, with its ``hydra`` node and the master's
@@ -83,9 +81,6 @@ class Composer:
                 del trial["hydra"]
             self._trial_only[key] = trial
         return self._trial_only[key]
-
-    def _is_plain_value(self, override: Override) -> bool:
-        return is_plain_value(override, self.loader)
 
 
 def apply(base: DictConfig, patch: Patch) -> DictConfig:
@@ -123,6 +118,13 @@ def job_config(config: DictConfig, idx: int, hardware: dict[str, Any] | None) ->
     return config
 
 
+def split(parsed: list[Override], loader) -> tuple[tuple[str, ...], list[Override]]:
+    """A job's overrides as the key of the composition it shares (every override that can
+    change the defaults list) and the plain values applied on top of it."""
+    values = [o for o in parsed if is_plain_value(o, loader)]
+    return tuple(o.input_line for o in parsed if o not in values), values
+
+
 def is_plain_value(override: Override, loader) -> bool:
     """A ``key=value`` that cannot change the defaults list."""
     return (override.type == OverrideType.CHANGE and override.package is None
@@ -139,9 +141,7 @@ def compose_trials(trials: Sequence[Sequence[str]], compose: Callable[[list[str]
     parser = OverridesParser.create()
     shared: dict[tuple[str, ...], DictConfig] = {}
     for trial in trials:
-        parsed = parser.parse_overrides(list(trial))
-        values = [o for o in parsed if is_plain_value(o, loader)]
-        key = tuple(o.input_line for o in parsed if o not in values)
+        key, values = split(parser.parse_overrides(list(trial)), loader)
         if key not in shared:
             shared[key] = compose(list(key))
         config = copy.deepcopy(shared[key])
