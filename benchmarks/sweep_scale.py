@@ -67,6 +67,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from conftest import start_cli, toy  # noqa: E402  (the tests' toy sizes and CLI runner)
 
 POLL_S = 0.1
+# Where the driver's RSS is shown, as fractions of the wall time (the close is the last few %).
+TRAJECTORY = (0.1, 0.25, 0.5, 0.75, 0.9, 1.0)
 
 
 @dataclass
@@ -159,6 +161,9 @@ def main() -> None:
                   f"recorded {sample.recorded}/{n}  parent {sample.parent_status}  "
                   f"peak RSS {sample.peak_rss_mb:6.1f} MB  "
                   f"RSS growth {sample.rss_growth_mb:+6.1f} MB", flush=True)
+            print("    RSS MB at " + ", ".join(
+                f"{f:.0%} {rss_at(sample.rss_series, f * sample.wall_s):.1f}"
+                for f in TRAJECTORY), flush=True)
 
     print(f"\n{opts.repeats} repeat(s), whole CLI processes, medians")
     print(f"{'N':>6}{'wall s':>10}{'s/trial':>10}{'peak RSS MB':>13}{'RSS growth MB':>15}"

@@ -119,7 +119,7 @@ def served(tmp_path_factory) -> Iterator[Served]:
         report = write_report(tracker, parent.info.run_id)
         wait_ready(server, url, log)
         yield Served(url, client, experiment_id, parent.info.run_id,
-                     tracker.children(parent.info.run_id), report)
+                     list(tracker.children(parent.info.run_id)), report)
     finally:
         stop_group(server, term_wait=20, kill_wait=10)
 

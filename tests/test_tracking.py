@@ -6,6 +6,7 @@ import time
 
 from mlflow.entities import Metric
 
+from rnnsweep import tracking
 from rnnsweep.record import TrialRecord
 from rnnsweep.tracking import Tracker
 
@@ -39,3 +40,28 @@ def test_a_record_written_without_its_params_keeps_those_logged_at_submission(ml
 def test_the_store_lock_sits_beside_the_database(mlflow_store):
     Tracker(mlflow_store.uri, "locked")
     assert mlflow_store.path.with_name(mlflow_store.path.name + ".lock").exists()
+
+
+def test_a_sweeps_children_are_read_a_page_at_a_time(mlflow_store, monkeypatch):
+    # A thousand-trial sweep's close read its runs into one list first: 20 MB of MLflow
+    # objects alive at once, and the driver's heap larger by that for good.
+    tracker = Tracker(mlflow_store.uri, "paged")
+    parent = tracker.start_run("sweep")
+    for i in range(5):
+        tracker.start_run(f"trial {i}", parent_run_id=parent)
+    monkeypatch.setattr(tracking, "SEARCH_PAGE", 2)
+    pages = []
+    search = tracker.client.search_runs
+
+    def counted(*args, **kwargs):
+        page = search(*args, **kwargs)
+        pages.append(len(page))
+        return page
+
+    monkeypatch.setattr(tracker.client, "search_runs", counted)
+    children = tracker.children(parent)
+    first = next(children)
+    assert first.data.tags["mlflow.parentRunId"] == parent
+    assert pages == [2]  # nothing read beyond the first page yet
+    assert len([first, *children]) == 5
+    assert pages == [2, 2, 1]

@@ -39,14 +39,20 @@ def to_trial(run) -> Trial:
     tags = run.data.tags
     return Trial(run_id=run.info.run_id, outcome=tags.get("rnnsweep.outcome") or run.info.status,
                  reason=tags.get("rnnsweep.reason", ""), params=_interned(run.data.params),
-                 metrics=dict(run.data.metrics), device=device_name(tags), tags=_interned(tags),
-                 experiment_id=run.info.experiment_id, status=run.info.status)
+                 metrics=_keys_interned(run.data.metrics), device=device_name(tags),
+                 tags=_interned(tags), experiment_id=run.info.experiment_id,
+                 status=run.info.status)
 
 
 def _interned(strings: dict[str, str]) -> dict[str, str]:
     """A sweep's trials share nearly all their keys and values: one copy of each for a
     thousand trials, not a thousand."""
     return {sys.intern(k): sys.intern(v) for k, v in strings.items()}
+
+
+def _keys_interned(metrics: dict[str, float]) -> dict[str, float]:
+    """Each run brings its own copy of every metric's name."""
+    return {sys.intern(k): v for k, v in metrics.items()}
 
 
 def device_name(tags: dict[str, str]) -> str:

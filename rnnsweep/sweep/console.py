@@ -14,6 +14,7 @@ comes from those keys and the metrics its records carry (see ``headline``).
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
@@ -187,7 +188,8 @@ class ConsoleSink:
         trial.state = "failed" if record.outcome == FAILED else "done"
         trial.outcome, trial.reason = record.outcome, record.reason
         trial.noisy = record.tags.get(NOISY_TAG) == "true"
-        trial.metrics = {k: v for k, v in record.metrics.items() if _shown(k)}
+        # Interned: each record brings its own copy of every metric's name.
+        trial.metrics = {sys.intern(k): v for k, v in record.metrics.items() if _shown(k)}
         trial.values = headline_values(trial.metrics, self.swept)
         line = self._result_line(idx, trial)
         self._last = line.strip()

@@ -337,6 +337,8 @@ def _finish(job: Job, context: SweepContext, jobs: list[Job], nodes: list[Node],
                            working_dir=ret.working_dir, task_name=ret.task_name)
     job.result.return_value = objective.score(record, *job.judged_by)
     job.info = {k: job.info[k] for k in _KEPT_INFO if k in job.info}
+    if "node_id" in job.info:  # one copy per node, not per trial
+        job.info["node_id"] = sys.intern(job.info["node_id"])
 
 
 # What a finished trial's neighbours still read of it (its overlap and GPU co-tenancy).

@@ -56,9 +56,11 @@ def reap_lost_sweeps(tracker) -> list[str]:
     """Closes every sweep on the store whose driver is gone; returns their parent ids."""
     lost = [run for run in tracker.running_sweeps() if is_lost(run.data.tags)]
     for parent in lost:
-        for child in tracker.children(parent.info.run_id):
-            if child.info.status == "RUNNING":
-                tracker.fail_run(child.info.run_id, LOST_REASON, status="KILLED")
+        # Read to the end before any is changed: the pages are offsets into the result.
+        running = [child.info.run_id for child in tracker.children(parent.info.run_id)
+                   if child.info.status == "RUNNING"]
+        for run_id in running:
+            tracker.fail_run(run_id, LOST_REASON, status="KILLED")
         tracker.fail_run(parent.info.run_id, LOST_REASON, status="KILLED")
         log.warning("sweep %s (%s) lost its driver (pid %s on %s): marked KILLED",
                     parent.info.run_id, parent.info.run_name, parent.data.tags.get(PID_TAG),
