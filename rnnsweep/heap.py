@@ -6,8 +6,10 @@ console line). glibc's allocator keeps the freed memory in its arenas, one per t
 that allocates, and the holes rarely fit the next trial's sizes: over a thousand tiny
 trials the live heap grew about 4 KB a trial (``mallinfo2``'s in-use bytes) while the
 free memory glibc held grew 20 KB a trial, and the process's resident size with it. Two
-arenas rather than one per thread, and the free pages handed back every hundred trials
-(``malloc_trim``), halve that (``benchmarks/sweep_scale.py`` has the figures).
+arenas rather than one per thread, and the free pages handed back every 20 trials
+(``malloc_trim``, a few milliseconds), keep the driver's resident size level during the
+trials; every 100 trials left a saw-tooth of 9 MB on a 2,000-trial sweep
+(``benchmarks/sweep_scale.py`` has the figures).
 
 Elsewhere than glibc these do nothing. ``fewer_arenas`` overrides a ``MALLOC_ARENA_MAX``
 the user set, in the CLI's own process only.
@@ -21,7 +23,7 @@ import sys
 
 M_ARENA_MAX = -8  # glibc's mallopt parameter (malloc.h)
 ARENAS = 2
-TRIM_EVERY = 100  # finished trials
+TRIM_EVERY = 20  # finished trials
 
 
 @functools.cache
