@@ -6,6 +6,7 @@ its first trial, and MLflow costs seconds that the trial would wait for.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import time
@@ -56,15 +57,18 @@ class _Sweep:
 
 _current: _Sweep | None = None
 
+TASK_NAME = "rnnsweep-trial"
 
-def execute(shared: SweepShared, job: DictConfig | PatchedJob,
-            driver_cwd: str) -> Iterator[Any]:
+
+def execute(shared: SweepShared, job: DictConfig | PatchedJob, driver_cwd: str,
+            idx: int) -> Iterator[Any]:
     """Runs in a Ray worker as a streaming task: first yields that it started, then the
     Hydra job's result, run exactly as the basic launcher would run it.
 
     The start travels on the trial's own task, not through a shared actor, so progress
     has no process whose loss could take the sweep down.
     """
+    _title(f"ray::{TASK_NAME}-{idx}")
     info = {"node_id": ray.get_runtime_context().get_node_id(), "host": socket.gethostname(),
             "pid": os.getpid(), "started": time.time(),
             # The GPU ids Ray granted this trial (it sets CUDA_VISIBLE_DEVICES to them):
@@ -90,6 +94,14 @@ def execute(shared: SweepShared, job: DictConfig | PatchedJob,
         # unpickling for nothing: the record and the driver's own config say everything.
         ret.cfg = ret.hydra_cfg = None
     yield ret, info
+
+
+def _title(title: str) -> None:
+    """The worker's process title while this trial runs (``ps`` shows which trial a
+    worker runs; Ray titles it after the task, and back to ``ray::IDLE`` after it).
+    Ray's own title setter: a Ray without it leaves its title as it is."""
+    with contextlib.suppress(AttributeError):
+        ray._raylet.setproctitle(title)
 
 
 def _sweep(shared: SweepShared) -> _Sweep:
