@@ -39,14 +39,28 @@ drift 10-20% between runs here):
                RSS growth mid-run +10.7 MB; two malloc arenas, free pages handed back
                every 100 trials)
 
-Every trial was recorded (1000/1000 FINISHED under a FINISHED parent) in each run. A
-3,200-trial sweep took 165.8 s (0.052 s a trial). Where the driver's memory goes, from
-``mallinfo2`` inside the driver over 1,200 trials: the live heap grows about 4 KB a trial
-(each trial's result, console line and run id); before the arena and trim settings, the
-free memory glibc kept in its arenas grew about 20 KB a trial, now 7 to 20 (it varies
-from run to run). The closing report holds every trial as a row of about 5 KB; reading
-them back costs about 29 MB once (the first search page brings in MLflow's and
-SQLAlchemy's search machinery), then about 2 MB for the next 1,175 runs.
+    round 2, third session (RSS at 25% -> 90% of the wall time: the trials; the peak
+    adds the close):
+      e86bd80  +44 KB/trial (N=1000: peak 377.8 MB)
+      45f740a  +29 KB/trial (N=1000: peak 364.6 MB; the close read every run into one
+               list first, 20 MB of MLflow objects; a bar per trial drawn as a Rectangle
+               each, 25 MB at N=1200)
+      9fa29b4  +22 KB/trial (N=1000: 308.1 -> 319.2 MB, peak 357.5; free pages handed
+               back every 20 trials: every 100 left a 9 MB saw-tooth)
+      25104cc  +14 KB/trial (N=1000: 306.8 -> 308.6 MB, peak 349.7; one Ray task name for
+               every trial: Ray's driver keeps 6.5 KB per task name for good)
+      (last)   +10 KB/trial, marginal 0.078 s/trial on a slow hour (N=1000: 333.7 -> 336.6
+               MB, peak 349.6, 93.3 s; the report's modules, 27 MB, load when the sweep
+               opens). N=3000 at 25104cc: 316.0 MB at 20%, 317.5 at 80%, 321.2 at 90%,
+               peak 371.9.
+
+The driver is flat during the trials. What is left grows only at the close, which holds
+every trial's row for the report (about 5 KB a trial, 8 to 10 KB of resident memory with
+the report's own table). Every trial was recorded (N FINISHED under a FINISHED parent) in
+each run. Side by side (``N=500``, alternated, two repeats): uniquely named tasks took
+53.0 and 52.6 s and ended the trials at 313.7 MB; one name, 46.4 and 48.6 s and 307.9 MB
+(peaks 354 vs 345). Plain Ray shows the same: 2,000 streaming tasks of 30 ms each left
+the driver at 151.8 MB unnamed (151.3 after 250) and at 164.9 MB uniquely named.
 Per trial, py-spy (``py-spy record -r 50 --pid``) put the driver at about 33 ms of CPU
 (MLflow's SQLite writes two thirds of it) and each worker at about 55 ms (Hydra's
 ``run_job``: three deep copies of the job's config and its three YAML files), the trial

@@ -15,7 +15,8 @@ if TYPE_CHECKING:
 def finish_sweep(context: SweepContext) -> dict[str, float]:
     """Summarises the sweep's own children and the trials it reused from earlier sweeps
     (a resumed sweep that reran nothing still describes every trial it stands for)."""
-    # MLflow only; the report's plotting (matplotlib) is imported below, when it is drawn.
+    # Imported here, not at module level: the sweep package never needs the report to
+    # load (the context loads it when a sweep opens, where it can).
     from rnnsweep.report.reading import sweep_trials
 
     tracker, parent = context.tracker, context.parent
