@@ -7,7 +7,7 @@ that allocates, and the holes rarely fit the next trial's sizes: over a thousand
 trials the live heap grew about 4 KB a trial (``mallinfo2``'s in-use bytes) while the
 free memory glibc held grew 20 KB a trial, and the process's resident size with it. Two
 arenas rather than one per thread, and the free pages handed back every 20 trials
-(``malloc_trim``, a few milliseconds), keep the driver's resident size level during the
+(``malloc_trim``, under a millisecond), keep the driver's resident size level during the
 trials; every 100 trials left a saw-tooth of 9 MB on a 2,000-trial sweep
 (``benchmarks/sweep_scale.py`` has the figures).
 

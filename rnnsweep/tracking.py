@@ -142,7 +142,7 @@ class Tracker:
     def _search(self, query: str) -> Iterator:
         token = None
         while True:
-            # Pages of a hundred: the store builds every row of a page as objects at
+            # Small pages (SEARCH_PAGE): the store builds every row of a page as objects at
             # once, several times the size of the runs it returns.
             page = self.client.search_runs([self.experiment_id], query, max_results=SEARCH_PAGE,
                                            page_token=token)
