@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 import pytest
-from recorded import record_sweep
+from recorded import record_sweep, record_sweeps
 
 from rnnsweep import compare
 from rnnsweep.tracking import Tracker
@@ -25,7 +25,7 @@ def store(module_store):
 
 @pytest.fixture(scope="module")
 def same_twice(store):
-    return record_sweep(store, SWEEP, "first"), record_sweep(store, SWEEP, "second")
+    return tuple(record_sweeps(store, SWEEP, ["first", "second"]))
 
 
 @pytest.mark.slow  # timed toy trials, a quarter second each
@@ -102,7 +102,7 @@ def test_verdict_rules(ratio, low, high, expected):
 def test_training_step_times_are_compared_with_an_interval(store):
     # step_time_ms is the median of the steady steps; those steps are its samples.
     train = ["workload=train", "hardware=cpu", "hardware.num_cpus=1", "steps=16"]
-    a, b = (record_sweep(store, [train], name) for name in ("train-a", "train-b"))
+    a, b = record_sweeps(store, [train], ["train-a", "train-b"])
     (pair,) = compare.compare(store, a, b, threshold=0.10)
     assert pair.metric == "step_time_ms"
     assert pair.verdict != compare.UNKNOWN
