@@ -23,6 +23,13 @@ class RnnsweepRayLauncherConf:
     dashboard: bool = False
     dashboard_host: str = "127.0.0.1"
     poll_s: float = 0.5  # how often the progress line refreshes
+    # Early stopping on the trials' live values of objective.metric (rnnsweep.sweep.stopping):
+    # none | asha (asynchronous successive halving) | median (median stopping rule).
+    stopper: str = "none"
+    # Steps before any trial may be stopped; None: a tenth of the trial's steps.
+    grace_period: int | None = None
+    reduction_factor: int = 3  # asha: a rung keeps the best 1/reduction_factor
+    min_trials: int = 3  # median: trials that must have reached a step before it judges
 
 
 ConfigStore.instance().store(group="hydra/launcher", name="rnnsweep_ray",
