@@ -20,7 +20,7 @@ from hydra_plugins.rnnsweep_launcher.rnnsweep_launcher import RnnsweepRayLaunche
 from rnnsweep import config, heap, logs, privacy, redaction  # noqa: E402
 from rnnsweep.config import command as cli_command  # noqa: E402
 from rnnsweep.config import sweeps  # noqa: E402
-from rnnsweep.config.bounds import check_local_cpus  # noqa: E402
+from rnnsweep.config.bounds import check_local_cpus, check_local_gpus  # noqa: E402
 from rnnsweep.config.store import check_store  # noqa: E402
 from rnnsweep.config.validation import CheckedCommand, ConfigError, check_overrides  # noqa: E402
 from rnnsweep.sweep.interrupts import Interrupted  # noqa: E402
@@ -71,11 +71,13 @@ def run(args: list[str]) -> int:
         return 0
     multirun, overrides = command.multirun, command.overrides
     try:
-        checked = check_overrides(overrides, multirun, command, whole=False)
+        checked = check_overrides(overrides, multirun, command, whole=False,
+                                  on_size=_show_size)
         check_store(checked.base, overrides, multirun)
         if not (multirun and _uses_ray_launcher(checked.base)):
             for trial in checked.trials:  # runs here, not on a Ray node
                 check_local_cpus(trial)
+                check_local_gpus(trial)
     except ConfigError as exc:
         _refuse(exc)
     address = cluster_address(checked.base)
@@ -140,6 +142,17 @@ def keep_ray_local(address: str | None) -> None:
     host = (address or "127.0.0.1").removeprefix("ray://").rpartition(":")[0] or "127.0.0.1"
     if host in ("127.0.0.1", "localhost", "::1", "[::1]"):
         os.environ.setdefault(LOCAL_ONLY_RAY_ENV, "0")
+
+
+# From this many trials on, the sweep's size is shown before they are checked (about
+# 5 ms each: 1,000 take seconds, and a terminal should not sit silent that long).
+SHOW_SIZE_FROM = 200
+
+
+def _show_size(count: int) -> None:
+    if count >= SHOW_SIZE_FROM:
+        print(f"rnnsweep: {count:,} trials; checking each before anything starts",
+              file=sys.stderr, flush=True)
 
 
 def _uses_ray_launcher(base: DictConfig) -> bool:

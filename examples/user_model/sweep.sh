@@ -4,5 +4,8 @@
 # Run it from this directory, so that `mymodels` is importable by every trial.
 set -euo pipefail
 cd "$(dirname "$0")"
-exec python -m rnnsweep -m --config-dir conf \
+# The checkout's venv when there is one (README's set-up), else $PYTHON, else python3:
+# a bare `python` is missing or the wrong interpreter unless a venv is activated.
+PYTHON="${PYTHON:-$(if [ -x ../../.venv/bin/python ]; then echo ../../.venv/bin/python; else echo python3; fi)}"
+exec "$PYTHON" -m rnnsweep -m --config-dir conf \
   model=indrnn,lstm model.hidden_size=64,128 task=char_lm steps=30 seq_len=50 "$@"

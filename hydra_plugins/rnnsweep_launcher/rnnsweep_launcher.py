@@ -23,6 +23,8 @@ class RnnsweepRayLauncherConf:
     dashboard: bool = False
     dashboard_host: str = "127.0.0.1"
     poll_s: float = 0.5  # how often the progress line refreshes
+    # The most trials one sweep may expand to; a larger grid is refused before it is checked.
+    max_trials: int = 10000
     # Early stopping on the trials' live values of objective.metric (rnnsweep.sweep.stopping):
     # none | asha (asynchronous successive halving) | median (median stopping rule).
     stopper: str = "none"

@@ -24,6 +24,8 @@ MAX_MIN_RUN_TIME_S = 600.0
 MAX_RETRIES = 100
 MAX_SEED = 2**63 - 1  # torch.manual_seed takes a 64-bit value; the trial also uses seed + 1
 MAX_POLL_S = 60.0
+# hydra.launcher.max_trials' default, also for sweeps run by another launcher.
+DEFAULT_MAX_TRIALS = 10_000
 GATES = {"lstm": 4, "gru": 3, "rnn": 1}
 BYTES_PER_VALUE = 4  # fp32 weights; reduced precision only shrinks activations
 # Adam keeps two moments per weight; with the weights and their gradients, four copies.
@@ -65,6 +67,42 @@ def check_launcher(base: DictConfig) -> None:
         value = OmegaConf.select(base, key)
         if value is not None and value < 0:
             raise ConfigError(f"{key}={value}: must be null or a number >= 0")
+
+
+def check_experiment_name(base: DictConfig) -> None:
+    """An experiment is a name, not a path: it names the store's artifact directory
+    (``mlartifacts/<experiment>``), so ``../..`` or ``/abs`` would write elsewhere."""
+    name = OmegaConf.select(base, "tracking.experiment")
+    if isinstance(name, str) and ("/" in name or "\\" in name or "\0" in name
+                                  or name.strip() in (".", "..")):
+        raise ConfigError(f"tracking.experiment={name}: must be a name, not a path "
+                          "(no '/', '\\', '.' or '..')")
+
+
+def check_trial_count(count: int, base: DictConfig) -> None:
+    """A grid larger than ``hydra.launcher.max_trials`` is refused before its trials
+    are composed (checking costs milliseconds a trial: a million would take hours)."""
+    limit = OmegaConf.select(base, "hydra.launcher.max_trials", default=None)
+    if limit is None:
+        limit = DEFAULT_MAX_TRIALS
+    if count > limit:
+        raise ConfigError(f"the sweep has {count:,} trials, more than "
+                          f"hydra.launcher.max_trials={limit:,}; sweep fewer values, or raise "
+                          f"hydra.launcher.max_trials")
+
+
+def check_local_gpus(cfg: DictConfig) -> None:
+    """A trial that runs in this process (no Ray) gets no more GPUs than this machine has:
+    asked for and not there, it would run on CPU without a word."""
+    gpus = float(OmegaConf.select(cfg, "hardware.num_gpus") or 0)
+    if gpus <= 1:
+        return  # none, a fraction or one: check_trial has checked that CUDA is there
+    import torch
+
+    have = torch.cuda.device_count()
+    if gpus > have:
+        raise ConfigError(f"hardware.num_gpus={gpus:g}: this machine has {have} GPUs; "
+                          f"allowed: a number in [0, {have}]")
 
 
 def check_memory(cfg: DictConfig, available_bytes: int | None = None) -> None:

@@ -9,18 +9,33 @@ trial later. Only that probe imports torch, and only when there is something to 
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import json
+import typing
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from rnnsweep.config import schema
 from rnnsweep.config.schema import BUILTIN_MODEL
 
 _SYNTHETIC_TASKS = ("rnnsweep.trial.data.Regression", "rnnsweep.trial.data.Adding")
 
 
+# The schema each built-in ``_target_``'s config follows: it takes those keys and no other.
+_BUILTIN_SCHEMAS = {
+    BUILTIN_MODEL: schema.ModelConfig,
+    "rnnsweep.trial.data.Regression": schema.TaskConfig,
+    "rnnsweep.trial.data.Adding": schema.TaskConfig,
+    "rnnsweep.trial.data.CharText": schema.TextTaskConfig,
+}
+
+
 def check_config(cfg: DictConfig) -> None:
-    """What needs no import: the keys rnnsweep itself reads, and files that must exist."""
+    """What needs no import: the keys rnnsweep itself reads, keys nothing takes, and
+    files that must exist."""
+    check_keys(cfg)
     for group, keys in (("model", ("_target_", "input_size")), ("task", ("_target_",))):
         for key in keys:
             if OmegaConf.select(cfg, f"{group}.{key}") is None:
@@ -30,6 +45,70 @@ def check_config(cfg: DictConfig) -> None:
     path = OmegaConf.select(cfg, "task.path")
     if path is not None and not Path(str(path)).expanduser().is_file():
         raise ValueError(f"task.path={path}: no such file")
+
+
+def check_keys(cfg: DictConfig) -> None:
+    """Refuses a key that nothing takes (``+model.extra=1``, ``+task.path=...`` on
+    regression, ``+precision.x._target_=builtins.open``). Hydra's ``+`` adds a key even to
+    a structured config, and an unknown key under a built-in model or task would reach
+    its constructor through ``instantiate``, which builds any nested ``_target_`` it
+    finds: a command line could run code. A user's own model or task is checked against
+    its constructor when it is probed (:func:`check`)."""
+    groups = {f.name: f.type for f in dataclasses.fields(schema.RnnsweepConfig)}
+    hints = typing.get_type_hints(schema.RnnsweepConfig)
+    for key in cfg:
+        if key not in groups:
+            raise ValueError(f"{key}: unknown key; allowed top-level keys: "
+                             f"{', '.join(sorted(groups))}")
+        node = cfg[key]
+        known = hints[key] if dataclasses.is_dataclass(hints[key]) else None
+        if key in ("model", "task"):
+            known = _BUILTIN_SCHEMAS.get(str(OmegaConf.select(cfg, f"{key}._target_")))
+        if known is None or not isinstance(node, DictConfig):
+            continue
+        _known_keys(node, known, key)
+
+
+def _known_keys(node: DictConfig, known: type, where: str) -> None:
+    allowed = {f.name for f in dataclasses.fields(known)}
+    for key in node:
+        if key not in allowed:
+            raise ValueError(f"{where}.{key}: unknown key; allowed keys in {where}: "
+                             f"{', '.join(sorted(allowed))}")
+
+
+def constructor_keys(target: str) -> list[str] | None:
+    """The keyword parameters of the callable ``target`` names, or None when it takes
+    any keyword (``**kwargs``) or cannot be read (imports it: the user's code)."""
+    from hydra._internal.utils import _locate
+
+    try:
+        found = _locate(target)
+        params = inspect.signature(found).parameters.values()
+    except Exception:  # noqa: BLE001 - not importable, or no signature: nothing to list
+        return None
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+        return None
+    return [p.name for p in params
+            if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)]
+
+
+def _check_constructor(cfg: DictConfig, group: str) -> None:
+    """A user's model or task gets only keys its constructor takes, before it is built:
+    a mistyped key is named with the constructor's own parameters."""
+    target = str(cfg[group]._target_)
+    params = constructor_keys(target)
+    if params is None:
+        return
+    # What rnnsweep itself passes or reads beside the constructor's own keys.
+    given_by_rnnsweep = {"model": {"output_size"},
+                         "task": {"batch", "seq_len", "input_size", "device", "seed"}}[group]
+    ignored = {"_target_", *(schema.TRAINING_KEYS if group == "task" else ())}
+    allowed = sorted(set(params) - given_by_rnnsweep)
+    for key in cfg[group]:
+        if key not in ignored and key not in params:
+            raise ValueError(f"{group}.{key}: {target} takes no such parameter; its "
+                             f"parameters: {', '.join(allowed) or 'none'}")
 
 
 def check(trials: list[DictConfig]) -> None:
@@ -59,6 +138,8 @@ def _probe(cfg: DictConfig) -> None:
         except Exception as exc:  # noqa: BLE001 - any import failure is the user's to see
             raise ValueError(f"{group}._target_={target}: cannot import it: "
                              f"{_cause(exc)}") from None
+        if target not in _BUILTIN_SCHEMAS:
+            _check_constructor(cfg, group)
     device = torch.device("cpu")
     stage = "task"
     try:

@@ -11,7 +11,7 @@ import contextlib
 import dataclasses
 import os
 import typing
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 from hydra import compose
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
@@ -27,6 +27,7 @@ from rnnsweep import config
 from rnnsweep.config import bounds, targets
 from rnnsweep.config.command import Command, parse
 from rnnsweep.config.errors import ConfigError
+from rnnsweep.config.schema import BUILTIN_MODEL, BUILTIN_TASKS, TRAINING_KEYS
 from rnnsweep.sweep.composer import compose_trials
 
 __all__ = ["CheckedCommand", "ConfigError", "check_overrides", "check_trial"]
@@ -50,9 +51,12 @@ _HYDRA_KEPT = ("hydra.launcher.", "hydra.sweeper.", "hydra.searchpath")
 
 
 def check_overrides(overrides: list[str], multirun: bool,
-                    command: Command | None = None, whole: bool = True) -> CheckedCommand:
+                    command: Command | None = None, whole: bool = True,
+                    on_size: Callable[[int], None] | None = None) -> CheckedCommand:
     """Composes and checks every trial the command line describes, from the config the
-    command names (its ``--config-dir``, ``--config-name``, ``hydra.searchpath``...)."""
+    command names (its ``--config-dir``, ``--config-name``, ``hydra.searchpath``...).
+    ``on_size`` hears the sweep's size as soon as it is known, before the trials are
+    checked (milliseconds each)."""
     command = command or parse([])
     try:
         parsed = _parser.parse_overrides(overrides)
@@ -71,13 +75,21 @@ def check_overrides(overrides: list[str], multirun: bool,
     with _hydra(command):
         base = _compose(fixed, name, hydra=True)
         check_objective(base)
+        bounds.check_experiment_name(base)
+        # The sweeper reads hydra.sweeper.params first; command-line values win.
+        from_file = {k: f"{k}={v}" for k, v in (base.hydra.sweeper.params or {}).items()}
+        given = {line.split("=", 1)[0].lstrip("+~"): line for line in overrides
+                 if not line.startswith("hydra.")}
         trials = [fixed]
-        if multirun:
-            # The sweeper reads hydra.sweeper.params first; command-line values win.
-            from_file = {k: f"{k}={v}" for k, v in (base.hydra.sweeper.params or {}).items()}
-            by_key = {**from_file, **{line.split("=", 1)[0]: line for line in overrides
-                                      if not line.startswith("hydra.")}}
-            expanded = [_discrete(o) for o in _parser.parse_overrides(list(by_key.values()))]
+        if not multirun:
+            _check_single_run(from_file, given, overrides)
+        else:
+            expanded = [_discrete(o) for o in _parser.parse_overrides(
+                list({**from_file, **given}.values()))]
+            count = _size(expanded)
+            bounds.check_trial_count(count, base)
+            if on_size is not None:
+                on_size(count)
             trials = BasicSweeper.split_arguments(expanded, None)[0]
         composed = compose_trials(trials, lambda trial: _compose(trial, name),
                                   GlobalHydra.instance().config_loader())
@@ -89,6 +101,29 @@ def check_overrides(overrides: list[str], multirun: bool,
             raise ConfigError(str(exc)) from None
     bounds.check_launcher(base)
     return CheckedCommand(base, [list(t) for t in trials], kept)
+
+
+def _size(overrides: list[Override]) -> int:
+    """How many trials Hydra's basic sweeper makes of ``overrides``: the product of each
+    swept key's number of values, counted without building the grid."""
+    count = 1
+    for override in overrides:
+        if override.is_sweep_override():
+            count *= sum(1 for _ in override.sweep_string_iterator())
+    return count
+
+
+def _check_single_run(from_file: dict[str, str], given: dict[str, str],
+                      overrides: list[str]) -> None:
+    """A config that sets a sweep (a ready sweep's ``hydra.sweeper.params``) run without
+    -m: Hydra would run one trial of it and drop the sweep without a word."""
+    swept = [line for key, line in from_file.items() if key not in given]
+    if not swept:
+        return  # every swept key has one value on the command line: one trial is meant
+    ready = next((o for o in overrides if o.lstrip("+").startswith("sweep=")), None)
+    what = ready or "the config"
+    raise ConfigError(f"{what} is a sweep ({' '.join(swept)}): add -m to run it, "
+                      f"e.g. python -m rnnsweep -m {' '.join(overrides)}")
 
 
 def _checked(composed: Iterable[DictConfig], kept: list[DictConfig], whole: bool
@@ -158,18 +193,25 @@ def check_trial(cfg: DictConfig) -> None:
     if OmegaConf.select(cfg, "task.name") == "adding" and cfg.model.input_size < 2:
         raise ConfigError(f"model.input_size={cfg.model.input_size}: task=adding needs >= 2 "
                           "(a value channel and a marker channel)")
-    if cfg.hardware.device == "cuda" and not (cfg.ray.address or os.environ.get("RAY_ADDRESS")):
+    gpus = float(cfg.hardware.num_gpus or 0)
+    if cfg.hardware.device == "cpu" and gpus > 0:
+        raise ConfigError(f"hardware.num_gpus={gpus:g}: hardware.device=cpu uses no GPU; "
+                          "allowed: hardware=gpu, hardware=shared_gpu or hardware=auto")
+    wants_gpu = cfg.hardware.device == "cuda" or gpus > 0
+    if wants_gpu and not (cfg.ray.address or os.environ.get("RAY_ADDRESS")):
         import torch
 
         if not torch.cuda.is_available():
             raise ConfigError(f"{_gpu_request(cfg)}: this machine has no CUDA device; allowed "
-                              "here: hardware=auto or hardware=cpu (or name a Ray cluster with "
-                              "GPUs: ray.address=HOST:PORT)")
+                              "here: hardware=auto or hardware=cpu with hardware.num_gpus=0 (or "
+                              "name a Ray cluster with GPUs: ray.address=HOST:PORT)")
 
 
 def _gpu_request(cfg: DictConfig) -> str:
     """The GPU request in the words of the option that makes it (gpu or shared_gpu)."""
     gpus = float(cfg.hardware.num_gpus or 0)
+    if cfg.hardware.device == "auto":
+        return f"hardware.num_gpus={gpus:g}"
     if 0 < gpus < 1:
         return f"hardware=shared_gpu (hardware.num_gpus={gpus:g}, a fraction of one GPU)"
     return f"hardware=gpu (hardware.device=cuda, hardware.num_gpus={gpus:g})"
@@ -188,7 +230,7 @@ def _compose(overrides: list[str], config_name: str = "config",
     except MissingConfigException as exc:
         raise ConfigError(_missing_option(exc, overrides)) from None
     except (ConfigCompositionException, OmegaConfBaseException) as exc:
-        raise ConfigError(_composition_error(exc, overrides)) from None
+        raise ConfigError(_composition_error(exc, overrides, config_name)) from None
 
 
 def _missing_option(exc: MissingConfigException, overrides: list[str]) -> str:
@@ -199,7 +241,8 @@ def _missing_option(exc: MissingConfigException, overrides: list[str]) -> str:
     return _first_line(str(exc))
 
 
-def _composition_error(exc: Exception, overrides: list[str]) -> str:
+def _composition_error(exc: Exception, overrides: list[str], config_name: str = "config"
+                       ) -> str:
     message = _first_line(str(exc))
     cause = exc.__cause__
     culprit = next((o for o in overrides if f"override {o}" in message
@@ -208,8 +251,8 @@ def _composition_error(exc: Exception, overrides: list[str]) -> str:
         key = culprit.split("=", 1)[0]
         parent, _, _ = key.rpartition(".")
         where = f" in {parent}" if parent else ""
-        return f"{culprit}: unknown key '{key}'; allowed keys{where}: " \
-               f"{', '.join(_schema_keys(parent))}"
+        allowed = _allowed_keys(parent, [o for o in overrides if o != culprit], config_name)
+        return f"{culprit}: unknown key '{key}'; allowed keys{where}: {', '.join(allowed)}"
     if message.startswith("Could not append to config") and culprit:
         key = culprit.split("=", 1)[0].lstrip("+")
         hint = (" (a model of your own needs a config of its own: see 'Your own model' "
@@ -218,6 +261,27 @@ def _composition_error(exc: Exception, overrides: list[str]) -> str:
     if cause is not None and culprit:
         return f"{culprit}: {_first_line(str(cause))}"
     return message
+
+
+def _allowed_keys(parent: str, others: list[str], config_name: str) -> Iterable[str]:
+    """The keys ``parent`` takes. Under a user's model or task (``_target_`` not a
+    built-in) that is its constructor's parameters, or its config's keys where the
+    constructor takes any keyword; elsewhere the schema's."""
+    group = parent.split(".", 1)[0]
+    if group not in _FREE_FORM or "." in parent:
+        return _schema_keys(parent)
+    try:
+        node = compose(config_name, overrides=others)[group]
+    except Exception:  # noqa: BLE001 - the other overrides fail too: say what the schema has
+        return _schema_keys(parent)
+    target = str(node.get("_target_"))
+    if target == BUILTIN_MODEL or target in BUILTIN_TASKS:
+        return _schema_keys(parent)
+    passed = {"model": {"output_size"},
+              "task": {"batch", "seq_len", "input_size", "device", "seed"}}[group]
+    params = targets.constructor_keys(target)
+    keys = set(node.keys()) if params is None else set(params) - passed
+    return sorted(keys | {"_target_"} | (set(TRAINING_KEYS) if group == "task" else set()))
 
 
 def _schema_keys(parent: str) -> Iterable[str]:

@@ -62,7 +62,9 @@ def plan(cfg: DictConfig, nodes: list[Node]) -> Request:
     exclusive = timed if hardware.exclusive is None else bool(hardware.exclusive)
     device = str(hardware.device)
     if device == "auto":
-        device = "cuda" if any(n.gpus > 0 for n in nodes) else "cpu"
+        # GPUs asked for by number are a request, not a preference: on nodes without
+        # them it is refused (check_feasible), never quietly run on CPU.
+        device = "cuda" if hardware.num_gpus or any(n.gpus > 0 for n in nodes) else "cpu"
     if device == "cpu":
         whole_node = max((n.cpus for n in nodes), default=1.0)
         cpus = hardware.num_cpus or (whole_node if exclusive else 1.0)
