@@ -23,6 +23,7 @@ from rnnsweep.config import sweeps  # noqa: E402
 from rnnsweep.config.bounds import check_local_cpus, check_local_gpus  # noqa: E402
 from rnnsweep.config.store import check_store  # noqa: E402
 from rnnsweep.config.validation import CheckedCommand, ConfigError, check_overrides  # noqa: E402
+from rnnsweep.search import checks as optuna_checks  # noqa: E402
 from rnnsweep.sweep.interrupts import Interrupted  # noqa: E402
 from rnnsweep.sweep.job import trial_names  # noqa: E402
 from rnnsweep.sweep.resources import (  # noqa: E402
@@ -74,6 +75,8 @@ def run(args: list[str]) -> int:
         checked = check_overrides(overrides, multirun, command, whole=False,
                                   on_size=_show_size)
         check_store(checked.base, overrides, multirun)
+        if multirun:  # hydra/sweeper=rnnsweep_optuna: its settings, metric and storage
+            optuna_checks.check(checked.base, overrides)
         if not (multirun and _uses_ray_launcher(checked.base)):
             for trial in checked.trials:  # runs here, not on a Ray node
                 check_local_cpus(trial)
