@@ -42,6 +42,9 @@ def main() -> None:
     heap.fewer_arenas()  # before any thread allocates (see rnnsweep.heap)
     try:
         status = run(sys.argv[1:])
+    except Refused as exc:
+        print(f"rnnsweep: error: {exc}", file=sys.stderr)
+        status = 2
     except (Interrupted, SystemExit) as exc:
         stopped = interrupts.as_interrupt(exc)
         if not isinstance(stopped, Interrupted):
@@ -52,7 +55,24 @@ def main() -> None:
     sys.exit(status)
 
 
+class Refused(ValueError):
+    """The command is refused before anything starts: one line, exit status 2 (the
+    Python API raises it as it is)."""
+
+
 def run(args: list[str]) -> int:
+    context = execute(args)
+    return 0 if context is None else context.exit_status
+
+
+def execute(args: list[str]):
+    """Runs the command line ``args``; the sweep's closed context, or None where the
+    command runs no trials (``--help``, ``--version``, ...). Raises :class:`Refused`."""
+    if "--version" in args:
+        from rnnsweep.api import versions
+
+        print(" ".join(f"{name} {version}" for name, version in versions().items()))
+        return None
     config.register()
     sweeps.register()
     privacy.telemetry_off()
@@ -69,7 +89,7 @@ def run(args: list[str]) -> int:
         from rnnsweep.sweep.job import SweepTask
 
         cli_command.run(command, SweepTask())
-        return 0
+        return None
     multirun, overrides = command.multirun, command.overrides
     try:
         checked = check_overrides(overrides, multirun, command, whole=False,
@@ -95,7 +115,7 @@ def run(args: list[str]) -> int:
         context.open()
         # Hydra runs the command as parsed above, as @hydra.main would have.
         cli_command.run(command, SweepTask(context))
-    return context.exit_status
+    return context
 
 
 def start_ray(checked: CheckedCommand, address: str | None, context) -> None:
@@ -164,5 +184,4 @@ def _uses_ray_launcher(base: DictConfig) -> bool:
 
 
 def _refuse(exc: Exception) -> NoReturn:
-    print(f"rnnsweep: error: {exc}", file=sys.stderr)
-    sys.exit(2)
+    raise Refused(str(exc)) from None
