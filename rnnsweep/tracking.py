@@ -110,23 +110,31 @@ class Tracker:
             else:
                 self.client.log_artifacts(run_id, tmp)
 
-    def fail_run(self, run_id: str, reason: str, status: str = "FAILED") -> None:
-        self.client.set_tag(run_id, "rnnsweep.outcome", status)
-        self.client.set_tag(run_id, "rnnsweep.reason", redact(reason)[:4000])
+    def fail_run(self, run_id: str, reason: str, status: str = "FAILED",
+                 outcome: str | None = None) -> None:
+        """Ends a run that has no record: ``status`` (FAILED, KILLED), and ``outcome``
+        (default: the status) with ``reason`` as its tags."""
+        self.log(run_id, tags={OUTCOME_TAG: outcome or status, REASON_TAG: reason[:4000]})
         self._artifact_uris.pop(run_id, None)
         self.client.set_terminated(run_id, status)
 
     def finished_configs(self) -> dict[tuple[str, str], tuple[str, str]]:
         """(config hash, environment fingerprint) -> (run id, run name) of trials that
         already finished with an OK outcome. Trials recorded without a fingerprint never
-        match: nothing says what produced their numbers."""
+        match: nothing says what produced their numbers. Trials whose timings were
+        flagged noisy (``rnnsweep.timing.noisy``) are left out, so an identical trial is
+        run again rather than reused as if clean; they are kept, same keys, in
+        :attr:`noisy_finished` for the launcher to say so."""
         done: dict[tuple[str, str], tuple[str, str]] = {}
+        self.noisy_finished: dict[tuple[str, str], tuple[str, str]] = {}
         query = f"attributes.status = 'FINISHED' and tags.`rnnsweep.outcome` = '{OK}'"
         for run in self._search(query):
             digest = run.data.tags.get(CONFIG_HASH_TAG)
             env = run.data.tags.get(FINGERPRINT_TAG)
             if digest and env:
-                done.setdefault((digest, env), (run.info.run_id, run.info.run_name or ""))
+                noisy = run.data.tags.get("rnnsweep.timing.noisy") == "true"
+                found = self.noisy_finished if noisy else done
+                found.setdefault((digest, env), (run.info.run_id, run.info.run_name or ""))
         return done
 
     def running_sweeps(self) -> list:
