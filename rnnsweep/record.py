@@ -8,6 +8,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 OK, UNSUPPORTED, FAILED = "OK", "UNSUPPORTED", "FAILED"
+# Ended early: by a stopper or pruner (its metrics are kept, it is no failure), past
+# ``trial_timeout_s``, or by the sweep (its time limit, a signal).
+STOPPED, TIMED_OUT, KILLED = "STOPPED", "TIMED_OUT", "KILLED"
+OUTCOME_TAG, REASON_TAG = "rnnsweep.outcome", "rnnsweep.reason"
+# The MLflow run status of each outcome that is not FINISHED.
+RUN_STATUS = {FAILED: "FAILED", TIMED_OUT: "KILLED", KILLED: "KILLED"}
 # On every trial's run: the hash of its config (``config_hash``), which resume matches on.
 CONFIG_HASH_TAG = "rnnsweep.config_hash"
 # Every training step was non-finite: the trial ran, but its numbers describe nothing.
@@ -21,15 +27,21 @@ class TrialRecord:
     metrics: dict[str, float] = field(default_factory=dict)
     # Per-step series: name -> values indexed by training step.
     step_metrics: dict[str, list[float]] = field(default_factory=dict)
+    # Series measured at some steps only (held-out evaluation): name -> {step: value}.
+    sparse_metrics: dict[str, dict[int, float]] = field(default_factory=dict)
     # Relative artifact path -> file content.
     artifacts: dict[str, bytes] = field(default_factory=dict)
     outcome: str = OK
     reason: str = ""
+    # When the trial ran (epoch seconds, on its worker): its run's start and end.
+    started_at: float | None = None
+    finished_at: float | None = None
 
     @property
     def status(self) -> str:
-        """The MLflow run status: an unsupported combination is a finished, recorded answer."""
-        return "FAILED" if self.outcome == FAILED else "FINISHED"
+        """The MLflow run status: an unsupported, diverged or stopped trial is a finished,
+        recorded answer; a failed one FAILED, a timed-out or killed one KILLED."""
+        return RUN_STATUS.get(self.outcome, "FINISHED")
 
 
 def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, str]:
@@ -46,7 +58,8 @@ def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, str]:
 
 # Keys that say where results go or how the sweep is run, not what a trial computes:
 # two trials that differ only in these are the same measurement.
-NON_IDENTITY_PREFIXES = ("tracking.", "ray.", "objective.")
+NON_IDENTITY_PREFIXES = ("tracking.", "ray.", "objective.", "checkpoint.", "trial_timeout_s",
+                         "sweep_timeout_s")
 
 
 def config_hash(params: dict[str, str]) -> str:

@@ -9,18 +9,19 @@ from __future__ import annotations
 
 import tempfile
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 
 from filelock import FileLock
 from mlflow.entities import Metric, Param, RunTag
+from mlflow.exceptions import MlflowException
 from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
 from rnnsweep.config.store import resolve_uri
-from rnnsweep.record import CONFIG_HASH_TAG, OK, TrialRecord
+from rnnsweep.record import CONFIG_HASH_TAG, OK, OUTCOME_TAG, REASON_TAG, TrialRecord
 from rnnsweep.redaction import connection_uri, redact
 
 # MLflow's per-request limits for log_batch: of each kind, and in all.
@@ -36,7 +37,9 @@ SEARCH_PAGE = 25  # runs per search: MLflow holds about 120 kB of objects per ru
 
 
 class Tracker:
-    def __init__(self, uri: str, experiment: str) -> None:
+    def __init__(self, uri: str, experiment: str, create: bool = True) -> None:
+        """``create=False`` for a store that is only read (report, compare): no lock file
+        beside it, and a missing experiment is an error, not a new one."""
         resolved = resolve_uri(uri)
         self._artifact_uris: dict[str, str] = {}  # run id -> local artifact URI, till written
         self.uri = redact(resolved)  # shown and recorded; only the client sees credentials
@@ -44,39 +47,60 @@ class Tracker:
         # processes doing that at once leave it half-migrated; two creating one
         # experiment, one of them fails. One process at a time opens it (the lock sits
         # beside the database).
-        with _store_lock(resolved):
+        with _store_lock(resolved) if create else nullcontext():
             self.client = MlflowClient(tracking_uri=connection_uri(resolved))
             self.client.search_experiments(max_results=1)  # opens (and migrates) it now
             found = self.client.get_experiment_by_name(experiment)
+            if found is None and not create:
+                raise MlflowException(f"no experiment {experiment!r} in {self.uri}")
             self.experiment_id = (found.experiment_id if found else self.client.create_experiment(
                 experiment, artifact_location=_artifact_root(self.uri, experiment)))
 
     def start_run(self, name: str, tags: dict[str, str] | None = None,
-                  parent_run_id: str | None = None) -> str:
+                  parent_run_id: str | None = None, start_time: float | None = None) -> str:
+        """``start_time``: when the run's work began (epoch seconds), if not now."""
         name = redact(name)
         all_tags = {MLFLOW_RUN_NAME: name, **{k: redact(v) for k, v in (tags or {}).items()}}
         if parent_run_id:
             all_tags[MLFLOW_PARENT_RUN_ID] = parent_run_id  # the UI nests runs by this tag
-        run = self.client.create_run(self.experiment_id, tags=all_tags, run_name=name)
+        run = self.client.create_run(
+            self.experiment_id, tags=all_tags, run_name=name,
+            start_time=None if start_time is None else int(start_time * 1000))
         if run.info.artifact_uri and run.info.artifact_uri.startswith("file:"):
             # Kept till the run's artifacts are written: MLflow would otherwise read the
             # whole run back to find where they go (the dearest part of writing a trial).
             self._artifact_uris[run.info.run_id] = run.info.artifact_uri
         return run.info.run_id
 
-    def write_record(self, run_id: str, record: TrialRecord, with_params: bool = True) -> None:
+    def write_record(self, run_id: str, record: TrialRecord, with_params: bool = True,
+                     logged: Callable[[str, int], bool] | None = None) -> None:
         """Logs a finished trial's record onto an existing run and ends the run; its params
-        are left out where they were logged when the run was made."""
+        are left out where they were logged when the run was made, and its series' steps
+        where ``logged(name, step)`` says the run has them already (live metrics)."""
         now = int(time.time() * 1000)
-        metrics = [Metric(k, v, now, 0) for k, v in record.metrics.items()]
-        for name, values in record.step_metrics.items():
-            metrics += [Metric(name, v, now, step) for step, v in enumerate(values)]
+        series = record.step_metrics.keys() | record.sparse_metrics.keys()
+        # A summary that is also a series (val_loss: its last value) is that series.
+        metrics = [Metric(k, v, now, 0) for k, v in record.metrics.items() if k not in series]
+        points = [(name, step, v) for name, values in record.step_metrics.items()
+                  for step, v in enumerate(values)]
+        points += [(name, step, v) for name, steps in record.sparse_metrics.items()
+                   for step, v in steps.items()]
+        metrics += [Metric(name, v, now, step) for name, step, v in points
+                    if logged is None or not logged(name, step)]
         self.log(run_id, params=record.params if with_params else None, tags=record.tags,
                  metrics=metrics)
         if record.artifacts:
             self.log_artifacts(run_id, record.artifacts)
         self._artifact_uris.pop(run_id, None)
-        self.client.set_terminated(run_id, record.status)
+        self.client.set_terminated(
+            run_id, record.status,
+            end_time=None if record.finished_at is None else int(record.finished_at * 1000))
+
+    def log_steps(self, run_id: str, rows: Iterable[tuple[int, dict[str, float]]]) -> None:
+        """A running trial's per-step values, as few requests as MLflow allows."""
+        now = int(time.time() * 1000)
+        self.log(run_id, metrics=[Metric(name, value, now, step) for step, values in rows
+                                  for name, value in values.items()])
 
     def log(self, run_id: str, params: dict[str, str] | None = None,
             tags: dict[str, str] | None = None, metrics: Iterable[Metric] = ()) -> None:

@@ -169,7 +169,7 @@ def test_on_a_tty_one_live_display_and_the_closing_table():
     infos, records = ready_sweep("batch_scaling")
     console, out = tty_console()
     sink = ConsoleSink(console, title="batch_scaling")
-    assert sink.live
+    assert sink.on_tty
     sink.submitted(infos)
     sink.started(0)
     assert sink.counts() == {"done": 0, "running": 1, "pending": 1, "failed": 0, "reused": 0,

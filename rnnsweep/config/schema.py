@@ -37,6 +37,12 @@ class Optimizer(StrEnum):
     sgd = "sgd"
 
 
+class Schedule(StrEnum):
+    constant = "constant"
+    cosine = "cosine"  # to zero at the last step
+    step = "step"  # times lr_gamma every lr_step_every steps
+
+
 class Direction(StrEnum):
     minimize = "minimize"
     maximize = "maximize"
@@ -47,7 +53,7 @@ BUILTIN_MODEL = "rnnsweep.trial.models.RecurrentNet"
 BUILTIN_TASKS = ("rnnsweep.trial.data.Regression", "rnnsweep.trial.data.Adding",
                  "rnnsweep.trial.data.CharText")
 # Task keys that configure training; the others are the batch source's constructor's.
-TRAINING_KEYS = ("name", "optimizer", "lr")
+TRAINING_KEYS = ("name", "optimizer", "lr", "schedule", "lr_gamma", "lr_step_every")
 
 
 @dataclass
@@ -100,6 +106,9 @@ class TaskConfig:
     name: str = "regression"
     optimizer: Optimizer = Optimizer.adam
     lr: float = 1e-3
+    schedule: Schedule = Schedule.constant  # the learning rate over the steps
+    lr_gamma: float = 0.1  # schedule=step: the factor at each drop
+    lr_step_every: int | None = None  # schedule=step: None drops at a third and two thirds
 
 
 @dataclass
@@ -111,8 +120,8 @@ class TextTaskConfig(TaskConfig):
 class ObjectiveConfig:
     """The number the task function returns to a sweeper (Optuna, Nevergrad, ...)."""
 
-    # None: the workload's headline (latency_ms when it benchmarks, final_loss when it
-    # only trains, stream_latency_ms_p50 when it deploys).
+    # None: the workload's headline (latency_ms when it benchmarks, best_val_loss, the
+    # best held-out loss, when it only trains, stream_latency_ms_p50 when it deploys).
     metric: str | None = None
     direction: Direction = Direction.minimize
 
@@ -134,12 +143,35 @@ class GuardConfig:
     # steps whose input is poisoned with NaN, and a step at which the trial raises.
     inject_nan_steps: list[int] = field(default_factory=list)
     raise_at_step: int | None = None
+    # TEST-ONLY: the step at which the trial hangs (a dead data source), for time limits.
+    hang_at_step: int | None = None
+    # A trial whose loss has been non-finite this many steps in a row stops DIVERGED at
+    # once (its device freed); None: it runs all its steps.
+    stop_after_nonfinite: int | None = 10
 
 
 @dataclass
 class TrackingConfig:
     uri: str = "sqlite:///mlflow.db"  # relative paths resolve against the launch directory
     experiment: str = "rnnsweep"
+    # A running trial's per-step metrics reach its run at least this often (seconds).
+    live_interval_s: float = 3.0
+    # Live values the driver holds for a slow store before it drops the oldest (the run
+    # says how many; the trial's final record fills them in).
+    live_queue: int = 100_000
+
+
+@dataclass
+class CheckpointConfig:
+    """Saving a training trial's whole state, so that a retried or resumed trial goes on
+    from its last save instead of step 0. Off unless every_s or every_steps is set."""
+
+    every_s: float | None = None
+    every_steps: int | None = None
+    # Relative paths resolve against the driver's directory (a local directory by
+    # default); on a cluster, a path every node shares.
+    dir: str = ".rnnsweep/checkpoints"
+    keep: bool = False  # keep a finished trial's last checkpoint (else deleted)
 
 
 @dataclass
@@ -168,9 +200,14 @@ class RnnsweepConfig:
     guard: GuardConfig = field(default_factory=GuardConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     ray: RayConfig = field(default_factory=RayConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     batch: int = 32
     seq_len: int = 100
     steps: int = 20  # guarded training steps
+    # Held-out evaluation every this many steps (and at the last); None: a tenth of steps.
+    eval_every: int | None = None
+    trial_timeout_s: float | None = None  # a trial past it ends TIMED_OUT
+    sweep_timeout_s: float | None = None  # the sweep closes at it, unfinished trials KILLED
     seed: int = 0
     warmup: int = 3  # untimed calls before any measurement
     min_run_time: float = 1.0  # seconds of timed forward calls; the median is reported

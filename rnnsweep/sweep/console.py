@@ -14,7 +14,9 @@ comes from those keys and the metrics its records carry (see ``headline``).
 from __future__ import annotations
 
 import math
+import statistics
 import sys
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
@@ -39,6 +41,8 @@ from rnnsweep.sweep.sink import TrialInfo
 
 NOISY_TAG, NOISE_REASON_TAG = "rnnsweep.timing.noisy", "rnnsweep.timing.noise_reason"
 REASON_CHARS = 120  # a failure's reason in a line or a table cell; the run has it all
+LOG_PROGRESS_S = 30.0  # in a log, a running trial's step line at most this often
+SHOWN_RUNNING = 8  # running trials with a line of their own on the live display
 LOG_WIDTH = 240  # a log has no terminal width: lines and the table are never wrapped
 
 
@@ -115,6 +119,11 @@ def number(value: float) -> str:
     return f"{value:.3g}"
 
 
+def _clock(seconds: float) -> str:
+    seconds = int(max(seconds, 0))
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
 def shorten(text: str, limit: int = REASON_CHARS) -> str:
     """The first line of ``text``, cut at a word boundary."""
     line = text.strip().splitlines()[0] if text.strip() else ""
@@ -136,6 +145,25 @@ class _Trial:
     metrics: dict[str, float] = field(default_factory=dict)
     note: str = ""  # reused run id, or why it was cancelled
     values: dict[str, float] = field(default_factory=dict)
+    # While it trains: its step of steps, latest loss and the time per step lately.
+    step: int = 0
+    steps: int | None = None
+    loss: float | None = None
+    step_s: float | None = None
+
+    def progress(self) -> str:
+        if self.steps is None:
+            return ""
+        text = f"step {self.step}/{self.steps}"
+        if self.loss is not None:
+            text += f"  loss {number(self.loss)}"
+        if self.step_s is not None and self.steps > self.step:
+            text += f"  ETA {_clock((self.steps - self.step) * self.step_s)}"
+        return text
+
+    @property
+    def fraction(self) -> float:
+        return min(self.step / self.steps, 1.0) if self.steps else 0.0
 
 
 class ConsoleSink:
@@ -143,8 +171,8 @@ class ConsoleSink:
 
     def __init__(self, console: Console | None = None, title: str = "") -> None:
         self.console = console or Console()
-        self.live = self.console.is_terminal
-        if not self.live:
+        self.on_tty = self.console.is_terminal
+        if not self.on_tty:
             self.console.width = max(self.console.width, LOG_WIDTH)
             self.console.soft_wrap = True
         self.title = title
@@ -153,6 +181,7 @@ class ConsoleSink:
         self._progress: Progress | None = None
         self._task: TaskID | None = None
         self._last = ""
+        self._logged: dict[int, float] = {}  # trial -> when its step line was last logged
 
     # --- the sink protocol -------------------------------------------------------------
 
@@ -168,10 +197,29 @@ class ConsoleSink:
         self.swept = swept_keys([t.info.overrides for t in self.trials.values()])
         self._refresh()
 
-    def started(self, idx: int) -> None:
+    def started(self, idx: int, info: dict | None = None) -> None:
         trial = self._trial(idx)
         if trial.state == "pending":
             trial.state = "running"
+        attempt = int((info or {}).get("attempt", 0))
+        if attempt:
+            self._say(f"  #{idx} {trial.info.name}: its worker died; attempt {attempt + 1} "
+                      "started (from its last checkpoint, if it saves them)", style="yellow")
+        self._refresh()
+
+    def live(self, idx: int, rows: list, total_steps: int | None = None) -> None:
+        trial = self._trial(idx)
+        step, values = rows[-1]
+        times = [v["step_ms"] for _, v in rows if "step_ms" in v]
+        trial.step, trial.steps = step + 1, total_steps
+        trial.loss = next((v["loss"] for _, v in reversed(rows) if "loss" in v), trial.loss)
+        if times:
+            trial.step_s = statistics.median(times) / 1e3
+        if not self.on_tty:
+            now = time.monotonic()
+            if now - self._logged.get(idx, -math.inf) >= LOG_PROGRESS_S:
+                self._logged[idx] = now
+                self._say(f"  #{idx} [running] {trial.info.name}: {trial.progress()}")
         self._refresh()
 
     def reused(self, idx: int, run_id: str, info: TrialInfo | None = None) -> None:
@@ -193,7 +241,7 @@ class ConsoleSink:
         trial.values = headline_values(trial.metrics, self.swept)
         line = self._result_line(idx, trial)
         self._last = line.strip()
-        if not self.live:
+        if not self.on_tty:
             self._say(f"{line}  ({self._counts_text()})")
         elif record.outcome != OK:  # on a TTY only what needs a look leaves the display
             self._say(line, style="yellow")
@@ -203,10 +251,11 @@ class ConsoleSink:
                       "repeat it before trusting the figure", style="yellow")
         self._refresh()
 
-    def cancelled(self, idx: int, reason: str) -> None:
+    def cancelled(self, idx: int, reason: str, outcome: str = "KILLED") -> None:
         trial = self._trial(idx)
         if trial.state in ("pending", "running"):
             trial.state, trial.note = "cancelled", reason
+            trial.outcome = outcome if outcome != "KILLED" else ""
         self._refresh()
 
     def ended(self) -> None:
@@ -233,7 +282,7 @@ class ConsoleSink:
         for trial in self.trials.values():
             labels += [label for label in trial.values if label not in labels]
         table = Table(title=f"rnnsweep: trials{f' of {self.title}' if self.title else ''}",
-                      box=box.SIMPLE_HEAD if self.live else box.ASCII2, title_justify="left")
+                      box=box.SIMPLE_HEAD if self.on_tty else box.ASCII2, title_justify="left")
         table.add_column("#", justify="right")
         for key in keys or ["trial"]:  # no overrides to split: the trial's name
             table.add_column(key)
@@ -293,13 +342,13 @@ class ConsoleSink:
         return ", ".join([text, *extra])
 
     def _say(self, line: str, style: str | None = None) -> None:
-        if self.live:
+        if self.on_tty:
             self.console.print(Text(line, style=style or ""))
         else:
             self.console.print(line, markup=False, highlight=False, crop=False)
 
     def _refresh(self) -> None:
-        if not self.live:
+        if not self.on_tty:
             return
         if self._progress is None:
             self._progress = _SweepProgress(
@@ -311,21 +360,31 @@ class ConsoleSink:
         states = (f"{c['running']} running · {c['pending']} pending · {c['failed']} failed"
                   + (f" · {c['reused']} reused" if c["reused"] else "")
                   + (f" · {c['cancelled']} killed" if c["cancelled"] else ""))
+        # Running trials count by the share of their steps done: the sweep's ETA moves
+        # while its first trials train.
+        partial = sum(t.fraction for t in self.trials.values() if t.state == "running")
         self._progress.update(self._task, total=len(self.trials),
-                              completed=len(self.trials) - c["running"] - c["pending"],
+                              completed=len(self.trials) - c["running"] - c["pending"] + partial,
                               states=states)
         self._progress.last = self._last
+        self._progress.running = [
+            f"#{idx} {t.info.name}: {t.progress()}" for idx, t in self.trials.items()
+            if t.state == "running" and t.steps is not None][:SHOWN_RUNNING]
         if not self._progress.live.is_started:
             self._progress.start()
         self._progress.refresh()  # each event is drawn now, not at the next 10 Hz tick
 
 
 class _SweepProgress(Progress):
-    """Rich's progress bar with the latest result on a line of its own beneath it."""
+    """Rich's progress bar, a line for each running trial's step, loss and ETA, and the
+    latest result on a line of its own beneath them."""
 
     last = ""
+    running: list[str] = []  # replaced whole at each refresh
 
     def get_renderables(self):
         yield from super().get_renderables()
+        for line in self.running:
+            yield Text(f"  {line}", overflow="ellipsis", no_wrap=True)
         if self.last:
             yield Text(f"latest: {self.last}", style="dim", overflow="ellipsis", no_wrap=True)

@@ -22,12 +22,15 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from rnnsweep.record import FAILED, TrialRecord
+from rnnsweep.record import FAILED, KILLED, TIMED_OUT, TrialRecord
 from rnnsweep.sweep import interrupts, lease
 from rnnsweep.sweep.interrupts import Interrupted
 from rnnsweep.sweep.sink import SweepSink, TrialInfo
 
 log = logging.getLogger(__name__)
+
+
+_OPTIONAL = ("live", "ended")  # events only the sinks that have them hear
 
 
 class Sinks:
@@ -40,8 +43,11 @@ class Sinks:
     def submitted(self, trials: Sequence[TrialInfo]) -> None:
         self._each("submitted", trials)
 
-    def started(self, idx: int) -> None:
-        self._each("started", idx)
+    def started(self, idx: int, info: dict | None = None) -> None:
+        self._each("started", idx, info)
+
+    def live(self, idx: int, rows: list, total_steps: int | None) -> None:
+        self._each("live", idx, rows, total_steps)
 
     def reused(self, idx: int, run_id: str, info: TrialInfo | None = None) -> None:
         self._each("reused", idx, run_id, info)
@@ -49,15 +55,15 @@ class Sinks:
     def finished(self, idx: int, record: TrialRecord) -> None:
         self._each("finished", idx, record)
 
-    def cancelled(self, idx: int, reason: str) -> None:
-        self._each("cancelled", idx, reason)
+    def cancelled(self, idx: int, reason: str, outcome: str = KILLED) -> None:
+        self._each("cancelled", idx, reason, outcome)
 
     def ended(self) -> None:
         self._each("ended")  # optional: only sinks that show something at the end have it
 
     def _each(self, event: str, *args: Any) -> None:
         for sink in self.sinks:
-            if event == "ended" and not hasattr(sink, event):
+            if event in _OPTIONAL and not hasattr(sink, event):
                 continue
             try:
                 with interrupts.held():  # a signal waits for the sink's write to end
@@ -138,7 +144,9 @@ class SweepContext:
             _load_report()
             print(f"rnnsweep: sweep '{self.name}' -> MLflow parent run {self.parent} "
                   f"(experiment '{self.tracking.experiment}' at {self.tracker.uri})", flush=True)
-        self.recording = RecordingSink(self.tracker, self.parent)
+        self.recording = RecordingSink(
+            self.tracker, self.parent,
+            int(OmegaConf.select(self.tracking, "live_queue", default=100_000)))
         self.sinks.sinks += [self.recording, self.terminal]
 
     @property
@@ -159,7 +167,7 @@ class SweepContext:
     def submitted(self, trials: Sequence[TrialInfo]) -> None:
         self.n_submitted += len(trials)
 
-    def started(self, idx: int) -> None:
+    def started(self, idx: int, info: dict | None = None) -> None:
         pass
 
     def reused(self, idx: int, run_id: str, info: TrialInfo | None = None) -> None:
@@ -168,8 +176,9 @@ class SweepContext:
     def finished(self, idx: int, record: TrialRecord) -> None:
         self.n_finished += 1
         self.n_failed += record.outcome == FAILED
+        self.n_killed += record.outcome in (TIMED_OUT, KILLED)
 
-    def cancelled(self, idx: int, reason: str) -> None:
+    def cancelled(self, idx: int, reason: str, outcome: str = KILLED) -> None:
         self.n_killed += 1
 
     def record_here(self, name: str, record: TrialRecord, fingerprint: str) -> None:

@@ -26,8 +26,18 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from rnnsweep import heap
-from rnnsweep.record import CONFIG_HASH_TAG, FAILED, TrialRecord, config_hash, flatten
-from rnnsweep.sweep import interrupts, objective, worker
+from rnnsweep.record import (
+    CONFIG_HASH_TAG,
+    FAILED,
+    OUTCOME_TAG,
+    REASON_TAG,
+    STOPPED,
+    TIMED_OUT,
+    TrialRecord,
+    config_hash,
+    flatten,
+)
+from rnnsweep.sweep import interrupts, objective, stopping, worker
 from rnnsweep.sweep.cluster import LaunchError, ray_session
 from rnnsweep.sweep.composer import Composer, job_config
 from rnnsweep.sweep.context import SweepContext
@@ -46,6 +56,11 @@ from rnnsweep.sweep.resources import (
 from rnnsweep.sweep.sink import TrialInfo
 from rnnsweep.tracking import FINGERPRINT_TAG
 
+# After a stop request (a stopper's, a time limit's), how long a trial has to end on its
+# own, with its record, beyond one live interval (when its worker asks): past that, its
+# worker is killed and the driver records it from what it sent.
+STOP_GRACE_S = 5.0
+
 
 @dataclass
 class Job:
@@ -60,11 +75,19 @@ class Job:
     request: Request | None = None
     digest: str | None = None
     judged_by: tuple[str, str] = ("", "")  # objective metric and direction
-    retries: int = 0
-    ref: Any = None  # the trial's streaming task: it yields its start, then its result
+    retries: int = 0  # ray.max_retries: new attempts after its worker died
+    attempt: int = 0
+    steps: int | None = None
+    timeout_s: float | None = None  # trial_timeout_s
+    ref: Any = None  # the trial's streaming task: its start, live values, its result
     state: str = "pending"  # pending | running | done | failed | reused | killed
     info: dict[str, Any] = field(default_factory=dict)
     result: JobReturn | None = None
+    running_since: float | None = None  # the driver's clock, at its latest start
+    interval_s: float = 3.0  # tracking.live_interval_s: how often its worker reports
+    # A stop asked of it (outcome, reason, when): past STOP_GRACE_S it is ended by force.
+    stop: tuple[str, str, float] | None = None
+    last: dict[str, float] = field(default_factory=dict)  # its latest live values
 
 
 def launch(launcher, job_overrides: Sequence[Sequence[str]],
@@ -124,6 +147,10 @@ def _plan(composer: Composer, jobs: list[Job], nodes: list[Node], records: bool
         job.request = plan(config, nodes)
         job.judged_by = objective.settings(config)
         job.retries = int(OmegaConf.select(config, "ray.max_retries", default=2))
+        job.steps = OmegaConf.select(config, "steps", default=None)
+        job.timeout_s = OmegaConf.select(config, "trial_timeout_s", default=None)
+        job.interval_s = float(OmegaConf.select(config, "tracking.live_interval_s",
+                                                default=3.0) or 3.0)
         job_config(config, job.idx, _hardware(job.request))  # as the worker will see it
         if records:
             # Flattened once per trial: its hash decides resume, and the params go on its
@@ -149,19 +176,73 @@ def _run(launcher, context: SweepContext, composer: Composer, jobs: list[Job],
         job.result.return_value = objective.value_of_run(context.tracker, reusable[job.idx],
                                                          *job.judged_by)
     to_run = [job for job in jobs if job.state == "pending"]
-    submitter = _Submitter(launcher, composer, to_run, nodes, context.records)
-    # The first trials run while their runs are made (the sinks hear of their start only
-    # once every run exists).
-    submitter.top_up()
+    watch = _Watch.for_sweep(launcher, to_run)
+    submitter = _Submitter(launcher, composer, to_run, nodes, context.records, watch.needs_control)
+    extra_tags = getattr(launcher, "job_tags", None) or {}
     sinks.submitted([TrialInfo(job.idx, job.name, tuple(job.overrides), params.get(job.idx, {}),
-                               _submission_tags(job)) for job in to_run])
-    params.clear()  # on their runs now
+                               {**_submission_tags(job), **extra_tags.get(job.idx, {})})
+                     for job in to_run])
+    params.clear()  # the sinks hold them till each trial's run is made
+    submitter.top_up()
     try:
-        _collect(context, to_run, nodes, launcher.settings.poll_s, submitter)
+        _collect(context, to_run, nodes, launcher.settings.poll_s, submitter, watch)
     except Interrupted as exc:
         _cancel(context, to_run, f"interrupted ({exc.name})")
         raise
     return [job.result for job in jobs]
+
+
+class _Watch:
+    """What can end a running trial from the driver: the sweep's stopper (the launcher's
+    ``stopper`` setting, or the one a sweeper installed, judging ``objective.metric``'s
+    live values), each trial's ``trial_timeout_s`` and the sweep's ``sweep_timeout_s``."""
+
+    def __init__(self, stopper: stopping.Stopper | None, sweep_deadline: float | None,
+                 sweep_timeout_s: float | None, timed: bool) -> None:
+        self.stopper, self.sweep_deadline = stopper, sweep_deadline
+        self.sweep_timeout_s = sweep_timeout_s
+        # A stop is asked of the trial's worker through the control actor: only sweeps
+        # that can stop a trial make one.
+        self.needs_control = stopper is not None or timed
+
+    @classmethod
+    def for_sweep(cls, launcher, jobs: list[Job]) -> _Watch:
+        settings = launcher.settings
+        stopper = getattr(launcher, "stopper", None)
+        if stopper is None and jobs and getattr(settings, "stopper", "none") != "none":
+            metric, direction = jobs[0].judged_by
+            stopper = stopping.make(
+                settings.stopper, direction, max(j.steps or 0 for j in jobs),
+                settings.grace_period, settings.reduction_factor, settings.min_trials)
+        limit = OmegaConf.select(launcher.config, "sweep_timeout_s", default=None)
+        deadline = time.monotonic() + float(limit) if limit else None
+        return cls(stopper, deadline, limit, any(j.timeout_s for j in jobs))
+
+    def live(self, job: Job, rows: list) -> tuple[str, str] | None:
+        """A trial's new values: a stop for it, or None."""
+        if self.stopper is None:
+            return None
+        name = stopping.live_name(job.judged_by[0])
+        for step, values in rows:
+            if name in values:
+                reason = self.stopper.report(job.idx, step, float(values[name]))
+                if reason:
+                    return STOPPED, reason
+        return None
+
+    def overdue(self, job: Job, now: float) -> tuple[str, str] | None:
+        if job.timeout_s and job.running_since is not None and \
+                now - job.running_since > job.timeout_s:
+            return TIMED_OUT, (f"trial_timeout_s={job.timeout_s:g}: still running after "
+                               f"{now - job.running_since:.1f} s")
+        return None
+
+    def sweep_over(self, now: float) -> bool:
+        return self.sweep_deadline is not None and now >= self.sweep_deadline
+
+    def finished(self, job: Job) -> None:
+        if self.stopper is not None:
+            self.stopper.finished(job.idx)
 
 
 def _reusable(config: DictConfig, context: SweepContext, jobs: list[Job],
@@ -200,7 +281,7 @@ class _Submitter:
     ends, so submitting a thousand at once would hold a thousand configs."""
 
     def __init__(self, launcher, composer: Composer, jobs: list[Job], nodes: list[Node],
-                 drop_configs: bool) -> None:
+                 drop_configs: bool, control: bool = False) -> None:
         self.composer, self.drop_configs = composer, drop_configs
         self.queue = list(reversed(jobs))  # popped from the end, in submission order
         self.in_flight: dict[Any, Job] = {}
@@ -217,23 +298,45 @@ class _Submitter:
         self.nodes = nodes
         self._stage(*self.shared)
         self.bases: dict[tuple[str, ...], Any] = {}  # shared compositions, in the object store
+        self.control = worker.Control.remote() if control else None
 
     def top_up(self) -> None:
         while self.queue and len(self.in_flight) < self.window:
             job = self.queue.pop()
             config = job.config if job.config is not None else self._job(job)
             job.config = None
-            # One task name for every trial: Ray's driver keeps about 6.5 KB for each
-            # task name it has seen, for good (13 MB more after 2,000 uniquely named
-            # tasks; none with one name). The worker's process title names the trial.
-            job.ref = self.execute.options(
-                num_returns="streaming", num_cpus=job.request.num_cpus,
-                num_gpus=job.request.num_gpus, max_retries=job.retries,
-                retry_exceptions=False, name=worker.TASK_NAME,
-            ).remote(self.shared, config, self.cwd, job.idx)
-            if not self.drop_configs:
-                job.config = config
-            self.in_flight[job.ref] = job
+            self._submit(job, config)
+
+    def _submit(self, job: Job, config) -> None:
+        # One task name for every trial: Ray's driver keeps about 6.5 KB for each
+        # task name it has seen, for good (13 MB more after 2,000 uniquely named
+        # tasks; none with one name). The worker's process title names the trial.
+        # Ray retries nothing itself: a trial whose worker died is submitted again
+        # here, as its next attempt, so that its run can say so and it can go on from
+        # its checkpoint (Ray would replay its stream).
+        job.ref = self.execute.options(
+            num_returns="streaming", num_cpus=job.request.num_cpus,
+            num_gpus=job.request.num_gpus, max_retries=0,
+            retry_exceptions=False, name=worker.TASK_NAME,
+        ).remote(self.shared, config, self.cwd, job.idx, job.attempt, self.control)
+        if not self.drop_configs:
+            job.config = config
+        self.in_flight[job.ref] = job
+
+    def retry(self, ref) -> None:
+        """The trial's worker died: its next attempt, composed again."""
+        job = self.in_flight.pop(ref)
+        job.attempt += 1
+        job.state, job.running_since, job.stop = "pending", None, None
+        self._submit(job, job.config if job.config is not None else self._job(job))
+
+    def stop(self, job: Job, outcome: str, reason: str) -> None:
+        """Asks the trial to end (its worker asks the control actor every live interval)."""
+        if job.stop is not None:
+            return
+        job.stop = (outcome, reason, time.monotonic())
+        if self.control is not None:
+            self.control.stop.remote(job.idx, outcome, reason)
 
     def _job(self, job: Job) -> DictConfig | worker.PatchedJob:
         """A job that shares a composition goes as its values: the composition itself
@@ -271,7 +374,7 @@ def _submission_tags(job: Job) -> dict[str, str]:
 
 
 def _collect(context: SweepContext, jobs: list[Job], nodes: list[Node], poll_s: float,
-             submitter: _Submitter) -> None:
+             submitter: _Submitter, watch: _Watch) -> None:
     pending = submitter.in_flight
     over = 0  # trials ended here (a sweep without records counts none elsewhere)
     while pending:
@@ -287,32 +390,91 @@ def _collect(context: SweepContext, jobs: list[Job], nodes: list[Node], poll_s: 
         # start still counts that neighbour (its GPU co-tenant) among those beside it.
         for ref in sorted(ready, key=lambda r: pending[r].state != "pending"):
             job = pending[ref]
-            if _advance(job, context, jobs, nodes):
+            step = _advance(job, context, jobs, nodes, submitter, watch)
+            if step == _RETRIED:
+                submitter.retry(ref)
+            elif step == _OVER:
+                watch.finished(job)
                 submitter.done(ref)
                 over += 1
                 if over % heap.TRIM_EVERY == 0:
                     heap.give_back()
+        over += _enforce(context, jobs, nodes, submitter, watch)
 
 
-def _advance(job: Job, context: SweepContext, jobs: list[Job], nodes: list[Node]) -> bool:
-    """Takes the trial's next message; True when the trial is over."""
+_GOING, _OVER, _RETRIED = "going", "over", "retried"
+
+
+def _advance(job: Job, context: SweepContext, jobs: list[Job], nodes: list[Node],
+             submitter: _Submitter, watch: _Watch) -> str:
+    """Takes the trial's next message: whether the trial goes on, is over, or is to be
+    tried again (its worker died and it has retries left)."""
     try:
         item, info = ray.get(next(job.ref))
     except StopIteration:
         item, info = None, {}
     except ray.exceptions.RayError as exc:
-        # The worker died (SIGKILL, OOM, node loss) and Ray's retries ran out.
-        reason = f"{type(exc).__name__} after {job.retries} retries: {str(exc).splitlines()[0]}"
+        # The worker died (SIGKILL, OOM, node loss).
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        if job.attempt < job.retries and job.stop is None:
+            return _RETRIED
+        reason = f"{type(exc).__name__} after {job.attempt} retries: {first}"
         job.info["finished"] = time.time()
         _finish(job, context, jobs, nodes, _failed_return(job, reason, context.records))
-        return True
+        return _OVER
     if item == worker.STARTED:
         job.state, job.info = "running", info
-        context.sinks.started(job.idx)
-        return False
+        job.running_since = time.monotonic()
+        context.sinks.started(job.idx, info)
+        return _GOING
+    if item == worker.LIVE:
+        rows = info["rows"]
+        job.last.update(rows[-1][1])
+        for _, values in rows:  # the latest of each, for a record the driver must write
+            job.last.update(values)
+        context.sinks.live(job.idx, rows, info.get("steps"))
+        stop = watch.live(job, rows)
+        if stop is not None:
+            submitter.stop(job, *stop)
+        return _GOING
     job.info = info
     _finish(job, context, jobs, nodes, item or _failed_return(job, "no result", context.records))
-    return True
+    return _OVER
+
+
+def _enforce(context: SweepContext, jobs: list[Job], nodes: list[Node], submitter: _Submitter,
+             watch: _Watch) -> int:
+    """Time limits, and stops a trial did not obey in time; returns the trials ended."""
+    now = time.monotonic()
+    if watch.sweep_over(now):
+        reason = f"sweep_timeout_s={watch.sweep_timeout_s:g} reached"
+        ended = len(submitter.in_flight) + len(submitter.queue)
+        _cancel(context, jobs, reason)
+        submitter.in_flight.clear()
+        submitter.queue.clear()
+        return ended
+    ended = 0
+    for ref, job in list(submitter.in_flight.items()):
+        if job.state != "running":
+            continue
+        overdue = watch.overdue(job, now)
+        if overdue is not None:
+            submitter.stop(job, *overdue)
+        if job.stop is not None and now - job.stop[2] > job.interval_s + STOP_GRACE_S:
+            # It did not end when asked (hung in user code, a dead data source): its
+            # worker is killed, which frees its device, and its run is ended from what
+            # it sent while it ran.
+            with contextlib.suppress(Exception):
+                ray.cancel(ref, force=True)
+            outcome, reason, _ = job.stop
+            job.info["finished"] = time.time()
+            _finish(job, context, jobs, nodes, _ended_return(
+                job, outcome, f"{reason}; it did not stop when asked, its worker was killed",
+                context.records))
+            watch.finished(job)
+            submitter.done(ref)
+            ended += 1
+    return ended
 
 
 def _finish(job: Job, context: SweepContext, jobs: list[Job], nodes: list[Node],
@@ -331,6 +493,7 @@ def _finish(job: Job, context: SweepContext, jobs: list[Job], nodes: list[Node],
     job.info["node_ip"] = next((n.address for n in nodes if n.node_id == job.info.get("node_id")),
                                "?")
     record.tags.update(_placement_tags(job, jobs))
+    record.tags["rnnsweep.retries"] = str(job.attempt)
     if job.info.get("fingerprint"):
         record.tags[FINGERPRINT_TAG] = job.info["fingerprint"]
     context.sinks.finished(job.idx, record)
@@ -349,15 +512,29 @@ _KEPT_INFO = ("started", "finished", "node_id", "gpu_ids")
 
 
 def _failed_return(job: Job, reason: str, as_record: bool) -> JobReturn:
+    return _ended_return(job, FAILED, reason, as_record)
+
+
+def _ended_return(job: Job, outcome: str, reason: str, as_record: bool) -> JobReturn:
+    """A trial that ended without handing back its record (its worker died or was
+    killed): the driver's record of it, from the last values it sent."""
     ret = JobReturn(overrides=job.overrides, cfg=job.config, status=JobStatus.FAILED,
                     _return_value=LaunchError(reason))
     if as_record:
         # A dead worker is this trial's failure, recorded on its run; Hydra's sweeper
         # would abort the whole multirun on a FAILED job.
-        record = TrialRecord(params={}, outcome=FAILED, reason=reason)
-        record.tags = {"rnnsweep.outcome": FAILED, "rnnsweep.reason": reason[:4000]}
+        record = TrialRecord(params={}, outcome=outcome, reason=reason,
+                             finished_at=time.time())
+        record.metrics = {_LAST.get(k, k): v for k, v in job.last.items() if k in _LAST}
+        record.tags = {OUTCOME_TAG: outcome, REASON_TAG: reason[:4000]}
+        if job.last.get("step") is not None:
+            record.tags["rnnsweep.stopped_at_step"] = str(int(job.last["step"]) + 1)
         ret.status, ret._return_value = JobStatus.COMPLETED, record
     return ret
+
+
+# Summaries a driver-written record takes from a trial's latest live values.
+_LAST = {"loss": "final_loss", "best_val_loss": "best_val_loss"}
 
 
 def _placement_tags(job: Job, jobs: list[Job]) -> dict[str, str]:
@@ -390,9 +567,14 @@ def _neighbours(job: Job, jobs: list[Job]) -> list[dict[str, Any]]:
 def _cancel(context: SweepContext, jobs: list[Job], reason: str) -> None:
     for job in jobs:
         if job.state in ("pending", "running"):
-            with contextlib.suppress(Exception):  # Ray is shut down right after anyway
-                ray.cancel(job.ref, force=True)
+            if job.ref is not None:
+                with contextlib.suppress(Exception):  # Ray is shut down right after anyway
+                    ray.cancel(job.ref, force=True)
             job.state = "killed"
+            # A sweeper reads every job's result: a killed trial is the worst it can be
+            # (the sweep goes on to its close, its report and its exit status).
+            job.result = JobReturn(overrides=job.overrides, status=JobStatus.COMPLETED)
+            job.result.return_value = objective.worst(job.judged_by[1] or "minimize")
             context.sinks.cancelled(job.idx, reason)
 
 

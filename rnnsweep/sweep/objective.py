@@ -38,11 +38,12 @@ def settings(cfg: DictConfig | None) -> tuple[str, str]:
 
 def default_metric(cfg: DictConfig) -> str:
     """The workload's headline, lower is better: forward latency when the trial times
-    it, the final training loss when it only trains, streaming latency when it deploys."""
+    it, the best held-out loss when it only trains (models are chosen by how they
+    generalise, not by how well they fit), streaming latency when it deploys."""
     if OmegaConf.select(cfg, "workload.bench", default=True):
         return "latency_ms"
     if OmegaConf.select(cfg, "workload.train", default=False):
-        return "final_loss"
+        return "best_val_loss"
     return "stream_latency_ms_p50"
 
 

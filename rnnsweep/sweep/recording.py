@@ -1,44 +1,158 @@
 """The MLflow sink: one child run per trial under the sweep's parent run.
 
-Runs are created when trials are submitted, with their params, so a trial whose worker
-dies still shows what it was; its record is written when it finishes, through
-``log_batch``. The sink keeps the ids of runs not yet closed, so the sweep context can
-close them KILLED or FAILED when the sweep ends abnormally.
+A trial's run is made when the trial starts on a worker (its start time the worker's),
+so MLflow's Duration is the trial's and a queued trial is not shown as running; its
+per-step values are written while it runs (``LiveWriter``) and its record when it
+finishes, through ``log_batch``. The sink keeps the ids of runs not yet closed, so the
+sweep context can close them KILLED or FAILED when the sweep ends abnormally.
 """
 
 from __future__ import annotations
 
+import collections
 import logging
+import threading
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 
-from rnnsweep.record import TrialRecord
+from rnnsweep.record import KILLED, TrialRecord
 from rnnsweep.sweep.sink import TrialInfo
 from rnnsweep.tracking import REUSED_TAG_PREFIX, SWEEP_TAG, Tracker
+from rnnsweep.trial.live import Row
 
 log = logging.getLogger(__name__)
 
+RETRIES_TAG = "rnnsweep.retries"
+DROPPED_TAG = "rnnsweep.live.dropped"
+# How long a finishing trial's record waits for its live values still queued: beyond it
+# the store is too slow, and the record fills in what is missing itself.
+DRAIN_WAIT_S = 30.0
+
+
+@dataclass
+class _Live:
+    """What a running trial's run has of its series: the last step queued per metric,
+    and the steps dropped on the way (queue full, store unreachable), per metric as
+    ranges. Its final record fills in exactly the rest."""
+
+    last: dict[str, int] = field(default_factory=dict)
+    dropped: dict[str, list[tuple[int, int]]] = field(default_factory=dict)
+    dropped_points: int = 0
+
+    def logged(self, name: str, step: int) -> bool:
+        if step > self.last.get(name, -1):
+            return False
+        return not any(lo <= step <= hi for lo, hi in self.dropped.get(name, ()))
+
+
+class LiveWriter:
+    """Writes running trials' values on a thread of its own, so a slow store never holds
+    up the driver (and through it the trials). The queue is bounded (``capacity`` values):
+    when it is full the oldest batch is dropped, and counted on its run."""
+
+    def __init__(self, tracker: Tracker, capacity: int) -> None:
+        self.tracker, self.capacity = tracker, capacity
+        self._queue: collections.deque[tuple[str, list[Row], int, _Live]] = collections.deque()
+        self._values = 0
+        self._pending: collections.Counter[str] = collections.Counter()
+        self._cond = threading.Condition()
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name="rnnsweep-live", daemon=True)
+        self._thread.start()
+
+    def put(self, run_id: str, rows: list[Row], state: _Live) -> None:
+        size = sum(len(values) for _, values in rows)
+        with self._cond:
+            while self._queue and self._values + size > self.capacity:
+                old_run, old_rows, old_size, old_state = self._queue.popleft()
+                self._forget(old_run, old_size)
+                _drop(old_state, old_rows)
+            self._queue.append((run_id, rows, size, state))
+            self._values += size
+            self._pending[run_id] += 1
+            self._cond.notify_all()
+
+    def drain(self, run_id: str, timeout: float = DRAIN_WAIT_S) -> None:
+        """Waits until nothing of ``run_id`` is queued or being written (or ``timeout``)."""
+        with self._cond:
+            self._cond.wait_for(lambda: not self._pending[run_id], timeout)
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        self._thread.join(timeout=DRAIN_WAIT_S)
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                self._cond.wait_for(lambda: self._queue or self._closed)
+                if not self._queue:
+                    return
+                run_id, rows, size, state = self._queue.popleft()
+            try:
+                self.tracker.log_steps(run_id, rows)
+            except Exception as exc:  # noqa: BLE001 - the final record fills them in
+                log.debug("live values of run %s not written: %s", run_id, exc)
+                _drop(state, rows)
+            with self._cond:
+                self._forget(run_id, size)
+
+    def _forget(self, run_id: str, size: int) -> None:
+        self._values -= size
+        self._pending[run_id] -= 1
+        if not self._pending[run_id]:
+            del self._pending[run_id]
+        self._cond.notify_all()
+
+
+def _drop(state: _Live, rows: list[Row]) -> None:
+    if not rows:
+        return
+    lo, hi = rows[0][0], rows[-1][0]
+    for name in {name for _, values in rows for name in values}:
+        state.dropped.setdefault(name, []).append((lo, hi))
+    state.dropped_points += sum(len(values) for _, values in rows)
+
 
 class RecordingSink:
-    def __init__(self, tracker: Tracker, parent: str | None) -> None:
+    def __init__(self, tracker: Tracker, parent: str | None, live_queue: int = 100_000) -> None:
         self.tracker, self.parent = tracker, parent
         self.runs: dict[int, str] = {}
         self.open: set[str] = set()
+        self.waiting: dict[int, TrialInfo] = {}  # submitted, not started: no run yet
+        self.live_state: dict[int, _Live] = {}
         self.params_logged: set[int] = set()
+        self.writer = LiveWriter(tracker, live_queue)
 
     def submitted(self, trials: Sequence[TrialInfo]) -> None:
         for trial in trials:
-            tags = dict(trial.tags)
-            if self.parent:
-                tags[SWEEP_TAG] = self.parent
-            run_id = self.tracker.start_run(trial.name, tags=tags, parent_run_id=self.parent)
-            self.runs[trial.idx] = run_id
-            self.open.add(run_id)
-            if trial.params:
-                self.tracker.log(run_id, params=trial.params)
-                self.params_logged.add(trial.idx)
+            self.waiting[trial.idx] = trial
 
-    def started(self, idx: int) -> None:
-        pass
+    def started(self, idx: int, info: dict | None = None) -> None:
+        info = info or {}
+        attempt = int(info.get("attempt", 0))
+        run_id = self.runs.get(idx)
+        if run_id is not None:  # a retry of a trial whose worker died
+            self.tracker.log(run_id, tags={RETRIES_TAG: str(attempt)})
+            return
+        self._create(idx, info.get("started"), {RETRIES_TAG: str(attempt)})
+
+    def live(self, idx: int, rows: list[Row], total_steps: int | None = None) -> None:
+        run_id = self.runs.get(idx)
+        if run_id is None or run_id not in self.open:
+            return
+        state = self.live_state.setdefault(idx, _Live())
+        # A retried or resumed trial sends again the steps its run has: one history.
+        fresh = []
+        for step, values in rows:
+            new = {k: v for k, v in values.items() if step > state.last.get(k, -1)}
+            if new:
+                fresh.append((step, new))
+                for name in new:
+                    state.last[name] = step
+        if fresh:
+            self.writer.put(run_id, fresh, state)
 
     def reused(self, idx: int, run_id: str, info: TrialInfo | None = None) -> None:
         if self.parent:
@@ -46,19 +160,34 @@ class RecordingSink:
             self.tracker.client.set_tag(self.parent, f"{REUSED_TAG_PREFIX}{run_id}", name)
 
     def finished(self, idx: int, record: TrialRecord) -> None:
-        run_id = self.runs.get(idx)
-        if run_id is None:
-            return
+        run_id = self.runs.get(idx) or self._create(idx, record.started_at)
         if self.parent:
             record.tags[SWEEP_TAG] = self.parent
-        self.tracker.write_record(run_id, record, with_params=idx not in self.params_logged)
+        state = self.live_state.pop(idx, None)
+        logged = None
+        if state is not None:
+            self.writer.drain(run_id)
+            logged = state.logged
+            if state.dropped_points:
+                record.tags[DROPPED_TAG] = (
+                    f"{state.dropped_points} live values could not be written while the "
+                    "trial ran (store slow or unreachable); its final record wrote them")
+        self.tracker.write_record(run_id, record, with_params=idx not in self.params_logged,
+                                  logged=logged)
         self.open.discard(run_id)
 
-    def cancelled(self, idx: int, reason: str) -> None:
+    def cancelled(self, idx: int, reason: str, outcome: str = KILLED) -> None:
         run_id = self.runs.get(idx)
+        if run_id is None:  # it never started: its run says it was killed in the queue
+            run_id = self._create(idx, None)
         if run_id in self.open:
-            self.tracker.fail_run(run_id, reason, status="KILLED")
+            self.live_state.pop(idx, None)
+            self.writer.drain(run_id, timeout=5.0)
+            self.tracker.fail_run(run_id, reason, status="KILLED", outcome=outcome)
             self.open.discard(run_id)
+
+    def ended(self) -> None:
+        self.writer.close()
 
     def close_open_runs(self, reason: str, status: str) -> int:
         """Closes every run that never got its record; returns how many."""
@@ -71,3 +200,18 @@ class RecordingSink:
                 log.warning("could not close run %s: %s", run_id, exc)
         self.open.clear()
         return closed
+
+    def _create(self, idx: int, started: float | None, tags: dict[str, str] | None = None
+                ) -> str:
+        trial = self.waiting.pop(idx, None) or TrialInfo(idx, f"trial {idx}")
+        all_tags = {**trial.tags, **(tags or {})}
+        if self.parent:
+            all_tags[SWEEP_TAG] = self.parent
+        run_id = self.tracker.start_run(trial.name, tags=all_tags, parent_run_id=self.parent,
+                                        start_time=started)
+        self.runs[idx] = run_id
+        self.open.add(run_id)
+        if trial.params:
+            self.tracker.log(run_id, params=trial.params)
+            self.params_logged.add(idx)
+        return run_id

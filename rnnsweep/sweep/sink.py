@@ -28,8 +28,9 @@ class SweepSink(Protocol):
     def submitted(self, trials: Sequence[TrialInfo]) -> None:
         """The trials are on their way (before any of them starts)."""
 
-    def started(self, idx: int) -> None:
-        """A worker began running trial ``idx``."""
+    def started(self, idx: int, info: dict | None = None) -> None:
+        """A worker began running trial ``idx`` (``info``: where and when, its
+        ``attempt``: 0, or how many times its worker died before)."""
 
     def reused(self, idx: int, run_id: str, info: TrialInfo | None = None) -> None:
         """Trial ``idx`` (``info``: reused trials are never submitted) was not run: an
@@ -38,8 +39,12 @@ class SweepSink(Protocol):
     def finished(self, idx: int, record: TrialRecord) -> None:
         """Trial ``idx`` ended with ``record`` (its outcome may be FAILED)."""
 
-    def cancelled(self, idx: int, reason: str) -> None:
-        """Trial ``idx`` was stopped before it finished (interrupt, lost driver)."""
+    def cancelled(self, idx: int, reason: str, outcome: str = "KILLED") -> None:
+        """Trial ``idx`` was ended before it finished, and before it could say so itself
+        (interrupt, the sweep's time limit, a hung trial past its own: ``outcome``)."""
 
-    # Optional: ``ended(self) -> None``, once, when the sweep is over however it ended (the
-    # console's closing table). Sinks without it are not asked.
+    # Optional, asked only of sinks that have them:
+    # ``live(self, idx, rows, total_steps) -> None``: a running trial's latest per-step
+    #   values, ``[(step, {metric: value})]``, every ``tracking.live_interval_s``;
+    # ``ended(self) -> None``, once, when the sweep is over however it ended (the
+    #   console's closing table).

@@ -8,6 +8,8 @@ sweeper) installs its own stopper on the launcher (``launcher.stopper``) to prun
 
 from __future__ import annotations
 
+import math
+import statistics
 from typing import Protocol
 
 
@@ -18,3 +20,99 @@ class Stopper(Protocol):
 
     def finished(self, idx: int) -> None:
         """Trial ``idx`` is over (ran to its end, stopped, failed or killed)."""
+
+
+STOPPERS = ("none", "asha", "median")
+# Live names of objective metrics whose final value is the last of a per-step series.
+LIVE_NAMES = {"final_loss": "loss", "bits_per_char": "loss"}
+
+
+def live_name(metric: str) -> str:
+    """The per-step series that a stopper judges ``objective.metric`` by."""
+    return LIVE_NAMES.get(metric, metric)
+
+
+def default_grace(steps: int) -> int:
+    return max(steps // 10, 1)
+
+
+class Asha:
+    """Asynchronous successive halving (Li et al. 2018; Ray Tune's ASHAScheduler): rungs
+    at ``grace * rf**k`` steps up to ``max_steps``. A trial that reaches a rung is
+    stopped unless its value is within the best ``1/rf`` of the values every trial had
+    at that rung so far. Asynchronous: no trial waits for a rung to fill."""
+
+    def __init__(self, direction: str, max_steps: int, grace: int, rf: int) -> None:
+        self.sign = 1.0 if direction == "minimize" else -1.0  # lower is better inside
+        self.rf = rf
+        self.rungs: list[int] = []
+        rung = grace
+        while rung < max_steps:
+            self.rungs.append(rung)
+            rung *= rf
+        self.seen: dict[int, list[float]] = {rung: [] for rung in self.rungs}
+        self.passed: dict[int, set[int]] = {}  # trial -> rungs it has been judged at
+
+    def report(self, idx: int, step: int, value: float) -> str | None:
+        done = step + 1
+        judged = self.passed.setdefault(idx, set())
+        for rung in self.rungs:
+            if rung > done or rung in judged:
+                continue
+            judged.add(rung)
+            mine = self.sign * value if math.isfinite(value) else math.inf
+            recorded = self.seen[rung]
+            recorded.append(mine)
+            keep = max(len(recorded) // self.rf, 1)
+            cutoff = sorted(recorded)[keep - 1]
+            if len(recorded) > 1 and mine > cutoff:
+                return (f"asha: at rung {rung} steps its value {value:.6g} is not within the "
+                        f"best 1/{self.rf} of the {len(recorded)} trials that reached it "
+                        f"(cut-off {self.sign * cutoff:.6g})")
+        return None
+
+    def finished(self, idx: int) -> None:
+        self.passed.pop(idx, None)
+
+
+class MedianRule:
+    """The median stopping rule (Golovin et al. 2017, Google Vizier; Ray Tune's
+    MedianStoppingRule): after ``grace`` steps, a trial whose best value so far is worse
+    than the median of the other trials' running means at the same step is stopped,
+    once at least ``min_trials`` others have reached that step."""
+
+    def __init__(self, direction: str, grace: int, min_trials: int) -> None:
+        self.sign = 1.0 if direction == "minimize" else -1.0
+        self.grace, self.min_trials = grace, min_trials
+        self.history: dict[int, list[tuple[int, float]]] = {}  # trial -> (step, value)
+
+    def report(self, idx: int, step: int, value: float) -> str | None:
+        mine = self.sign * value if math.isfinite(value) else math.inf
+        self.history.setdefault(idx, []).append((step, mine))
+        if step + 1 < self.grace:
+            return None
+        means = [statistics.fmean(v for s, v in points if s <= step)
+                 for other, points in self.history.items()
+                 if other != idx and points[-1][0] >= step]
+        if len(means) < self.min_trials:
+            return None
+        median = statistics.median(means)
+        best = min(v for _, v in self.history[idx])
+        if best > median:
+            return (f"median: at step {step} its best value {self.sign * best:.6g} is worse "
+                    f"than the median {self.sign * median:.6g} of {len(means)} other trials' "
+                    "running means")
+        return None
+
+    def finished(self, idx: int) -> None:
+        pass  # its history stays: later trials are judged against it too
+
+
+def make(name: str, direction: str, max_steps: int, grace: int | None, rf: int,
+         min_trials: int) -> Stopper | None:
+    grace = grace or default_grace(max_steps)
+    if name == "asha":
+        return Asha(direction, max_steps, grace, rf)
+    if name == "median":
+        return MedianRule(direction, grace, min_trials)
+    return None

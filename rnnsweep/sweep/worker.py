@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -17,12 +18,17 @@ from typing import Any
 import ray
 from hydra.core.singleton import Singleton
 from hydra.core.utils import JobReturn, run_job, setup_globals
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from ray import ObjectRef
 
 from rnnsweep.sweep.composer import Patch, apply, job_config
+from rnnsweep.trial import live
 
 STARTED = "started"
+LIVE = "live"  # a running trial's per-step values since the last ones
+# How long a trial's worker waits for the control actor's answer before going on
+# without it (its loss never stops a trial; the driver's time limits still apply).
+CONTROL_TIMEOUT_S = 5.0
 
 # What every trial of one sweep shares (Hydra's context, the task function, Hydra's
 # singletons), as object refs: Ray resolves only a task's top-level refs, so these arrive
@@ -60,17 +66,35 @@ _current: _Sweep | None = None
 TASK_NAME = "rnnsweep-trial"
 
 
-def execute(shared: SweepShared, job: DictConfig | PatchedJob, driver_cwd: str,
-            idx: int) -> Iterator[Any]:
-    """Runs in a Ray worker as a streaming task: first yields that it started, then the
-    Hydra job's result, run exactly as the basic launcher would run it.
+@ray.remote(num_cpus=0, max_restarts=-1)
+class Control:
+    """Stop requests from the driver to running trials (a stopper's verdict, a time
+    limit), asked for by each trial's worker every ``tracking.live_interval_s``. Made
+    only for sweeps that can stop a trial; losing it stops nothing."""
 
-    The start travels on the trial's own task, not through a shared actor, so progress
-    has no process whose loss could take the sweep down.
+    def __init__(self) -> None:
+        self.stops: dict[int, tuple[str, str]] = {}
+
+    def stop(self, idx: int, outcome: str, reason: str) -> None:
+        self.stops.setdefault(idx, (outcome, reason))
+
+    def poll(self, idx: int) -> tuple[str, str] | None:
+        return self.stops.get(idx)
+
+
+def execute(shared: SweepShared, job: DictConfig | PatchedJob, driver_cwd: str,
+            idx: int, attempt: int = 0, control: Any = None) -> Iterator[Any]:
+    """Runs in a Ray worker as a streaming task: first yields that it started, then its
+    per-step values every ``tracking.live_interval_s`` while it trains, then the Hydra
+    job's result, run exactly as the basic launcher would run it.
+
+    Everything travels on the trial's own task, not through a shared actor, so progress
+    has no process whose loss could take the sweep down; only stop requests come the
+    other way, from ``control``.
     """
     _title(f"ray::{TASK_NAME}-{idx}")
     info = {"node_id": ray.get_runtime_context().get_node_id(), "host": socket.gethostname(),
-            "pid": os.getpid(), "started": time.time(),
+            "pid": os.getpid(), "started": time.time(), "attempt": attempt,
             # The GPU ids Ray granted this trial (it sets CUDA_VISIBLE_DEVICES to them):
             # the driver tells GPU co-tenants apart by these start infos.
             "gpu_ids": [str(i) for i in ray.get_gpu_ids()]}
@@ -82,10 +106,39 @@ def execute(shared: SweepShared, job: DictConfig | PatchedJob, driver_cwd: str,
     setup_globals()
     sweep = _sweep(shared)
     config = job if isinstance(job, DictConfig) else _composed(sweep, job)
-    ret: JobReturn = run_job(hydra_context=sweep.hydra_context,
-                             task_function=sweep.task_function,
-                             config=config, job_dir_key="hydra.sweep.dir",
-                             job_subdir_key="hydra.sweep.subdir")
+    trial_live = live.Live()
+    total = OmegaConf.select(config, "steps", default=None)
+    done: dict[str, Any] = {}
+
+    def run() -> None:
+        with live.activated(trial_live):
+            try:
+                done["ret"] = run_job(hydra_context=sweep.hydra_context,
+                                      task_function=sweep.task_function,
+                                      config=config, job_dir_key="hydra.sweep.dir",
+                                      job_subdir_key="hydra.sweep.subdir")
+            except BaseException as exc:  # noqa: BLE001 - handed to the driver below
+                done["error"] = exc
+
+    # The trial trains on a thread of its own; this one sends what it measures as it
+    # goes. A trial shorter than one interval costs nothing more than the thread.
+    thread = threading.Thread(target=run, name=f"rnnsweep-trial-{idx}", daemon=True)
+    thread.start()
+    interval = float(OmegaConf.select(config, "tracking.live_interval_s", default=3.0) or 3.0)
+    while True:
+        thread.join(interval)
+        rows = trial_live.drain()
+        if rows:
+            yield LIVE, {"rows": rows, "steps": total}
+        if not thread.is_alive():
+            break
+        if control is not None and trial_live.stop is None:
+            stop = _asked_to_stop(control, idx)
+            if stop is not None:
+                trial_live.request_stop(*stop)
+    if "error" in done:
+        raise done["error"]
+    ret: JobReturn = done["ret"]
     info["finished"] = time.time()
     info["fingerprint"] = ""
     if _is_record(ret):
@@ -94,6 +147,13 @@ def execute(shared: SweepShared, job: DictConfig | PatchedJob, driver_cwd: str,
         # unpickling for nothing: the record and the driver's own config say everything.
         ret.cfg = ret.hydra_cfg = None
     yield ret, info
+
+
+def _asked_to_stop(control: Any, idx: int) -> tuple[str, str] | None:
+    try:
+        return ray.get(control.poll.remote(idx), timeout=CONTROL_TIMEOUT_S)
+    except Exception:  # noqa: BLE001 - see CONTROL_TIMEOUT_S
+        return None
 
 
 def _title(title: str) -> None:

@@ -10,8 +10,9 @@ import math
 import os
 import random
 import tempfile
+import time
 import traceback
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -25,15 +26,27 @@ from rnnsweep.record import (
     CONFIG_HASH_TAG,
     DIVERGED,
     FAILED,
+    KILLED,
+    OK,
+    OUTCOME_TAG,
+    REASON_TAG,
+    STOPPED,
+    TIMED_OUT,
     UNSUPPORTED,
     TrialRecord,
     config_hash,
     flatten,
 )
-from rnnsweep.trial import environment, flops, noise, timing, training
+from rnnsweep.trial import environment, flops, live, noise, timing, training
+from rnnsweep.trial.checkpoint import Checkpointer
 from rnnsweep.trial.models import RecurrentNet, check_output, split_output, with_impl
 
-LOGGED_SERIES = ("loss", "grad_norm", "grad_norm_clipped", "saturation", "grad_scale")
+LOGGED_SERIES = ("loss", "grad_norm", "grad_norm_clipped", "saturation", "grad_scale",
+                 *training.PER_STEP)
+
+
+# Outcomes of a trial stopped from outside (a stopper, its time limit, the sweep).
+ENDED_EARLY = (STOPPED, TIMED_OUT, KILLED)
 
 
 class Unsupported(Exception):
@@ -43,7 +56,7 @@ class Unsupported(Exception):
 def run_trial(cfg: DictConfig) -> TrialRecord:
     """Threads follow ``hardware.num_cpus`` (set to what Ray granted, under the launcher)."""
     container = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
-    record = TrialRecord(params=flatten(container))
+    record = TrialRecord(params=flatten(container), started_at=time.time())
     record.tags[CONFIG_HASH_TAG] = config_hash(record.params)
     record.artifacts["config.yaml"] = OmegaConf.to_yaml(container).encode()
     try:
@@ -53,9 +66,10 @@ def run_trial(cfg: DictConfig) -> TrialRecord:
     except Exception as exc:  # a trial's failure is its record, never the sweep's crash
         record.outcome, record.reason = FAILED, f"{type(exc).__name__}: {exc}"
         record.artifacts["error.txt"] = traceback.format_exc().encode()
-    record.tags["rnnsweep.outcome"] = record.outcome
+    record.finished_at = time.time()
+    record.tags[OUTCOME_TAG] = record.outcome
     if record.reason:
-        record.tags["rnnsweep.reason"] = record.reason[:4000]
+        record.tags[REASON_TAG] = record.reason[:4000]
     return record
 
 
@@ -136,6 +150,9 @@ def _run(cfg: DictConfig, record: TrialRecord, num_threads: int) -> None:
     if cfg.workload.train:
         with _loaded(record, "step_time_ms", device, num_threads, _shared(cfg)):
             _train(cfg, model, device, amp_dtype, record, seq_flops, source)
+        if record.outcome in ENDED_EARLY:  # its device is wanted elsewhere, now
+            metrics.update(peak.stop())
+            return
     if cfg.workload.bench:
         _bench(cfg, model, device, amp_dtype, num_threads, record, seq_flops)
     if cfg.workload.deploy:
@@ -195,33 +212,140 @@ def _train(cfg: DictConfig, model: nn.Module, device: torch.device,
         saturation_level=cfg.guard.saturation_level,
         inject_nan_steps=frozenset(cfg.guard.inject_nan_steps),
         raise_at_step=cfg.guard.raise_at_step,
+        hang_at_step=OmegaConf.select(cfg, "guard.hang_at_step"),
+        stop_after_nonfinite=OmegaConf.select(cfg, "guard.stop_after_nonfinite"),
     )
     # A user's task config may leave the training keys to the built-ins' defaults.
     optimizer = training.make_optimizer(
-        _name(OmegaConf.select(cfg, "task.optimizer", default=TaskConfig.optimizer)),
-        model.parameters(), OmegaConf.select(cfg, "task.lr", default=TaskConfig.lr))
-    result = training.train(model, source.batch, cfg.steps, optimizer, device, amp_dtype,
-                            cfg.precision.grad_scaler, guard, loss_fn=source.loss)
-    record.step_metrics.update({k: v for k, v in result.series.items() if k in LOGGED_SERIES})
+        _name(_task_key(cfg, "optimizer")), model.parameters(), _task_key(cfg, "lr"))
+    hooks = training.Hooks(
+        live=live.active(), batch_size=cfg.batch,
+        scheduler=training.make_scheduler(_name(_task_key(cfg, "schedule")), optimizer,
+                                          cfg.steps, _task_key(cfg, "lr_gamma"),
+                                          _task_key(cfg, "lr_step_every")),
+        checkpoint=_checkpointer(cfg, record),
+        source_state=((source.state_dict, source.load_state_dict)
+                      if hasattr(source, "state_dict") and hasattr(source, "load_state_dict")
+                      else None))
+    if hasattr(source, "validation"):
+        hooks.evaluate = _evaluator(model, source, device, amp_dtype)
+        hooks.eval_every = eval_every(cfg)
+    try:
+        result = training.train(model, source.batch, cfg.steps, optimizer, device, amp_dtype,
+                                cfg.precision.grad_scaler, guard, loss_fn=source.loss,
+                                hooks=hooks)
+    finally:
+        if hooks.checkpoint is not None:
+            _checkpoint_metrics(record, hooks.checkpoint)
+    if result.resumed_from_step:
+        record.metrics["resumed_from_step"] = float(result.resumed_from_step)
+        record.tags["rnnsweep.resumed_from_step"] = str(result.resumed_from_step)
+    record.step_metrics.update({k: v for k, v in result.series.items()
+                                if k in LOGGED_SERIES and v})
+    record.sparse_metrics.update(result.sparse)
     metrics = record.metrics
     metrics.update({k: float(v) for k, v in result.counts.items()})
-    if cfg.steps and result.counts.get("nonfinite_steps") == cfg.steps:
+    done = result.last_step
+    metrics["steps_done"] = float(done)
+    if result.stopped:
+        record.outcome, record.reason, stopped_at = result.stopped
+        record.tags["rnnsweep.stopped_at_step"] = str(stopped_at)
+    if cfg.steps and done and result.counts.get("nonfinite_steps") == done:
         record.outcome = DIVERGED
-        record.reason = f"all {cfg.steps} training steps were non-finite (skipped)"
-    if cfg.steps:
+        record.reason = f"all {done} training steps were non-finite (skipped)"
+    if done:
         metrics["final_loss"] = result.series["loss"][-1]
+        if not math.isfinite(metrics["final_loss"]) and record.outcome == OK:
+            record.outcome = DIVERGED  # a non-finite final loss describes no model
+            record.reason = f"the final training loss is {metrics['final_loss']}"
         metrics.update(source.summary(metrics["final_loss"]))
+        _val_summary(metrics, result.sparse)
         # Skipped (non-finite) steps are counted above; the maxima describe the others.
         metrics["max_grad_norm"] = _finite_max(result.series["grad_norm"])
         metrics["max_grad_norm_clipped"] = _finite_max(result.series["grad_norm_clipped"])
+    if result.step_times_s:
         metrics["step_time_ms"] = result.step_time_ms
         _keep_samples(record, "step_time_ms", [t * 1e3 for t in result.steady_step_times_s])
         metrics["train_seq_per_s"] = cfg.batch / (result.step_time_ms / 1e3)
         # A training step costs about three forward passes (docs/experiments.md).
         metrics["train_gflops"] = 3 * seq_flops * cfg.batch / (result.step_time_ms / 1e3) / 1e9
         record.tags["rnnsweep.output_dtype"] = result.output_dtype
-        if "grad_scale" in result.series:
-            metrics["final_grad_scale"] = result.series["grad_scale"][-1]
+    if "grad_scale" in result.series and result.series["grad_scale"]:
+        metrics["final_grad_scale"] = result.series["grad_scale"][-1]
+    if hooks.checkpoint is not None and record.outcome in (OK, DIVERGED, STOPPED):
+        hooks.checkpoint.finish()  # a timed-out or failed trial keeps its way back in
+
+
+def eval_every(cfg: DictConfig) -> int:
+    """Held-out evaluation every this many steps: ``eval_every``, or a tenth of steps."""
+    every = OmegaConf.select(cfg, "eval_every")
+    return int(every) if every else max(int(cfg.steps) // 10, 1)
+
+
+def _evaluator(model: nn.Module, source, device: torch.device,
+               amp_dtype: torch.dtype | None) -> Callable[[], dict[str, float]]:
+    """The held-out loss (and the task's extras, as ``val_<name>``) without gradients,
+    and the best held-out loss so far, which is what a training sweep picks models by."""
+    batches = list(source.validation())
+    best = [math.inf]
+
+    def evaluate() -> dict[str, float]:
+        model.eval()
+        total, count = torch.zeros((), device=device), 0
+        with torch.no_grad(), training.autocast(device, amp_dtype):
+            for x, target in batches:
+                prediction, _ = split_output(model(x))
+                total += source.loss(prediction, target).float() * len(x)
+                count += len(x)
+        model.train()
+        loss = (total / max(count, 1)).item()  # one sync per evaluation
+        values = {"val_loss": loss, **{f"val_{k}": v for k, v in source.summary(loss).items()}}
+        if math.isfinite(loss) and loss < best[0]:
+            best[0] = loss
+        values["best_val_loss"] = best[0]
+        return values
+
+    return evaluate
+
+
+def _val_summary(metrics: dict[str, float], sparse: dict[str, dict[int, float]]) -> None:
+    """The last held-out figures, and the best held-out loss with the step it was seen at
+    (with its extras at that step)."""
+    if not sparse.get("val_loss"):
+        return
+    for name, points in sparse.items():
+        if name.startswith("val_"):
+            metrics[name] = points[max(points)]
+    finite = {step: v for step, v in sparse["val_loss"].items() if math.isfinite(v)}
+    if finite:
+        step = min(finite, key=finite.__getitem__)
+        metrics["best_val_loss"] = finite[step]
+        metrics["best_val_step"] = float(step)
+        for name, points in sparse.items():
+            if name.startswith("val_") and name != "val_loss" and step in points:
+                metrics[f"best_{name}"] = points[step]
+
+
+def _checkpointer(cfg: DictConfig, record: TrialRecord) -> Checkpointer | None:
+    every_s = OmegaConf.select(cfg, "checkpoint.every_s")
+    every_steps = OmegaConf.select(cfg, "checkpoint.every_steps")
+    if not every_s and not every_steps:
+        return None
+    root = Path(str(OmegaConf.select(cfg, "checkpoint.dir"))).expanduser()
+    directory = root.absolute() / record.tags[CONFIG_HASH_TAG]
+    record.tags["rnnsweep.checkpoint.dir"] = str(directory)
+    return Checkpointer(directory, every_s, every_steps,
+                        bool(OmegaConf.select(cfg, "checkpoint.keep", default=False)))
+
+
+def _checkpoint_metrics(record: TrialRecord, saver: Checkpointer) -> None:
+    record.metrics["checkpoint_saves"] = float(saver.saves)
+    if saver.saves:
+        record.metrics["checkpoint_save_ms"] = saver.save_s / saver.saves * 1e3
+
+
+def _task_key(cfg: DictConfig, key: str):
+    return OmegaConf.select(cfg, f"task.{key}", default=getattr(TaskConfig, key))
 
 
 def _bench(cfg: DictConfig, model: RecurrentNet, device: torch.device,
