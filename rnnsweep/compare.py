@@ -161,6 +161,11 @@ def main(argv: list[str] | None = None) -> int:
               "last two sweeps of --experiment", file=sys.stderr)
         return 2
     try:
+        if len(args.sweeps) == 2 and args.sweeps[0] == args.sweeps[1]:
+            raise ReportError(f"A and B are the same sweep ({args.sweeps[0]}); give two "
+                              "different parent run ids")
+        if args.out is not None:
+            _check_out_file(args.out)
         tracker, (a, b) = locate_sweeps(args.tracking_uri, args.sweeps, args.experiment,
                                         count=2)
         pairs = compare(tracker, a, b, args.threshold, tuple(args.ignore),
@@ -211,6 +216,18 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-log", action="store_true",
                         help="log nothing onto B's parent run")
     return parser
+
+
+def _check_out_file(out: Path) -> None:
+    """``--out`` names the plot's file: not a directory, under a directory (made if
+    missing), checked before the work rather than failing after it."""
+    if out.is_dir():
+        raise ReportError(f"--out={out}: is a directory; name the PNG file to write")
+    existing = out.parent
+    while not existing.exists() and existing.parent != existing:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ReportError(f"--out={out}: {existing} is a file, not a directory")
 
 
 def _fraction(text: str) -> float:

@@ -1,10 +1,18 @@
 """A real multi-node Ray cluster on 127.0.0.1: one ``ray start --block`` process per node.
 
 Unlike ``ray.cluster_utils.Cluster``, the nodes are separate ``ray start`` processes, as
-on real machines, and they run from a *bare* virtual environment: a fresh venv whose
-only link to this one is a ``.pth`` line naming this venv's site-packages. torch, Ray
-and Hydra import there, but rnnsweep's own editable-install ``.pth`` is never processed,
-so ``import rnnsweep`` fails on the nodes unless rnnsweep ships its code to them.
+on real machines, each from a virtual environment of one of two kinds:
+
+- ``bare``: a node as a team builds it from a stock image, a venv holding only torch and
+  ``ray[default]`` of this driver's versions, nothing linked from this machine's
+  environment: no rnnsweep, no Hydra, no OmegaConf, no MLflow. Building one takes about
+  90 s (pip, from the local wheel mirror), so it is built once per (Python, torch, Ray)
+  under ``~/.cache/rnnsweep-test-bare-node`` (``RNNSWEEP_BARE_NODE_CACHE`` moves it) and
+  reused read-only after that.
+- ``linked``: a fresh venv whose only link to this one is a ``.pth`` line naming this
+  venv's site-packages. Everything but rnnsweep imports there (rnnsweep's
+  editable-install ``.pth`` is never processed): the head node a team submits jobs to,
+  whose driver (``ray job submit``) needs rnnsweep's own dependencies.
 
 The cluster is started and stopped by the PIDs this module started (never Ray's own stop command,
 which would stop every Ray on the machine). It uses its own temp dir, free ports, a
@@ -27,7 +35,10 @@ import sysconfig
 import tempfile
 import time
 from dataclasses import dataclass, field
+from importlib import metadata
 from pathlib import Path
+
+from filelock import FileLock
 
 # Environment that would tie the nodes to this checkout or to another Ray, or make them
 # a single-node Ray: the local-only switch (which test modules that start an embedded Ray
@@ -41,7 +52,44 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def bare_venv(root: Path) -> Path:
+BARE_NODE_CACHE = Path(os.environ.get("RNNSWEEP_BARE_NODE_CACHE")
+                       or Path.home() / ".cache" / "rnnsweep-test-bare-node")
+BARE_NODE_INSTALL_TIMEOUT_S = 1800
+
+
+def bare_node_venv() -> Path:
+    """A venv with only torch and ``ray[default]``, this driver's versions; its python.
+
+    Built on first use under a lock (sessions running at once build it once) and marked
+    complete only when pip succeeded, so a build cut short is rebuilt, never half-used.
+    """
+    torch_version = metadata.version("torch").split("+", 1)[0]  # the index's CPU build
+    ray_version = metadata.version("ray")
+    py = f"{sys.version_info.major}.{sys.version_info.minor}"
+    root = BARE_NODE_CACHE / f"py{py}-torch{torch_version}-ray{ray_version}"
+    python, ready = root / "bin" / "python", root / "rnnsweep-complete"
+    BARE_NODE_CACHE.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(root) + ".lock", timeout=BARE_NODE_INSTALL_TIMEOUT_S):
+        if ready.is_file():
+            return python
+        shutil.rmtree(root, ignore_errors=True)
+        started = time.monotonic()
+        # Made by this venv's python, the new venv shares only its base interpreter: no
+        # site-packages of this venv, none of the system's.
+        subprocess.run([sys.executable, "-m", "venv", str(root)], check=True)
+        installed = subprocess.run(
+            [str(python), "-m", "pip", "install", "-q", "--no-input",
+             f"torch=={torch_version}", f"ray[default]=={ray_version}"],
+            timeout=BARE_NODE_INSTALL_TIMEOUT_S, capture_output=True, text=True,
+            env={k: v for k, v in os.environ.items() if k not in _DROP_ENV})
+        if installed.returncode != 0:
+            raise RuntimeError(f"building the bare node venv {root} failed: "
+                               f"{installed.stderr[-3000:]}")
+        ready.write_text(f"built in {time.monotonic() - started:.0f} s\n")
+    return python
+
+
+def linked_venv(root: Path) -> Path:
     """A venv that sees this venv's packages but not rnnsweep; returns its python."""
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(root)], check=True)
     python = root / "bin" / "python"
@@ -67,6 +115,7 @@ class LoopbackCluster:
     port: int
     dashboard_port: int | None
     nodes: list[Node] = field(default_factory=list)
+    pythons: dict[str, Path] = field(default_factory=dict)  # venv kind -> its python
 
     @property
     def address(self) -> str:
@@ -84,9 +133,10 @@ class LoopbackCluster:
         return env
 
     def start_node(self, name: str, num_cpus: float, num_gpus: float, head: bool,
-                   dashboard: bool = False) -> None:
+                   dashboard: bool = False, venv: str = "linked") -> None:
         log = self.root / f"{name}.log"
-        args = [str(self.python), "-m", "ray.scripts.scripts", "start", "--block",
+        python = self.pythons[venv]
+        args = [str(python), "-m", "ray.scripts.scripts", "start", "--block",
                 "--node-ip-address=127.0.0.1", f"--num-cpus={num_cpus:g}",
                 f"--num-gpus={num_gpus:g}", "--disable-usage-stats",
                 f"--dashboard-agent-listen-port={free_port()}",
@@ -104,8 +154,9 @@ class LoopbackCluster:
                 args += ["--include-dashboard=false"]
         else:
             args += [f"--address={self.address}"]
+        env = {**self.env, "PATH": f"{python.parent}{os.pathsep}{self.env.get('PATH', '')}"}
         with open(log, "w") as out:
-            process = subprocess.Popen(args, cwd=self.root, env=self.env, stdout=out,
+            process = subprocess.Popen(args, cwd=self.root, env=env, stdout=out,
                                        stderr=subprocess.STDOUT, start_new_session=True)
         self.nodes.append(Node(name, process, log))
 
@@ -145,23 +196,27 @@ class LoopbackCluster:
 
 
 def start_cluster(nodes: list[dict], dashboard: bool = False) -> LoopbackCluster:
-    """``nodes``: one dict per node (``num_cpus``, ``num_gpus``); the first is the head."""
+    """``nodes``: one dict per node (``num_cpus``, ``num_gpus``, ``venv``: ``linked``, the
+    default, or ``bare``); the first is the head."""
     # Short: Ray's Unix socket paths under its temp dir must stay under 108 characters.
     root = Path(tempfile.mkdtemp(prefix="rsc-", dir="/tmp"))
-    python = bare_venv(root / "venv")
+    python = linked_venv(root / "venv")
+    pythons = {"linked": python}
+    if any(spec.get("venv") == "bare" for spec in nodes):
+        pythons["bare"] = bare_node_venv()
     home = root / "home"
     home.mkdir()
     (home / "ray_bootstrap_config.yaml").write_text("provider:\n  type: local\n")
     env = {k: v for k, v in os.environ.items() if k not in _DROP_ENV}
     env.update({"HOME": str(home), "RAY_AUTH_MODE": "token",
-                "RAY_AUTH_TOKEN": secrets.token_hex(16), "RAY_USAGE_STATS_ENABLED": "0",
-                "PATH": f"{python.parent}{os.pathsep}{env.get('PATH', '')}"})
+                "RAY_AUTH_TOKEN": secrets.token_hex(16), "RAY_USAGE_STATS_ENABLED": "0"})
     cluster = LoopbackCluster(root, python, env, free_port(),
-                              free_port() if dashboard else None)
+                              free_port() if dashboard else None, pythons=pythons)
     try:
         for i, spec in enumerate(nodes):
             cluster.start_node(f"node{i}", spec["num_cpus"], spec.get("num_gpus", 0),
-                               head=i == 0, dashboard=dashboard)
+                               head=i == 0, dashboard=dashboard,
+                               venv=spec.get("venv", "linked"))
             if i == 0:
                 cluster.wait_for_nodes(1)
         cluster.wait_for_nodes(len(nodes))

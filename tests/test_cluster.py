@@ -1,6 +1,8 @@
 """Clusters for real: code shipped to nodes that lack rnnsweep, `ray job submit`, the
 cluster config, and one-line refusals. The slow tests run a cluster of two `ray start`
-nodes on 127.0.0.1 (tests/loopback_cluster.py) from a venv without rnnsweep."""
+nodes on 127.0.0.1 (tests/loopback_cluster.py): a head whose venv has rnnsweep's
+dependencies but not rnnsweep (where `ray job submit` runs the driver), and a node whose
+venv holds only torch and Ray, as a stock GPU image does."""
 
 from __future__ import annotations
 
@@ -33,6 +35,16 @@ def test_runtime_env_ships_rnnsweep_and_only_its_launcher_shim(tmp_path):
     assert modules[0] == REPO / "rnnsweep"
     assert modules[1].name == "hydra_plugins"
     assert {p.name for p in modules[1].iterdir()} - {"__pycache__"} == {"rnnsweep_launcher"}
+    # What trials import beyond torch and Ray: the driver's own installed copies.
+    import hydra
+    import omegaconf
+
+    shipped = {m.name: m for m in modules[2:]}
+    assert {"hydra", "omegaconf", "antlr4"} <= set(shipped)
+    assert shipped["hydra"] == Path(hydra.__file__).parent
+    assert shipped["omegaconf"] == Path(omegaconf.__file__).parent
+    # ...and nothing a node with torch and ray[default] has already.
+    assert not {"yaml", "ray", "torch", "packaging", "mlflow"} & set(shipped)
     assert "working_dir" not in env and "mlflow.db" in env["excludes"]
     assert shipping.runtime_env_for(_ray_cfg(ship=False)) is None
 
@@ -42,7 +54,7 @@ def test_runtime_env_ships_named_packages_and_a_working_dir(tmp_path, monkeypatc
     (tmp_path / "userpkg" / "__init__.py").write_text("")
     monkeypatch.syspath_prepend(str(tmp_path))
     env = shipping.runtime_env_for(_ray_cfg(packages=["userpkg"], working_dir=str(tmp_path)))
-    assert env["py_modules"][2] == str(tmp_path / "userpkg")
+    assert env["py_modules"][-1] == str(tmp_path / "userpkg")
     assert env["working_dir"] == str(tmp_path)
     with pytest.raises(shipping.ShippingError, match="cannot import 'nosuchpkg'"):
         shipping.runtime_env_for(_ray_cfg(packages=["nosuchpkg"]))
@@ -83,7 +95,7 @@ def test_dockerfile_builds_on_cuda_and_installs_rnnsweep():
 def cluster():
     from loopback_cluster import remove, start_cluster
 
-    started = start_cluster([{"num_cpus": 2}, {"num_cpus": 2}], dashboard=True)
+    started = start_cluster([{"num_cpus": 2}, {"num_cpus": 2, "venv": "bare"}], dashboard=True)
     yield started
     remove(started)
 
@@ -101,13 +113,26 @@ def _sweep(cluster, tmp: Path, *args: str) -> subprocess.CompletedProcess:
                    cwd=tmp, extra_env=cluster.driver_env())
 
 
+def _imports(python: Path, module: str, cluster) -> bool:
+    found = subprocess.run([str(python), "-c", f"import {module}"], cwd=cluster.root,
+                           env=cluster.env, capture_output=True, text=True)
+    return found.returncode == 0
+
+
 @pytest.mark.slow
-def test_nodes_cannot_import_rnnsweep(cluster):
-    bare = subprocess.run([str(cluster.python), "-c", "import torch, ray, hydra, rnnsweep"],
-                          cwd=cluster.root, env=cluster.env, capture_output=True, text=True)
-    assert "No module named 'rnnsweep'" in bare.stderr
-    # The nodes run that interpreter: the head's ray start was launched with it.
+def test_the_bare_node_has_only_torch_and_ray(cluster):
+    bare = cluster.pythons["bare"]
+    assert _imports(bare, "torch", cluster) and _imports(bare, "ray.dashboard", cluster)
+    for absent in ("rnnsweep", "hydra", "omegaconf", "antlr4", "mlflow", "matplotlib"):
+        assert not _imports(bare, absent, cluster), absent
+    # No path back to this machine's environment: no system site-packages, no .pth.
+    assert "include-system-site-packages = false" in (bare.parents[1] / "pyvenv.cfg").read_text()
+    site = next(bare.parents[1].glob("lib/python*/site-packages"))
+    assert not [p for p in site.glob("*.pth") if "/" in p.read_text()]
+    # The second node runs that interpreter; the head, the linked venv without rnnsweep.
+    assert cluster.nodes[1].process.args[0] == str(bare)
     assert cluster.nodes[0].process.args[0] == str(cluster.python)
+    assert not _imports(cluster.python, "rnnsweep", cluster)
 
 
 @pytest.mark.slow
@@ -127,6 +152,19 @@ def test_sweep_ships_its_code_and_lands_on_both_nodes(cluster, tmp_path):
     assert sorted(r.data.params["batch"] for r in runs) == ["1", "2", "3", "4"]
     assert {r.data.tags["rnnsweep.outcome"] for r in runs} == {"OK"}
     assert all("final_loss" in r.data.metrics for r in runs)
+    assert len({r.data.tags["rnnsweep.ray.node_id"] for r in runs}) == 2
+
+
+@pytest.mark.slow
+def test_a_trial_runs_on_a_node_with_only_torch_and_ray(cluster, tmp_path):
+    """The issue's command, as a user types it: nothing shipped by hand. Both nodes ran
+    trials, so the bare one (only torch and Ray) imported Hydra and OmegaConf shipped
+    from the driver."""
+    done = _sweep(cluster, tmp_path, "batch=1,2,3,4", "steps=2")
+    assert done.returncode == 0, done.stderr[-3000:]
+    runs = _child_runs(tmp_path / "mlflow.db")
+    assert sorted(r.data.params["batch"] for r in runs) == ["1", "2", "3", "4"]
+    assert {r.data.tags["rnnsweep.outcome"] for r in runs} == {"OK"}
     assert len({r.data.tags["rnnsweep.ray.node_id"] for r in runs}) == 2
 
 

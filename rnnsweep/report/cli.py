@@ -18,6 +18,8 @@ def main(argv: list[str] | None = None) -> int:
 
     args = _parser().parse_args(argv)
     try:
+        if args.out is not None:
+            check_out_dir(args.out)
         tracker, parent = locate(args.tracking_uri, args.run_id, args.experiment)
         report = build_report(tracker, parent)
     except (ReportError, MlflowException) as exc:
@@ -34,6 +36,16 @@ def main(argv: list[str] | None = None) -> int:
         tracker.log_artifacts(parent, report.artifacts())
         print(f"logged {', '.join(report.artifacts())} on parent run {parent}")
     return 0
+
+
+def check_out_dir(out: Path) -> None:
+    """``--out`` is a directory the report's files go into: an existing file there is the
+    user's, and is neither replaced nor a reason for a traceback after the work is done."""
+    existing = out
+    while not existing.exists() and existing.parent != existing:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ReportError(f"--out={out}: {existing} is a file, not a directory")
 
 
 def _parser() -> argparse.ArgumentParser:

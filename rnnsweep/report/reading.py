@@ -4,12 +4,13 @@ so a report can be rebuilt for any past sweep, from any store or tracking server
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from rnnsweep import redaction
+from rnnsweep.config.errors import ConfigError
+from rnnsweep.config.store import check_uri
 from rnnsweep.report.model import Trial
 from rnnsweep.tracking import REUSED_TAG_PREFIX, ROLE_TAG, Tracker, resolve_uri
 
@@ -69,8 +70,8 @@ def history(client: MlflowClient, run_id: str, key: str) -> list[tuple[float, fl
 
 
 def locate(uri: str, run_id: str | None, experiment: str | None) -> tuple[Tracker, str]:
-    """The tracker for the parent run's experiment, and the parent run id. Nothing is created:
-    a mistyped path or name is an error, not a new empty store or experiment."""
+    """The tracker for the parent run's experiment, and the parent run id. Nothing is created
+    or locked: a mistyped path or name is an error, not a new empty store or experiment."""
     tracker, parents = locate_sweeps(uri, [run_id] if run_id else [], experiment, count=1)
     return tracker, parents[0]
 
@@ -81,8 +82,12 @@ def locate_sweeps(uri: str, run_ids: list[str], experiment: str | None,
     runs of ``experiment``, oldest first. ``uri`` as the user gave it: its credentials go
     where the client reads them, and a relative SQLite path means the current directory."""
     uri = resolve_uri(redaction.hide_credentials(uri))
-    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
-        raise ReportError(f"no MLflow store at {uri}")
+    try:
+        # The sweep command's checks, for a store that must exist: 5 s at most, one line,
+        # and no MLflow tables made in a file that is not a store.
+        check_uri(uri, key="--tracking-uri", read_only=True)
+    except ConfigError as exc:
+        raise ReportError(str(exc)) from None
     client = MlflowClient(tracking_uri=redaction.connection_uri(uri))
     if run_ids:
         names = set()
@@ -95,7 +100,7 @@ def locate_sweeps(uri: str, run_ids: list[str], experiment: str | None,
         if len(names) > 1:
             raise ReportError(f"runs {', '.join(run_ids)} belong to different experiments: "
                               f"{', '.join(sorted(names))}")
-        return Tracker(uri, names.pop()), run_ids
+        return Tracker(uri, names.pop(), create=False), run_ids
     found = client.get_experiment_by_name(experiment)
     if found is None:
         raise ReportError(f"no experiment {experiment!r} in {uri}")
@@ -104,4 +109,5 @@ def locate_sweeps(uri: str, run_ids: list[str], experiment: str | None,
     if len(latest) < count:
         raise ReportError(f"experiment {experiment!r} has {len(latest)} sweep parent runs, "
                           f"{count} needed")
-    return Tracker(uri, experiment), [run.info.run_id for run in reversed(latest)]
+    return Tracker(uri, experiment, create=False), [run.info.run_id
+                                                    for run in reversed(latest)]

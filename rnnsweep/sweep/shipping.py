@@ -1,8 +1,10 @@
 """What a named cluster's nodes get from the driver: rnnsweep's code and the user's.
 
 Ray's ``runtime_env`` uploads local directories to the cluster and unpacks them on each
-node before a worker starts, so a node needs only Python, Ray and torch: rnnsweep and
-its Hydra launcher shim travel as ``py_modules``; the user's code travels as a
+node before a worker starts, so a node needs only Python, Ray and torch: rnnsweep, its
+Hydra launcher shim and what the trial side imports beyond torch and Ray (Hydra,
+OmegaConf and their own dependencies: the driver's installed copies, so the nodes run
+the driver's versions) travel as ``py_modules``; the user's code travels as a
 ``working_dir`` (``ray.working_dir``) or as packages named by import name
 (``ray.packages``). The embedded local Ray shares this machine's environment and gets
 nothing.
@@ -16,6 +18,8 @@ import json
 import os
 import shutil
 import tempfile
+from functools import cache
+from importlib import metadata
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
@@ -25,6 +29,11 @@ JOB_CONFIG_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"
 # Never worth uploading from a working directory: stores, outputs, environments, VCS.
 EXCLUDES = [".git", ".venv", "venv", "__pycache__", "*.pyc", "mlflow.db", "mlruns",
             "multirun", "outputs", "*.egg-info"]
+# The distributions a trial imports besides torch and Ray (rnnsweep.sweep.worker and the
+# launcher shim: Hydra's job runner, OmegaConf's configs). Their own requirements travel
+# with them, less what a node with torch and ray[default] has already (PyYAML, packaging).
+TRIAL_DISTRIBUTIONS = ("hydra-core", "omegaconf")
+NODE_DISTRIBUTIONS = ("torch", "ray[default]")
 
 
 class ShippingError(ValueError):
@@ -37,7 +46,7 @@ def runtime_env_for(config: DictConfig | None) -> dict | None:
     ray_cfg = OmegaConf.select(config, "ray") if config is not None else None
     if ray_cfg is None or not OmegaConf.select(ray_cfg, "ship", default=True):
         return None
-    modules = [_rnnsweep_dir(), _launcher_shim_dir()]
+    modules = [_rnnsweep_dir(), _launcher_shim_dir(), *trial_dependency_dirs()]
     modules += [_package_dir(name) for name in OmegaConf.select(ray_cfg, "packages") or []]
     env: dict = {"py_modules": [str(m) for m in modules], "excludes": EXCLUDES}
     working_dir = OmegaConf.select(ray_cfg, "working_dir")
@@ -79,6 +88,54 @@ def _launcher_shim_dir() -> Path:
     shutil.copytree(source, staging / source.name,
                     ignore=shutil.ignore_patterns("__pycache__"))
     return staging
+
+
+@cache
+def trial_dependency_dirs() -> tuple[Path, ...]:
+    """The installed top-level packages of ``TRIAL_DISTRIBUTIONS`` and their requirements
+    that a node with only ``NODE_DISTRIBUTIONS`` lacks (for Hydra 1.3: hydra, omegaconf,
+    antlr4; about 1.5 MB, uploaded once and cached by Ray by content)."""
+    needed = _closure(TRIAL_DISTRIBUTIONS) - _closure(NODE_DISTRIBUTIONS)
+    return tuple(path for name in sorted(needed) for path in _top_level_paths(name))
+
+
+def _closure(requirements: tuple[str, ...]) -> set[str]:
+    """Normalised names of the installed distributions ``requirements`` pull in."""
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    seen: set[str] = set()
+    todo = [Requirement(r) for r in requirements]
+    while todo:
+        req = todo.pop()
+        name = canonicalize_name(req.name)
+        if name in seen:
+            continue
+        try:
+            dist = metadata.distribution(name)
+        except metadata.PackageNotFoundError:
+            continue  # not installed here: nothing of it to ship (nor needed by it)
+        seen.add(name)
+        for text in dist.requires or []:
+            sub = Requirement(text)
+            extras = req.extras or {""}
+            if sub.marker is None or any(sub.marker.evaluate({"extra": e}) for e in extras):
+                todo.append(sub)
+    return seen
+
+
+def _top_level_paths(name: str) -> list[Path]:
+    """The installed import packages (and single modules) of distribution ``name``."""
+    dist = metadata.distribution(name)
+    tops = set()
+    for file in dist.files or []:
+        first = file.parts[0]
+        if first in ("..", "__pycache__") or first.endswith((".dist-info", ".egg-info",
+                                                            ".data", ".pth")):
+            continue
+        if len(file.parts) > 1 or first.endswith(".py"):
+            tops.add(first)
+    return sorted(Path(dist.locate_file(top)).resolve() for top in tops)
 
 
 def _package_dir(name: str) -> Path:
