@@ -218,9 +218,9 @@ class _Sweep:
         if best is None:
             print(f"rnnsweep: optuna: no trial completed; {tail}", flush=True)
             return
+        params = " ".join(f"{k}={v}" for k, v in best.params.items())
         print(f"rnnsweep: optuna: best value {best.value:.6g} in trial {best.number} "
-              f"({' '.join(best.user_attrs.get(storage.OVERRIDES_ATTR, []))}); {tail}",
-              flush=True)
+              f"({params}); {tail}", flush=True)
 
 
 def _number(ret) -> float:
