@@ -24,7 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from rnnsweep import config
-from rnnsweep.config import bounds, targets
+from rnnsweep.config import bounds, long_trials, targets
 from rnnsweep.config.command import Command, parse
 from rnnsweep.config.errors import ConfigError
 from rnnsweep.config.schema import BUILTIN_MODEL, BUILTIN_TASKS, TRAINING_KEYS
@@ -100,6 +100,7 @@ def check_overrides(overrides: list[str], multirun: bool,
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
     bounds.check_launcher(base)
+    long_trials.check_sweep(base)
     return CheckedCommand(base, [list(t) for t in trials], kept)
 
 
@@ -189,6 +190,7 @@ def check_trial(cfg: DictConfig) -> None:
     _require(cfg, "precision.autocast_dtype", lambda v: v in (None, "float16", "bfloat16"),
              "one of null, float16, bfloat16")
     bounds.check_bounds(cfg)  # steps, seed, min_run_time, lr, clipping, hardware, ...
+    long_trials.check_trial(cfg)  # live metrics, evaluation, checkpoints, time limits
     bounds.check_memory(cfg)
     if OmegaConf.select(cfg, "task.name") == "adding" and cfg.model.input_size < 2:
         raise ConfigError(f"model.input_size={cfg.model.input_size}: task=adding needs >= 2 "

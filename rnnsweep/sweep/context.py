@@ -87,6 +87,10 @@ class SweepContext:
         self.terminal: SweepSink | None = None
         self.sinks = Sinks([self])
         self.n_submitted = self.n_finished = self.n_failed = self.n_killed = 0
+        # The sweep's own time limit (sweep_timeout_s), once reached: the trials it cut
+        # short are KILLED with that reason, and are no failure of the sweep's.
+        self.limit_reason = ""
+        self.n_cut = 0
         self.reused_runs: dict[int, str] = {}
         self.summary: dict[str, float] = {}
         self.started_at = time.time()
@@ -179,7 +183,10 @@ class SweepContext:
         self.n_killed += record.outcome in (TIMED_OUT, KILLED)
 
     def cancelled(self, idx: int, reason: str, outcome: str = KILLED) -> None:
-        self.n_killed += 1
+        if self.limit_reason and reason == self.limit_reason:
+            self.n_cut += 1
+        else:
+            self.n_killed += 1
 
     def record_here(self, name: str, record: TrialRecord, fingerprint: str) -> None:
         """A trial that ran in this process (a single run, Hydra's basic launcher)."""

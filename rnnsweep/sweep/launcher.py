@@ -448,6 +448,7 @@ def _enforce(context: SweepContext, jobs: list[Job], nodes: list[Node], submitte
     now = time.monotonic()
     if watch.sweep_over(now):
         reason = f"sweep_timeout_s={watch.sweep_timeout_s:g} reached"
+        context.limit_reason = reason
         ended = len(submitter.in_flight) + len(submitter.queue)
         _cancel(context, jobs, reason)
         submitter.in_flight.clear()

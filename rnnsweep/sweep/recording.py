@@ -136,7 +136,11 @@ class RecordingSink:
         if run_id is not None:  # a retry of a trial whose worker died
             self.tracker.log(run_id, tags={RETRIES_TAG: str(attempt)})
             return
-        self._create(idx, info.get("started"), {RETRIES_TAG: str(attempt)})
+        # Where it runs, from its start (the record adds the rest): a person or a test
+        # can find the trial's process while it runs.
+        where = {f"rnnsweep.ray.{key}": str(info[key]) for key in ("host", "pid", "node_id")
+                 if key in info}
+        self._create(idx, info.get("started"), {RETRIES_TAG: str(attempt), **where})
 
     def live(self, idx: int, rows: list[Row], total_steps: int | None = None) -> None:
         run_id = self.runs.get(idx)

@@ -94,9 +94,29 @@ def _launcher_shim_dir() -> Path:
 def trial_dependency_dirs() -> tuple[Path, ...]:
     """The installed top-level packages of ``TRIAL_DISTRIBUTIONS`` and their requirements
     that a node with only ``NODE_DISTRIBUTIONS`` lacks (for Hydra 1.3: hydra, omegaconf,
-    antlr4; about 1.5 MB, uploaded once and cached by Ray by content)."""
+    antlr4; about 2 MB, uploaded once and cached by Ray by content), as staged copies."""
     needed = _closure(TRIAL_DISTRIBUTIONS) - _closure(NODE_DISTRIBUTIONS)
-    return tuple(path for name in sorted(needed) for path in _top_level_paths(name))
+    installed = [path for name in sorted(needed) for path in _top_level_paths(name)]
+    return tuple(_staged(installed))
+
+
+def _staged(paths: list[Path]) -> list[Path]:
+    """Copies of installed packages without their ``.gitignore`` files: Ray leaves out
+    what a ``.gitignore`` inside an uploaded directory names, and Hydra's wheel carries
+    one that names its own generated grammar parsers (a node then fails with "Error
+    importing generated parsers"). The copies go when this process does."""
+    staging = Path(tempfile.mkdtemp(prefix="rnnsweep-ship-deps-"))
+    atexit.register(shutil.rmtree, staging, True)
+    copies = []
+    for path in paths:
+        copy = staging / path.name
+        if path.is_dir():
+            shutil.copytree(path, copy, ignore=shutil.ignore_patterns(
+                "__pycache__", "*.pyc", ".gitignore"))
+        else:
+            shutil.copy2(path, copy)
+        copies.append(copy)
+    return copies
 
 
 def _closure(requirements: tuple[str, ...]) -> set[str]:

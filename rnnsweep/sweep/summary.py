@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING
 
-from rnnsweep.record import DIVERGED, UNSUPPORTED
+from rnnsweep.record import DIVERGED, STOPPED, TIMED_OUT, UNSUPPORTED
 from rnnsweep.sweep import objective
 
 if TYPE_CHECKING:
@@ -35,11 +35,15 @@ def finish_sweep(context: SweepContext) -> dict[str, float]:
         "trials_killed": own.count("KILLED"),
         "trials_unsupported": sum(t.outcome == UNSUPPORTED for t in trials),
         "trials_diverged": sum(t.outcome == DIVERGED for t in trials),
+        "trials_stopped": sum(t.outcome == STOPPED for t in trials),
+        "trials_timed_out": sum(t.outcome == TIMED_OUT for t in trials),
         "sweep_wall_s": time.time() - context.started_at,
     }
     if throughputs:
         summary["best_throughput_seq_per_s"] = max(throughputs)
     tracker.log_summary(parent, summary)
+    if context.limit_reason:
+        tracker.log(parent, tags={"rnnsweep.sweep_limit": context.limit_reason})
     # The sweep's answer, whichever sweeper chose its trials (Optuna's included).
     objective.log_best(tracker, parent, context.objective, trials)
     from rnnsweep.report import write_report_safely
@@ -50,6 +54,10 @@ def finish_sweep(context: SweepContext) -> dict[str, float]:
     print(f"rnnsweep: {summary['trials_finished'] + reused}/"
           f"{summary['trials']} trials finished{reused_note}, {summary['trials_failed']} failed, "
           f"{summary['trials_unsupported']} unsupported, "
-          f"{summary['trials_diverged']} diverged in {summary['sweep_wall_s']:.1f} s "
-          f"(parent run {parent})", flush=True)
+          f"{summary['trials_diverged']} diverged"
+          + "".join(f", {int(summary[key])} {label}" for key, label in (
+              ("trials_stopped", "stopped early"), ("trials_timed_out", "timed out"))
+              if summary[key])
+          + (f", {context.n_cut} cut at {context.limit_reason}" if context.n_cut else "")
+          + f" in {summary['sweep_wall_s']:.1f} s (parent run {parent})", flush=True)
     return summary

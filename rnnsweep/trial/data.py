@@ -62,22 +62,27 @@ class _Generated:
 
 
 class Regression(_Stateless):
-    """MSE against one fixed random target per timestep: the loss falls as the model fits
-    it, so curves are comparable across configurations. The held-out set is drawn the
-    same way with another seed: what the model learnt of the inputs' statistics, not of
-    the training batch, is what it scores."""
+    """MSE against a fixed random linear teacher, ``y_t = x_t . w / sqrt(input_size)``, on
+    one fixed batch: the loss falls as the model fits it, so curves are comparable across
+    configurations. The held-out set is new inputs, drawn with another seed, through the
+    same teacher: what the model learnt of the mapping, not of the batch, is what it
+    scores."""
 
     def __init__(self, batch: int, seq_len: int, input_size: int, device: torch.device,
                  seed: int, output_size: int = 1) -> None:
         self.output_size = output_size
-        self.x, self.y = self._draw(batch, seq_len, input_size, device, seed)
+        gen = torch.Generator(device=device).manual_seed(seed)
+        self.teacher = torch.randn(input_size, output_size, generator=gen,
+                                   device=device) / math.sqrt(input_size)
+        self.x, self.y = self._draw(batch, seq_len, input_size, device, gen)
         self._val_args = (batch, seq_len, input_size, device, seed + VAL_SEED_OFFSET)
 
     def _draw(self, batch: int, seq_len: int, input_size: int, device: torch.device,
-              seed: int) -> Batch:
-        gen = torch.Generator(device=device).manual_seed(seed)
+              gen: torch.Generator | int) -> Batch:
+        if isinstance(gen, int):
+            gen = torch.Generator(device=device).manual_seed(gen)
         x = torch.randn(batch, seq_len, input_size, generator=gen, device=device)
-        return x, torch.randn(batch, seq_len, self.output_size, generator=gen, device=device)
+        return x, x @ self.teacher
 
     def batch(self, step: int) -> Batch:
         return self.x, self.y
