@@ -138,14 +138,14 @@ class _Sweep:
 
         if idx in stopper.pruned:
             self.counts["optuna_pruned"] += 1
-            return self.study.tell(trial, state=TrialState.PRUNED)
+            return _tell(self.study, trial, state=TrialState.PRUNED)
         values = [_number(ret)]
         if self.settings.second_objective:
             values.append(self._metric_of(run_id, str(self.settings.second_objective)))
         if not all(math.isfinite(v) for v in values):
             self.counts["optuna_failed"] += 1
-            return self.study.tell(trial, state=TrialState.FAIL)
-        return self.study.tell(trial, values=values)
+            return _tell(self.study, trial, state=TrialState.FAIL)
+        return _tell(self.study, trial, values=values)
 
     def _copy(self, trial, earlier) -> None:
         """Tells ``trial`` the outcome of the identical ``earlier`` one (see duplicates)."""
@@ -157,7 +157,7 @@ class _Sweep:
         self.counts["optuna_duplicates"] += 1
         self.duplicate_tags[f"{DUPLICATE_TAG_PREFIX}{trial.number}"] = str(earlier.number)
         if earlier.state == TrialState.COMPLETE:
-            self.study.tell(trial, values=earlier.values)
+            _tell(self.study, trial, values=earlier.values)
             return
         for step, value in sorted(earlier.intermediate_values.items()):
             trial.report(value, step)
@@ -165,7 +165,7 @@ class _Sweep:
             self.counts["optuna_pruned"] += 1
         else:
             self.counts["optuna_failed"] += 1
-        self.study.tell(trial, state=earlier.state)
+        _tell(self.study, trial, state=earlier.state)
 
     def _run_id(self, idx: int) -> str | None:
         if self.context is None:
@@ -221,6 +221,18 @@ class _Sweep:
         params = " ".join(f"{k}={v}" for k, v in best.params.items())
         print(f"rnnsweep: optuna: best value {best.value:.6g} in trial {best.number} "
               f"({params}); {tail}", flush=True)
+
+
+def _tell(study, trial, **how):
+    """``study.tell``, and the trial as stored. Optuna's grid sampler calls
+    ``study.stop()`` once its grid is covered, which outside ``optimize`` raises after the
+    trial is stored; the sweep ends on its own count (n_trials is capped at the grid)."""
+    try:
+        return study.tell(trial, **how)
+    except RuntimeError as exc:
+        if "Study.stop" not in str(exc):
+            raise
+        return study._storage.get_trial(trial._trial_id)
 
 
 def _number(ret) -> float:
