@@ -29,20 +29,30 @@ def _ray_cfg(**ray):
     return OmegaConf.create({"ray": {"ship": True, "packages": [], "working_dir": None, **ray}})
 
 
-def test_runtime_env_ships_rnnsweep_and_only_its_launcher_shim(tmp_path):
+def test_runtime_env_ships_rnnsweep_its_plugins_and_what_trials_import(tmp_path):
     env = shipping.runtime_env_for(_ray_cfg())
     modules = [Path(m) for m in env["py_modules"]]
     assert modules[0] == REPO / "rnnsweep"
     assert modules[1].name == "hydra_plugins"
-    assert {p.name for p in modules[1].iterdir()} - {"__pycache__"} == {"rnnsweep_launcher"}
+    ours = {p.name for p in (REPO / "hydra_plugins").iterdir() if p.name.startswith("rnnsweep_")}
+    assert "rnnsweep_launcher" in ours
+    assert {p.name for p in modules[1].iterdir()} - {"__pycache__"} == ours
     # What trials import beyond torch and Ray: the driver's own installed copies.
     import hydra
     import omegaconf
 
     shipped = {m.name: m for m in modules[2:]}
     assert {"hydra", "omegaconf", "antlr4"} <= set(shipped)
-    assert shipped["hydra"] == Path(hydra.__file__).parent
-    assert shipped["omegaconf"] == Path(omegaconf.__file__).parent
+    for module in (hydra, omegaconf):
+        installed = Path(module.__file__).parent
+        assert (shipped[module.__name__] / "__init__.py").read_bytes() == (
+            installed / "__init__.py").read_bytes()
+    # Hydra's wheel has a .gitignore naming its generated parsers, which Ray would leave
+    # behind: the staged copy has none, and has the parsers.
+    assert (installed_gen := Path(hydra.__file__).parent / "grammar" / "gen").is_dir()
+    assert not list(shipped["hydra"].rglob(".gitignore"))
+    assert {p.name for p in (shipped["hydra"] / "grammar" / "gen").glob("*.py")} == {
+        p.name for p in installed_gen.glob("*.py")}
     # ...and nothing a node with torch and ray[default] has already.
     assert not {"yaml", "ray", "torch", "packaging", "mlflow"} & set(shipped)
     assert "working_dir" not in env and "mlflow.db" in env["excludes"]

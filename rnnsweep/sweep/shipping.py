@@ -33,6 +33,7 @@ EXCLUDES = [".git", ".venv", "venv", "__pycache__", "*.pyc", "mlflow.db", "mlrun
 # launcher shim: Hydra's job runner, OmegaConf's configs). Their own requirements travel
 # with them, less what a node with torch and ray[default] has already (PyYAML, packaging).
 TRIAL_DISTRIBUTIONS = ("hydra-core", "omegaconf")
+PLUGIN_PREFIX = "rnnsweep_"  # rnnsweep's own packages in Hydra's hydra_plugins namespace
 NODE_DISTRIBUTIONS = ("torch", "ray[default]")
 
 
@@ -75,18 +76,22 @@ def _rnnsweep_dir() -> Path:
 
 
 def _launcher_shim_dir() -> Path:
-    """``hydra_plugins`` holding only rnnsweep's shim. An installed namespace directory
-    may hold other plugins, which have no business on the nodes: those get a copy of the
-    shim alone (Ray uploads it during ``ray.init``; the copy goes when this process does)."""
+    """``hydra_plugins`` holding only rnnsweep's own plugins (its launcher shim, its
+    sweeper: a sweep's Hydra state names their config classes, so a node unpickling it
+    imports them). An installed namespace directory may hold other plugins, which have no
+    business on the nodes: those get a copy of rnnsweep's alone (Ray uploads it during
+    ``ray.init``; the copy goes when this process does)."""
     from hydra_plugins import rnnsweep_launcher
 
-    source = Path(rnnsweep_launcher.__file__).resolve().parent
-    if {p.name for p in source.parent.iterdir()} <= {source.name, "__pycache__"}:
-        return source.parent
+    source = Path(rnnsweep_launcher.__file__).resolve().parent.parent
+    ours = sorted(p for p in source.iterdir() if p.name.startswith(PLUGIN_PREFIX) and p.is_dir())
+    if {p.name for p in source.iterdir()} <= {p.name for p in ours} | {"__pycache__"}:
+        return source
     staging = Path(tempfile.mkdtemp(prefix="rnnsweep-ship-")) / "hydra_plugins"
     atexit.register(shutil.rmtree, staging.parent, True)
-    shutil.copytree(source, staging / source.name,
-                    ignore=shutil.ignore_patterns("__pycache__"))
+    for plugin in ours:
+        shutil.copytree(plugin, staging / plugin.name,
+                        ignore=shutil.ignore_patterns("__pycache__"))
     return staging
 
 
