@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import math
+import textwrap
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -17,7 +18,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from rnnsweep.report.text import plain
+from rnnsweep.report.text import cut, plain
 
 # Fixed pixel size (no tight bounding box): a reader sees every plot at the same scale.
 WIDTH_IN, HEIGHT_IN, DPI = 11.0, 5.5, 100
@@ -133,14 +134,15 @@ def _half_spread(values: Sequence[float], iqrs: Sequence[float]) -> list[list[fl
 
 
 def training_curves(loss: Series, grad_norm: Series, clipped_norm: Series,
-                    max_norms: Sequence[float], *, sweep: str, device: str) -> bytes:
+                    max_norms: Sequence[float], *, sweep: str, device: str,
+                    loss_name: str = "MSE") -> bytes:
     title = "training loss and gradient norm" + (" with clipping" if max_norms else "")
     fig, (left, right) = _figure(2, f"{sweep}: {title}", device)
     loss_log = _wide(loss.values())
     for label, points in loss.items():
         _line(left, points, label, log_y=loss_log)
     left.set_xlabel("training step")
-    left.set_ylabel("training loss (MSE" + (", log scale)" if loss_log else ")"))
+    left.set_ylabel(f"training loss ({loss_name}" + (", log scale)" if loss_log else ")"))
     left.set_title("loss")
     _legend(left, len(loss))
     norm_log = _wide([*grad_norm.values(), *clipped_norm.values(), [(0, m) for m in max_norms]])
@@ -214,10 +216,26 @@ def metric_bars(labels: Sequence[str], metrics: Mapping[str, Sequence[float]], *
 def _figure(panels: int, title: str, device: str) -> tuple[Figure, list[Axes]]:
     fig = Figure(figsize=(WIDTH_IN, HEIGHT_IN), dpi=DPI, layout="constrained")
     axes = fig.subplots(1, panels, squeeze=False)[0]
-    fig.suptitle(f"{title}\non {device}")
+    fig.suptitle(_wrapped(f"{title}\non {device}"))
     for ax in axes:
         ax.grid(True, which="major", alpha=0.3)
     return fig, list(axes)
+
+
+# A suptitle's characters per line across the figure ('large': 14.4 pt, about 0.6 em a
+# character), and at most this many lines: a long sweep name wraps instead of running off
+# both edges, and a very long one is cut with an ellipsis.
+TITLE_CHARS = int(WIDTH_IN * 72 / (14.4 * 0.6))
+TITLE_LINES = 4
+
+
+def _wrapped(title: str) -> str:
+    lines = [piece for line in title.splitlines()
+             for piece in (textwrap.wrap(line, TITLE_CHARS, break_on_hyphens=False) or [""])]
+    if len(lines) > TITLE_LINES:
+        lines = [*lines[:TITLE_LINES - 2], cut(" ".join(lines[TITLE_LINES - 2:-1]), TITLE_CHARS),
+                 lines[-1]]
+    return "\n".join(lines)
 
 
 def _line(ax: Axes, points: Sequence[tuple[float, float]], label: str | None, *,
@@ -269,7 +287,7 @@ def ratios(labels: Sequence[str], values: Sequence[float], lows: Sequence[float]
     ax.set_yticks(ys, labels, fontsize=8)
     ax.invert_yaxis()
     ax.set_xlabel("time ratio B/A (above 1: B slower)")
-    ax.set_title(title)
+    ax.set_title(_wrapped(title))
     ax.grid(True, axis="x", alpha=0.3)
     ax.legend(loc="lower right", fontsize=8)
     return _png(fig)

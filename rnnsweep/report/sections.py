@@ -23,7 +23,10 @@ TIME_METRICS = {"latency_ms": ("forward latency", "forward latency (ms per batch
 FALLBACK_METRICS = {"latency_ms_per_seq": "forward latency per sequence (ms)",
                     "step_time_ms": "training step time (ms)",
                     "stream_latency_ms_p50": "streaming chunk latency p50 (ms)",
-                    "final_loss": "final training loss (MSE)"}
+                    "final_loss": "final training loss"}
+# What each built-in task's loss is (``task.name``), for the axes that show it.
+LOSS_NAMES = {"regression": "MSE", "adding": "MSE",
+              "char_lm": "cross-entropy, nats per character"}
 CURVE_AXIS_PREFIXES = ("precision.", "clipping.")
 # "Linear" is said of a fit only at or above this R².
 LINEAR_R2 = 0.98
@@ -145,8 +148,19 @@ def curves_section(report: Report, client: MlflowClient) -> None:
         return
     max_norms = sorted({float(t.params["clipping.max_norm"]) for t in report.trials
                         if t.params.get("clipping.max_norm", "None") != "None"})
+    trained = [t for t in report.trials if "loss" in t.metrics]
     report.plots["plots/training_curves.png"] = plots.training_curves(
-        loss, norm, clipped, max_norms, sweep=report.title, device=report.device)
+        loss, norm, clipped, max_norms, sweep=report.title, device=report.device,
+        loss_name=loss_name(trained))
+
+
+def loss_name(trials) -> str:
+    """What the trials' loss is, from their tasks: one name where they agree, else the
+    plain words (a user's task, or tasks whose losses differ)."""
+    names = {LOSS_NAMES.get(t.params.get("task.name", ""), "") for t in trials}
+    if len(names) > 1:
+        return "each task's own loss"
+    return next(iter(names), "") or "the task's loss"
 
 
 @dataclass(frozen=True)
@@ -224,7 +238,9 @@ def fallback_section(report: Report) -> None:
     if not shown:
         return
     labels = [label(t, report.axes, short=True) or t.run_id[:8] for t in oks]
-    metrics = {FALLBACK_METRICS[key]: [t.metrics[key] for t in oks] for key in shown}
+    names = {key: FALLBACK_METRICS[key] + (f" ({loss_name(oks)})" if key == "final_loss"
+                                           else "") for key in shown}
+    metrics = {names[key]: [t.metrics[key] for t in oks] for key in shown}
     report.plots["plots/trials.png"] = plots.metric_bars(
         labels, metrics, sweep=report.title, device=report.device)
 
@@ -241,19 +257,19 @@ def notes_section(report: Report) -> None:
                          for t in noisy]
     not_ok = [t for t in report.trials if not t.ok]
     if not_ok:
-        report.notes.append(f"{_trials(len(not_ok))} did not give numbers:")
+        report.notes.append(f"{_trials(len(not_ok))} gave no numbers:")
         report.notes += [f"- {_who(report, t)}: {t.outcome}"
                          + (f": {cut(t.reason, NOTE_CHARS)}" if t.reason else "")
                          for t in not_ok]
     reused = [t for t in report.trials if t.reused]
     if reused:
-        report.notes.append(f"{_trials(len(reused))} reused from earlier sweeps (same config "
-                            "and environment), not rerun:")
+        report.notes.append(f"{_trials(len(reused))} reused from earlier sweeps (same "
+                            "config and environment), not rerun:")
         report.notes += [f"- {_who(report, t)}" for t in reused]
 
 
 def _trials(count: int) -> str:
-    return f"{count} trial was" if count == 1 else f"{count} trials were"
+    return f"{count} trial" if count == 1 else f"{count} trials"
 
 
 def _who(report: Report, trial) -> str:
