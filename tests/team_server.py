@@ -44,6 +44,13 @@ def postgres_bin() -> Path | None:
     return Path(found[0]).parent if found else None
 
 
+def _env(root: Path) -> dict[str, str]:
+    """No PG* settings of this shell, and a HOME the unprivileged user can read."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+    env.update({"LC_ALL": "C.UTF-8", "HOME": str(root)})
+    return env
+
+
 def _as_user() -> dict:
     """Popen arguments that drop root to an unprivileged user; nothing when not root."""
     return {"user": UNPRIVILEGED, "group": "nogroup"} if os.geteuid() == 0 else {}
@@ -60,6 +67,13 @@ class Postgres:
             port: int | None = None) -> str:
         secret = self.password if password is None else password
         return (f"postgresql://{USER}:{secret}@127.0.0.1:{port or self.port}/{database}")
+
+    def create_database(self, name: str) -> None:
+        """Over the Unix socket, where the server trusts its own user (no password)."""
+        subprocess.run([str(postgres_bin() / "psql"), "-h", str(self.root / "sock"), "-p",
+                        str(self.port), "-U", USER, "-d", "postgres", "-c",
+                        f"CREATE DATABASE {name}"],
+                       check=True, capture_output=True, env=_env(self.root), **_as_user())
 
     def stop(self) -> None:
         """SIGINT is PostgreSQL's "fast shutdown": it ends its backends and exits."""
@@ -86,8 +100,7 @@ def start_postgres() -> Postgres:
     if os.geteuid() == 0:
         for path in (root, socket_dir, root / "pwfile"):
             shutil.chown(path, UNPRIVILEGED, "nogroup")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
-    env.update({"LC_ALL": "C.UTF-8", "HOME": str(root)})
+    env = _env(root)
     subprocess.run([str(binaries / "initdb"), "-D", str(data), "-U", USER, "-E", "UTF8",
                     "--auth-local=trust", "--auth-host=scram-sha-256",
                     f"--pwfile={root / 'pwfile'}"],
@@ -103,9 +116,7 @@ def start_postgres() -> Postgres:
     server = Postgres(root, port, password, process)
     try:
         _wait_postgres(server, binaries)
-        subprocess.run([str(binaries / "psql"), "-h", str(socket_dir), "-p", str(port), "-U", USER,
-                        "-d", "postgres", "-c", f"CREATE DATABASE {DATABASE}"],
-                       check=True, capture_output=True, env=env, **_as_user())
+        server.create_database(DATABASE)
     except BaseException:
         server.stop()
         raise

@@ -13,8 +13,10 @@ import copy
 import logging
 import os
 import socket
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import ray
 from omegaconf import DictConfig
@@ -42,10 +44,37 @@ def connect(address: str | None, settings, config: DictConfig | None = None) -> 
                     f"its CLI, or set {LOCAL_ONLY_RAY_ENV}=0 before importing ray")
     # "local": always a fresh instance, never a cluster someone started with `ray start`.
     with privacy.no_cloud_probes() as worker_env:
-        ray.init(address="local", num_cpus=settings.num_cpus, num_gpus=settings.num_gpus,
-                 include_dashboard=settings.dashboard, dashboard_host=settings.dashboard_host,
-                 log_to_driver=False, configure_logging=False,
-                 runtime_env={"env_vars": worker_env} if worker_env else None)
+        context = ray.init(address="local", num_cpus=settings.num_cpus,
+                           num_gpus=settings.num_gpus, include_dashboard=settings.dashboard,
+                           dashboard_host=settings.dashboard_host, log_to_driver=False,
+                           configure_logging=False,
+                           runtime_env={"env_vars": worker_env} if worker_env else None)
+    if settings.dashboard and getattr(context, "dashboard_url", None):
+        print(f"rnnsweep: {dashboard_notice(context.dashboard_url)}", file=sys.stderr,
+              flush=True)
+
+
+def dashboard_notice(url: str) -> str:
+    """Where the dashboard is and how to log in to it. Ray 2.60's dashboard asks for the
+    cluster's token; the token itself is never printed (terminals end up in logs and
+    screen shares), only where it is kept."""
+    from rnnsweep.sweep.auth import AUTH_MODE_ENV, TOKEN_ENV, TOKEN_PATH_ENV
+
+    address = url if "://" in url else f"http://{url}"
+    host = address.split("://", 1)[1].rsplit(":", 1)[0]
+    where = "this machine only" if host in ("127.0.0.1", "localhost", "::1") else \
+        f"listening on {host}"
+    if os.environ.get(AUTH_MODE_ENV, "token").lower() != "token":
+        return f"Ray dashboard at {address} ({where}; no login: {AUTH_MODE_ENV} is off)"
+    if os.environ.get(TOKEN_ENV):
+        source = f"the value of {TOKEN_ENV} in this shell"
+    elif os.environ.get(TOKEN_PATH_ENV):
+        source = f"the contents of {os.environ[TOKEN_PATH_ENV]}"
+    else:
+        token_file = Path.home() / ".ray" / "auth_token"  # where Ray keeps (or made) it
+        source = f"the contents of {token_file} (`ray get-auth-token` prints it)"
+    return (f"Ray dashboard at {address} ({where}); it asks for Ray's token: paste "
+            f"{source}")
 
 
 def connect_cluster(address: str, config: DictConfig | None) -> None:
