@@ -24,6 +24,8 @@ SMALLEST = {
     "gpu_check.py": (["--allow-cpu", "--toy"], ""),
     "launcher_overhead.py": (["--repeats", "1", "--steps", "1", "--only", "b"], ""),
     "sweep_scale.py": (["--sizes", "2", "4", "--repeats", "1"], "marginal cost per trial"),
+    "team_store.py": (["--sizes", "2", "4", "--repeats", "1"], "marginal cost per trial"),
+    "bare_node.py": ([], "first trial started"),
 }
 
 

@@ -1,0 +1,144 @@
+"""Recording at scale over HTTP (issue 21, item 4): the marginal cost per trial of a sweep
+into a team's tracking server (``mlflow server`` on PostgreSQL, proxied artifacts) against
+the embedded SQLite store, side by side.
+
+Starts a real PostgreSQL and ``mlflow server`` on 127.0.0.1 (tests/team_server.py; both
+stopped by their PIDs at the end), then runs
+``python -m rnnsweep -m 'seed=range(N)' steps=1 workload=train`` at toy sizes, as a user
+runs it (a whole CLI process, the default Ray launcher, the embedded Ray), for each size
+and store, alternating (SQLite N1, server N1, SQLite N2, server N2, ...) so that drift in
+the machine's load hits both. Each run gets an experiment of its own on the server and a
+fresh SQLite file. Reports per run the wall time and that every trial was recorded (N
+FINISHED children nested under one FINISHED parent, read back through the same store),
+then per store the marginal cost per trial, (wall(N_big) - wall(N_small)) / (N_big -
+N_small), paired within a repeat. Target: <= 0.1 s per trial. The driver writes each trial
+with MLflow's batch API (``log_batch``: params, tags and every step's metrics in one or two
+requests) and sets its status in one more.
+
+    python benchmarks/team_store.py [--sizes 64 1000] [--repeats 1] [--timeout 1800]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from conftest import cli_env, start_cli, toy  # noqa: E402
+from team_server import start_mlflow_server, start_postgres  # noqa: E402
+
+STORES = ("sqlite", "server")
+
+
+@dataclass
+class Sample:
+    store: str
+    trials: int
+    wall_s: float
+    recorded: int
+    nested: int  # children whose mlflow.parentRunId is the parent
+    parent_status: str
+
+
+def run_sweep(store: str, uri: str, experiment: str, trials: int, tmp: Path,
+              timeout: float) -> Sample:
+    args = ["-m", *toy("steps=1", "workload=train", f"seed=range({trials})"),
+            f"tracking.uri={uri}", f"tracking.experiment={experiment}",
+            f"hydra.sweep.dir={tmp}/multirun-{experiment}"]
+    log_path = tmp / f"{experiment}.log"
+    with log_path.open("w") as log:
+        started = time.perf_counter()
+        proc = start_cli(args, tmp, merge_output=True, stdout=log)
+        try:
+            proc.wait(timeout=timeout)
+        except Exception:
+            proc.kill()
+            raise
+        wall = time.perf_counter() - started
+    if proc.returncode != 0:
+        raise SystemExit(f"{store} N={trials} exited {proc.returncode}:\n"
+                         f"{log_path.read_text()[-3000:]}")
+    recorded, nested, status = count_runs(uri, experiment)
+    return Sample(store, trials, wall, recorded, nested, status)
+
+
+def count_runs(uri: str, experiment: str) -> tuple[int, int, str]:
+    from mlflow.entities import ViewType
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    found = client.get_experiment_by_name(experiment).experiment_id
+    runs, token = [], None
+    while True:
+        page = client.search_runs([found], run_view_type=ViewType.ALL, max_results=1000,
+                                  page_token=token)
+        runs += page
+        token = page.token
+        if not token:
+            break
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    ids = {p.info.run_id for p in parents}
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId")]
+    finished = sum(r.info.status == "FINISHED" for r in children)
+    nested = sum(r.data.tags["mlflow.parentRunId"] in ids for r in children)
+    return finished, nested, ",".join(p.info.status for p in parents)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[64, 1000])
+    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--timeout", type=float, default=1800, help="seconds per sweep")
+    parser.add_argument("--server-workers", type=int, default=2)
+    opts = parser.parse_args()
+
+    postgres = start_postgres()
+    with tempfile.TemporaryDirectory(prefix="rnnsweep-team-bench-") as tmp_name:
+        tmp = Path(tmp_name)
+        server = None
+        try:
+            server = start_mlflow_server(postgres.uri(), tmp / "server",
+                                         cli_env({"MLFLOW_SERVER_ENABLE_JOB_EXECUTION":
+                                                  "false"}), workers=opts.server_workers)
+            samples: dict[tuple[str, int], list[Sample]] = {}
+            for repeat in range(opts.repeats):
+                for n in opts.sizes:
+                    for store in STORES:
+                        experiment = f"bench-{store}-{n}-{repeat}"
+                        uri = (f"sqlite:///{tmp}/{experiment}.db" if store == "sqlite"
+                               else server.url)
+                        sample = run_sweep(store, uri, experiment, n, tmp, opts.timeout)
+                        samples.setdefault((store, n), []).append(sample)
+                        print(f"repeat {repeat + 1}: {store:<6} N={n:<5} wall "
+                              f"{sample.wall_s:7.1f} s  recorded {sample.recorded}/{n}  "
+                              f"nested {sample.nested}/{n}  parent {sample.parent_status}",
+                              flush=True)
+        finally:
+            if server is not None:
+                server.stop()
+            postgres.stop()
+
+    print(f"\n{opts.repeats} repeat(s), whole CLI processes, medians")
+    print(f"{'store':<8}{'N':>6}{'wall s':>10}{'s/trial':>10}{'all recorded':>14}")
+    for (store, n), runs in sorted(samples.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+        wall = statistics.median(s.wall_s for s in runs)
+        complete = all(s.recorded == s.nested == n and s.parent_status == "FINISHED"
+                       for s in runs)
+        print(f"{store:<8}{n:>6}{wall:>10.1f}{wall / n:>10.3f}{'yes' if complete else 'NO':>14}")
+    sizes = sorted(opts.sizes)
+    for small, big in zip(sizes, sizes[1:], strict=False):
+        for store in STORES:
+            marginal = [(b.wall_s - s.wall_s) / (big - small) for s, b in
+                        zip(samples[(store, small)], samples[(store, big)], strict=True)]
+            print(f"marginal cost per trial, {store:<6} N={small} -> {big}: "
+                  f"{statistics.median(marginal):.3f} s (every repeat: "
+                  f"{' '.join(f'{m:.3f}' for m in marginal)}; target <= 0.1 s)")
+
+
+if __name__ == "__main__":
+    main()
