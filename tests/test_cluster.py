@@ -72,11 +72,17 @@ def test_runtime_env_ships_named_packages_and_a_working_dir(tmp_path, monkeypatc
         shipping.runtime_env_for(_ray_cfg(working_dir=str(tmp_path / "none")))
 
 
-def test_inside_a_submitted_job_the_jobs_own_code_is_kept(monkeypatch):
+def test_inside_a_submitted_job_the_jobs_own_code_is_kept(monkeypatch, tmp_path):
+    # The job's working dir wins; the modules (Hydra, OmegaConf: not in it) still travel.
     monkeypatch.setenv(shipping.JOB_CONFIG_ENV, '{"runtime_env": {"working_dir": "gcs://x"}}')
+    env = shipping.runtime_env_for(_ray_cfg(working_dir=str(tmp_path)))
+    assert "working_dir" not in env
+    assert "hydra" in {Path(m).name for m in env["py_modules"]}
+    # A job that chose its own py_modules gets nothing added (Ray refuses a key twice).
+    monkeypatch.setenv(shipping.JOB_CONFIG_ENV, '{"runtime_env": {"py_modules": ["gcs://y"]}}')
     assert shipping.runtime_env_for(_ray_cfg()) is None
     monkeypatch.setenv(shipping.JOB_CONFIG_ENV, '{"runtime_env": {}}')
-    assert shipping.runtime_env_for(_ray_cfg()) is not None
+    assert shipping.runtime_env_for(_ray_cfg(working_dir=str(tmp_path)))["working_dir"]
 
 
 def test_cluster_config_passes_rays_own_schema():

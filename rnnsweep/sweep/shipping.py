@@ -60,13 +60,16 @@ def runtime_env_for(config: DictConfig | None) -> dict | None:
 
 
 def _without_job_keys(env: dict) -> dict | None:
-    """Inside ``ray job submit``, the job's own code (``--working-dir``, ``py_modules``)
-    is already on every node, and Ray refuses a driver that sets the same keys again."""
+    """Inside ``ray job submit``, the job's own ``runtime_env`` is merged with this one key
+    by key, and Ray refuses a key set twice. The job's working directory (usually the
+    checkout) wins over ``ray.working_dir``; the ``py_modules`` still travel, because a
+    node with only torch and Ray lacks Hydra and OmegaConf whatever the job uploaded. A job
+    that set ``py_modules`` itself chose what travels: nothing is added to it."""
     job = json.loads(os.environ.get(JOB_CONFIG_ENV, "{}") or "{}")
-    job_env = job.get("runtime_env") or {}
-    if job_env.get("working_dir") or job_env.get("py_modules"):
+    job_env = {k: v for k, v in (job.get("runtime_env") or {}).items() if v}
+    if "py_modules" in job_env:
         return None
-    return env
+    return {k: v for k, v in env.items() if k not in job_env}
 
 
 def _rnnsweep_dir() -> Path:
