@@ -65,3 +65,45 @@ def test_a_sweeps_children_are_read_a_page_at_a_time(mlflow_store, monkeypatch):
     assert pages == [2]  # nothing read beyond the first page yet
     assert len([first, *children]) == 5
     assert pages == [2, 2, 1]
+
+
+# --- stores checked before anything starts (issue 22), and opened only to read -------------
+
+
+def test_stores_that_lose_everything_or_are_no_file_are_refused(tmp_path):
+    import pytest
+
+    from rnnsweep.config.errors import ConfigError
+    from rnnsweep.config.store import check_uri
+
+    for uri, words in (("sqlite://", "in-memory"), ("sqlite:///:memory:", "in-memory"),
+                       ("sqlite:////dev/null", "not a regular file"),
+                       ("http://127.0.0.1:99999", "Port out of range")):
+        with pytest.raises(ConfigError, match=words):
+            check_uri(uri)
+    assert not (tmp_path / ":memory:").exists()
+
+
+def test_a_reader_needs_an_mlflow_store_and_leaves_every_file_alone(mlflow_store, tmp_path):
+    import pytest
+
+    from rnnsweep.config.errors import ConfigError
+    from rnnsweep.config.store import check_uri
+
+    empty = tmp_path / "empty.db"
+    empty.write_bytes(b"")
+    with pytest.raises(ConfigError, match="not an MLflow store"):
+        check_uri(f"sqlite:///{empty}", read_only=True)
+    check_uri(f"sqlite:///{empty}")  # the sweep command makes a store of an empty file
+    assert empty.read_bytes() == b""
+    with pytest.raises(ConfigError, match="no such file"):
+        check_uri(f"sqlite:///{tmp_path / 'none.db'}", read_only=True)
+    Tracker(mlflow_store.uri, "exists")
+    lock = mlflow_store.path.with_name(mlflow_store.path.name + ".lock")
+    lock.unlink(missing_ok=True)
+    check_uri(mlflow_store.uri, read_only=True)
+    reader = Tracker(mlflow_store.uri, "exists", create=False)
+    assert reader.experiment_id and not lock.exists()
+    with pytest.raises(Exception, match="no experiment 'absent'"):
+        Tracker(mlflow_store.uri, "absent", create=False)
+    assert mlflow_store.client.get_experiment_by_name("absent") is None
