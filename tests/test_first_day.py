@@ -277,3 +277,52 @@ def test_a_ready_sweep_without_m_exits_2_in_one_line(tmp_path):
     assert done.returncode == 2
     assert done.stderr.count("\n") == 1 and "add -m" in done.stderr
     assert not (tmp_path / "mlflow.db").exists()
+
+
+@pytest.mark.slow
+def test_report_html_table_fits_a_narrow_viewer_in_a_real_browser(tmp_path):
+    """The table ran off the right edge of MLflow's artifact viewer (1955 px of table in
+    an 884 px frame before; the frame is measured by headless Chromium)."""
+    import shutil
+    import subprocess
+
+    from rnnsweep.report import render
+    from rnnsweep.report.model import Report
+
+    binary = shutil.which("chromium")
+    if binary is None:
+        pytest.skip("chromium is not installed (apt-get install -y chromium)")
+    columns = ["run", "batch", "latency_ms", "latency_ms_per_seq", "throughput_seq_per_s",
+               "step_time_ms", "final_loss", "nonfinite_steps", "max_grad_norm",
+               "peak_mem_mb", "timing", "outcome"]
+    rows = [[f"abcdef{i:02d}", str(b), "12.34 ±0.567", "0.4321", "2,317", "45.67", "0.1667",
+             "0", "3.456", "123.4", "noisy", "OK"] for i, b in enumerate([1, 8, 32, 128])]
+    rows[1][-1] = "FAILED: RuntimeError: the trial raised at step 0 (guard.raise_at_step)"
+    report = Report(parent_run_id="p" * 32, sweep="batch_scaling", device="CPU (2 threads)",
+                    axes=["batch"], trials=[], columns=columns, rows=rows)
+    (tmp_path / "report.html").write_text(render.html(report))
+    (tmp_path / "frame.html").write_text(
+        '<html><body style="margin:0"><iframe id=f src="report.html" '
+        'style="width:900px;height:800px;border:0"></iframe><script>'
+        "document.getElementById('f').onload=function(){var t=this.contentDocument"
+        ".querySelector('.scroll');document.body.setAttribute('data-fit',"
+        "t.scrollWidth+'/'+t.clientWidth);}</script></body></html>")
+    dom = subprocess.run(
+        [binary, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+         "--allow-file-access-from-files", f"--user-data-dir={tmp_path / 'profile'}",
+         "--window-size=1000,900", "--virtual-time-budget=5000", "--dump-dom",
+         (tmp_path / "frame.html").as_uri()],
+        capture_output=True, text=True, timeout=120).stdout
+    fit = re.search(r'data-fit="(\d+)/(\d+)"', dom)
+    assert fit, dom[-2000:]
+    assert int(fit.group(1)) <= int(fit.group(2))
+
+
+def test_report_markdown_names_its_plots_instead_of_broken_image_links():
+    from rnnsweep.report import render
+    from rnnsweep.report.model import Report
+
+    report = Report(parent_run_id="p", sweep="s", device="cpu", axes=[], trials=[],
+                    columns=["run"], rows=[], plots={"plots/batch_scaling.png": b""})
+    text = render.markdown(report)
+    assert "![" not in text and "- plots/batch_scaling.png" in text

@@ -64,17 +64,26 @@ def markdown(report: Report) -> str:
         for note in report.notes:  # a blank line before each group's heading
             lines += [note] if note.startswith("- ") else ["", note, ""]
     if report.plots:
-        lines += ["", "## Plots", ""] + [f"![{p}]({p})" for p in report.plots]
+        # Named, not embedded: in MLflow's artifact viewer a relative image path does not
+        # resolve, and ![plots/x.png](plots/x.png) showed as its text; report.html has
+        # the plots inline.
+        lines += ["", "## Plots", "", "PNG files beside this report (report.html shows them "
+                  "inline):", ""] + [f"- {p}" for p in report.plots]
     return "\n".join(lines) + "\n"
 
 
 # Scrolling tables and plots scaled to the frame: MLflow's artifact viewer is narrower than
 # a 1100-px plot or a 20-column table.
+# Headers wrap at any character (metric names are long and unbroken) and the outcome's
+# reason wraps at words, so a wide sweep's table fits the viewer's width instead of
+# running off its right edge; numbers stay on one line.
 STYLE = ("body{font-family:sans-serif;margin:8px;max-width:100%} "
-         ".scroll{overflow-x:auto;max-width:100%} table{border-collapse:collapse} "
-         "td,th{border:1px solid #ccc;padding:2px 6px;text-align:right;white-space:nowrap} "
-         "td:last-child{text-align:left} img{max-width:100%;height:auto} "
-         ".noisy{background:#fff3cd}")
+         ".scroll{overflow-x:auto;max-width:100%} "
+         "table{border-collapse:collapse;font-size:13px;max-width:100%} "
+         "td,th{border:1px solid #ccc;padding:2px 4px;text-align:right;white-space:nowrap} "
+         "th{white-space:normal;overflow-wrap:anywhere;min-width:3em;vertical-align:bottom} "
+         "td:last-child{text-align:left;white-space:normal;min-width:10em} "
+         "img{max-width:100%;height:auto} .noisy{background:#fff3cd}")
 
 
 def html(report: Report) -> str:
