@@ -123,7 +123,9 @@ def test_readers_leave_no_lock_beside_the_store(swept, module):
     args = ["--run-id", parents[0]] if module == "report" else parents
     before = sorted(p.name for p in directory.iterdir())
     result = _reader(module, directory, *args, "--no-log")
-    assert result.returncode == 0, result.stderr[-3000:]
+    # compare's 1 is a verdict (a timing significantly slower), not a failure to read.
+    assert result.returncode in (0, 1) and "Traceback" not in result.stderr, result.stderr
+    assert "| batch" in result.stdout or "| trial" in result.stdout
     assert sorted(p.name for p in directory.iterdir()) == before  # no mlflow.db.lock
 
 

@@ -36,7 +36,7 @@ def _need_postgres() -> None:
         if os.environ.get("CI", "").lower() not in ("", "0", "false"):
             pytest.fail("PostgreSQL is missing; CI must install it (apt-get install -y postgresql)")
         pytest.skip("PostgreSQL is not installed (apt-get install -y postgresql)")
-    pytest.importorskip("psycopg2", reason="pip install 'rnnsweep[postgres]'")
+    pytest.importorskip("psycopg", reason="pip install 'rnnsweep[postgres]'")
 
 
 @pytest.fixture(scope="module")
