@@ -27,7 +27,7 @@ TRAIN_KEYS = ("final_loss", "max_grad_norm", "max_grad_norm_clipped", "step_time
               "nan_loss_steps", "nan_backward_steps", "exploding_steps", "vanishing_steps")
 BENCH_KEYS = ("latency_ms", "latency_iqr_ms", "latency_ms_per_seq", "throughput_seq_per_s",
               "throughput_tok_per_s", "gflops", "matmul_gflops", "flop_utilization")
-SERIES = ("loss", "grad_norm", "grad_norm_clipped", "saturation")
+SERIES = ("loss", "grad_norm", "grad_norm_clipped", "saturation", "lr", "step_ms", "seq_per_s")
 
 # docs/experiments.md, experiment 4: the exploding-gradient demonstration.
 EXPLODING = ["model=rnn", "model.recurrent_init_scale=3", "task=adding", "task.optimizer=sgd",

@@ -250,6 +250,7 @@ def _train(cfg: DictConfig, model: nn.Module, device: torch.device,
     if result.stopped:
         record.outcome, record.reason, stopped_at = result.stopped
         record.tags["rnnsweep.stopped_at_step"] = str(stopped_at)
+        record.tags["rnnsweep.stop_reason"] = record.reason[:4000]
     if cfg.steps and done and result.counts.get("nonfinite_steps") == done:
         record.outcome = DIVERGED
         record.reason = f"all {done} training steps were non-finite (skipped)"

@@ -26,8 +26,6 @@ from rnnsweep.trial.models import split_output
 COLUMNS = ("loss", "grad_norm", "grad_norm_clipped", "output_finite", "saturation")
 # Host-side values of each step: the learning rate it stepped with, its time and rate.
 PER_STEP = ("lr", "step_ms", "seq_per_s")
-# What goes out live each step (the held-out metrics join at evaluation steps).
-LIVE = ("loss", "grad_norm", "grad_norm_clipped", "saturation", "grad_scale", *PER_STEP)
 
 
 @dataclass
@@ -193,7 +191,7 @@ def train(model: nn.Module, batch_at, steps: int, optimizer: torch.optim.Optimiz
                 result.sparse.setdefault(name, {})[step] = value
                 values[name] = value
         if live is not None:
-            live.log(step, {k: v for k, v in values.items() if k in LIVE})
+            live.log(step, {k: v for k, v in values.items() if k != "output_finite"})
         if hooks.checkpoint is not None and step < steps - 1 and hooks.checkpoint.due(step):
             hooks.checkpoint.save(_state(step + 1, model, optimizer, scaler, hooks, result))
         if guard.stop_after_nonfinite and nonfinite_in_a_row >= guard.stop_after_nonfinite:
