@@ -326,10 +326,16 @@ def test_a_sweep_rerun_after_its_driver_died_continues_from_the_checkpoint(mlflo
     finally:
         if proc.poll() is None:
             proc.kill()
+    # The report command reaps the dead sweep, as the sweep commands do.
+    report = run_cli(["--experiment", "rnnsweep", "--tracking-uri", mlflow_store.uri,
+                      "--no-log"], tmp_path, module="rnnsweep.report")
+    assert report.returncode == 0, report.stdout + report.stderr
+    assert "driver was lost" in report.stdout
+    old = mlflow_store.client.get_run(run.info.run_id)
+    assert old.info.status == "KILLED"
+    assert old.data.tags["rnnsweep.reason"] == "driver lost"
     again = run_cli(args, tmp_path)
     assert again.returncode == 0, again.stdout + again.stderr
-    old = mlflow_store.client.get_run(run.info.run_id)
-    assert old.info.status == "KILLED"  # reaped: its driver was lost
     new = [r for r in _children(mlflow_store) if r.info.run_id != run.info.run_id]
     assert len(new) == 1
     new = new[0]

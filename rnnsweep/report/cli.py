@@ -10,6 +10,7 @@ from mlflow.exceptions import MlflowException
 
 from rnnsweep.report.reading import ReportError, locate
 from rnnsweep.report.text import one_line
+from rnnsweep.sweep import lease
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -21,6 +22,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.out is not None:
             check_out_dir(args.out)
         tracker, parent = locate(args.tracking_uri, args.run_id, args.experiment)
+        # A sweep whose driver died is closed first, as the sweep commands close it: its
+        # report then shows its trials KILLED ("driver lost"), never RUNNING.
+        reaped = lease.reap_lost_sweeps(tracker)
+        if reaped:
+            print(f"closed {len(reaped)} sweep(s) whose driver was lost: {', '.join(reaped)}")
         report = build_report(tracker, parent)
     except (ReportError, MlflowException) as exc:
         print(f"rnnsweep.report: error: {one_line(str(exc))}", file=sys.stderr)
