@@ -2,9 +2,10 @@
 line, checked before anything starts (the CLI calls ``check`` right after composing the
 trials, before Ray or the store): one line naming the key and what is allowed.
 
-The objective metric is checked against what the workload records
-(``rnnsweep.search.metrics``): a misspelt ``objective.metric`` would otherwise give every
-trial the worst value, and Optuna would search on nothing.
+``objective.metric`` itself is checked for every sweep by
+``rnnsweep.config.long_trials.check_sweep``; here, what a pruner or a second objective
+adds: a pruner judges the live values a training trial reports, and a second objective
+must be a metric the workload records.
 """
 
 from __future__ import annotations
@@ -63,7 +64,8 @@ def check(config: DictConfig, overrides: Sequence[str]) -> None:
             f"hydra.launcher.stopper={stopper}: under hydra/sweeper=rnnsweep_optuna, Optuna's "
             "pruner stops trials; set hydra.sweeper.pruner=successive_halving (ASHA), median or "
             "hyperband instead; allowed hydra.launcher.stopper: none")
-    _check_metric(config, "objective.metric", metric)
+    if settings.pruner != "none":
+        _check_live(config, settings.pruner, metric)
     if settings.second_objective:
         _check_second(config, settings)
     try:
@@ -94,11 +96,27 @@ def _check_second(config: DictConfig, settings: DictConfig) -> None:
 
 
 def _check_metric(config: DictConfig, key: str, metric: str) -> None:
-    from rnnsweep.search import metrics
+    from rnnsweep.config.long_trials import produced_metrics
 
-    why = metrics.check(config, key, metric)
-    if why:
-        raise ConfigError(why)
+    produced = produced_metrics(config)
+    if produced is not None and metric not in produced:
+        raise ConfigError(f"{key}={metric}: this workload never records it; allowed here: "
+                          f"{', '.join(sorted(produced))}")
+
+
+def _check_live(config: DictConfig, pruner: str, metric: str) -> None:
+    """The same rule as the launcher's stoppers: Optuna's pruners are fed the same values."""
+    from rnnsweep.config.long_trials import LIVE_METRICS, LIVE_TEXT_METRICS
+
+    if not OmegaConf.select(config, "workload.train", default=False):
+        raise ConfigError(f"hydra.sweeper.pruner={pruner}: a pruner judges training trials as "
+                          "they train; this workload does not train (workload=train or "
+                          "train_bench); allowed here: none")
+    text = OmegaConf.select(config, "task._target_") == "rnnsweep.trial.data.CharText"
+    live = LIVE_METRICS | (LIVE_TEXT_METRICS if text else frozenset())
+    if metric not in live:
+        raise ConfigError(f"hydra.sweeper.pruner={pruner}: objective.metric={metric} is not "
+                          f"reported while a trial trains; allowed: {', '.join(sorted(live))}")
 
 
 def _one_of(key: str, value, allowed: Sequence[str]) -> None:
