@@ -2,13 +2,24 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Collection, Sequence
 from typing import TYPE_CHECKING
 
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
-from rnnsweep.record import NON_IDENTITY_PREFIXES, TrialRecord
+from rnnsweep.record import (
+    CONFIG_HASH_TAG,
+    NON_IDENTITY_PREFIXES,
+    OUTCOME_TAG,
+    REASON_TAG,
+    TIMED_OUT,
+    TrialRecord,
+    config_hash,
+    flatten,
+)
 
 if TYPE_CHECKING:
     from rnnsweep.sweep.context import SweepContext
@@ -29,9 +40,7 @@ class SweepTask:
     def __call__(self, cfg: DictConfig) -> TrialRecord | float:
         # Imported here, not at the top: a Ray worker unpickles this module before its
         # first trial and never needs MLflow, and the Ray driver never needs torch.
-        from rnnsweep.trial.run import run_trial
-
-        record = run_trial(cfg)
+        record = run_limited(cfg) if self.context is not None else _run(cfg)
         if self.context is not None:
             from rnnsweep.sweep.worker import node_fingerprint
 
@@ -48,6 +57,62 @@ class SweepTask:
     def __getstate__(self) -> dict:
         # The context holds MLflow clients, threads and locks; it never leaves the driver.
         return {"context": None}
+
+
+def _run(cfg: DictConfig) -> TrialRecord:
+    # Imported here, not at the top: a Ray worker unpickles this module before its
+    # first trial and never needs MLflow, and the Ray driver never needs torch.
+    from rnnsweep.trial.run import run_trial
+
+    return run_trial(cfg)
+
+
+# After a single run's time limit, how long its trial has to stop before it is left.
+STOP_GRACE_S = 5.0
+
+
+def run_limited(cfg: DictConfig) -> TrialRecord:
+    """A trial in this process (a single run), held to ``trial_timeout_s`` as the launcher
+    holds its trials: asked to stop at its limit, it ends TIMED_OUT with its partial
+    metrics; one that does not stop (hung) is left on its thread, recorded from the
+    values it reported, and ends with the process."""
+    from rnnsweep.trial import live
+
+    limit = OmegaConf.select(cfg, "trial_timeout_s")
+    if not limit:
+        return _run(cfg)
+    watched = live.Live()
+    done: dict[str, TrialRecord] = {}
+
+    def trial() -> None:
+        with live.activated(watched):
+            done["record"] = _run(cfg)
+
+    started = time.time()
+    thread = threading.Thread(target=trial, name="rnnsweep-trial", daemon=True)
+    thread.start()
+    thread.join(limit)
+    reason = f"trial_timeout_s={limit:g}: still running after {limit:g} s"
+    if thread.is_alive():
+        watched.request_stop(TIMED_OUT, reason)
+        thread.join(STOP_GRACE_S)
+    if "record" in done:
+        return done["record"]
+    rows = watched.drain()
+    container = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+    record = TrialRecord(params=flatten(container), outcome=TIMED_OUT, started_at=started,
+                         finished_at=time.time(),
+                         reason=f"{reason}; it did not stop when asked, and was left")
+    record.tags = {CONFIG_HASH_TAG: config_hash(record.params), OUTCOME_TAG: TIMED_OUT,
+                   REASON_TAG: record.reason}
+    series: dict[str, list[float]] = {}
+    for _, values in rows:  # steps in order from 0: a dense series
+        for name, value in values.items():
+            series.setdefault(name, []).append(value)
+    record.step_metrics = {k: v for k, v in series.items() if len(v) == len(rows)}
+    if "loss" in series:
+        record.metrics["final_loss"] = series["loss"][-1]
+    return record
 
 
 def trial_name(overrides: Sequence[str] | None = None,
