@@ -1,4 +1,5 @@
-"""Hydra's Optuna sweeper drives rnnsweep's Ray launcher on the embedded Ray.
+"""Hydra's own Optuna sweeper (hydra-optuna-sweeper, optional) drives rnnsweep's Ray
+launcher on the embedded Ray.
 
 The task function hands Optuna ``objective.metric``; the records still go to MLflow,
 every trial a child of one parent, the best value logged there; a sweeper that raises
@@ -14,6 +15,11 @@ from conftest import TOY, cli_paths, run_cli
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
 pytestmark = pytest.mark.slow
+# Hydra's own Optuna sweeper pins optuna<3; rnnsweep's install no longer brings it (its own
+# sweeper, hydra/sweeper=rnnsweep_optuna, is tested in test_optuna_sweeper.py). These tests
+# run where it is installed, in an environment of its own.
+pytest.importorskip("hydra_plugins.hydra_optuna_sweeper",
+                    reason="hydra-optuna-sweeper is not installed (it needs optuna<3)")
 
 OPTUNA = ["-m", "hydra/sweeper=optuna", "hydra/sweeper/sampler=tpe",
           "hydra.sweeper.sampler.seed=7", "hydra.sweeper.n_jobs=2"]

@@ -281,16 +281,16 @@ def test_task_function_returns_the_objective_and_records_the_trial(mlflow_store,
 
 def test_objective_direction_must_match_the_sweepers():
     with pytest.raises(ConfigError, match="hydra.sweeper.direction=maximize.*objective"):
-        check_overrides(["hydra/sweeper=optuna", "hydra.sweeper.direction=maximize"], True)
-    check_overrides(["hydra/sweeper=optuna", "hydra.sweeper.direction=maximize",
+        check_overrides(["hydra/sweeper=rnnsweep_optuna", "hydra.sweeper.direction=maximize"], True)
+    check_overrides(["hydra/sweeper=rnnsweep_optuna", "hydra.sweeper.direction=maximize",
                      "objective.direction=maximize", *TOY], True)
 
 
 def test_optuna_ranges_are_checked_at_both_ends():
     with pytest.raises(ConfigError, match="batch=0"):
-        check_overrides(["hydra/sweeper=optuna", "batch=tag(int, interval(0, 8))", *TOY],
+        check_overrides(["hydra/sweeper=rnnsweep_optuna", "batch=tag(int, interval(0, 8))", *TOY],
                         True)
-    trials = check_overrides(["hydra/sweeper=optuna", "batch=tag(int, interval(1, 8))",
+    trials = check_overrides(["hydra/sweeper=rnnsweep_optuna", "batch=tag(int, interval(1, 8))",
                               *TOY], True).trials
     assert sorted(t.batch for t in trials) == [1, 8]
 
