@@ -436,3 +436,30 @@ def test_a_single_run_has_its_trials_duration_and_time_limit(mlflow_store, tmp_p
     assert 4 <= duration < 4 + 8, duration
     assert run.info.start_time / 1e3 >= began
     assert "final_loss" in run.data.metrics
+
+
+@pytest.mark.slow
+def test_a_locked_store_drops_live_values_but_loses_no_step(mlflow_store, tmp_path):
+    import sqlite3
+
+    steps = 600
+    proc = start_cli([*LONG, f"steps={steps}", "seed=5", "tracking.live_queue=40",
+                      *cli_paths(mlflow_store, tmp_path)], tmp_path, merge_output=True)
+    try:
+        run = wait_for(lambda: _only_child(mlflow_store), 120, "the trial's run")
+        wait_for(lambda: len(_steps(mlflow_store, run.info.run_id)) >= 20, 120, "20 steps")
+        # Another writer holds the store: live batches queue, overflow and fail meanwhile.
+        db = sqlite3.connect(mlflow_store.path, timeout=30, isolation_level=None)
+        db.execute("BEGIN EXCLUSIVE")
+        time.sleep(8)
+        db.execute("COMMIT")
+        db.close()
+        out, _ = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, out
+    run = mlflow_store.client.get_run(run.info.run_id)
+    assert run.info.status == "FINISHED"
+    assert "live values could not be written" in run.data.tags["rnnsweep.live.dropped"]
+    assert _steps(mlflow_store, run.info.run_id) == list(range(steps))
