@@ -26,6 +26,8 @@ from rnnsweep.redaction import connection_uri, redact
 
 # MLflow's per-request limits for log_batch: of each kind, and in all.
 MAX_METRICS, MAX_PARAMS, MAX_TAGS, MAX_ENTITIES = 1000, 100, 100, 1000
+# runs.name is VARCHAR(250): SQLite ignores the length, PostgreSQL and MySQL do not.
+MAX_RUN_NAME = 250
 ROLE_TAG = "rnnsweep.role"
 # On every child run: the run id of its sweep's parent (pandas can group by it directly).
 SWEEP_TAG = "rnnsweep.sweep"
@@ -60,6 +62,8 @@ class Tracker:
                   parent_run_id: str | None = None, start_time: float | None = None) -> str:
         """``start_time``: when the run's work began (epoch seconds), if not now."""
         name = redact(name)
+        if len(name) > MAX_RUN_NAME:  # a long command line: PostgreSQL refuses the run
+            name = name[:MAX_RUN_NAME - 1] + "…"
         all_tags = {MLFLOW_RUN_NAME: name, **{k: redact(v) for k, v in (tags or {}).items()}}
         if parent_run_id:
             all_tags[MLFLOW_PARENT_RUN_ID] = parent_run_id  # the UI nests runs by this tag

@@ -107,3 +107,12 @@ def test_a_reader_needs_an_mlflow_store_and_leaves_every_file_alone(mlflow_store
     with pytest.raises(Exception, match="no experiment 'absent'"):
         Tracker(mlflow_store.uri, "absent", create=False)
     assert mlflow_store.client.get_experiment_by_name("absent") is None
+
+
+def test_a_long_command_line_fits_mlflows_run_name_column(mlflow_store):
+    # runs.name is VARCHAR(250); PostgreSQL refused a sweep's whole command line as its name.
+    tracker = Tracker(mlflow_store.uri, "names")
+    run = tracker.client.get_run(tracker.start_run("batch=1,2 " * 60))
+    assert len(run.info.run_name) == tracking.MAX_RUN_NAME
+    assert run.info.run_name.startswith("batch=1,2 batch") and run.info.run_name.endswith("…")
+    assert run.data.tags["mlflow.runName"] == run.info.run_name
