@@ -310,16 +310,45 @@ def test_pruned_parallel_trials_end_stopped_in_mlflow_and_pruned_in_optuna(mlflo
 
 
 @pytest.mark.slow
-def test_the_dashboard_reads_a_live_study(tmp_path):
-    """optuna-dashboard opens the journal file rnnsweep writes (its own loader, no server)."""
+def test_the_dashboard_serves_a_journal_study_on_loopback(tmp_path):
+    """optuna-dashboard, as the README starts it, serves the journal file rnnsweep writes,
+    and sees a trial told after it started (live)."""
+    import json
+    import socket
+    import time
+    import urllib.request
+
     journal = tmp_path / "study.log"
-    study = optuna.create_study(study_name="rnnsweep", storage=optuna.storages.JournalStorage(
-        optuna.storages.journal.JournalFileBackend(str(journal))))
+    storage = optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(journal)))
+    study = optuna.create_study(study_name="rnnsweep", storage=storage)
     study.tell(study.ask(), 1.0)
-    code = ("import sys; from optuna_dashboard._storage_url import get_storage;"
-            "s = get_storage(sys.argv[1]); print(len(s.get_all_studies()))")
-    out = subprocess.run([sys.executable, "-c", code, str(journal)], capture_output=True,
-                         text=True, timeout=120)
-    assert out.returncode == 0, out.stderr[-2000:]
-    assert out.stdout.strip() == "1"
-    assert math.isfinite(study.best_value)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    dashboard = subprocess.Popen(
+        [str(Path(sys.executable).with_name("optuna-dashboard")), str(journal),
+         "--host", "127.0.0.1", "--port", str(port)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        def trials_served():
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies",
+                                        timeout=5) as answer:
+                studies = json.load(answer)["study_summaries"]
+            return {s["study_name"]: s for s in studies}
+
+        assert "rnnsweep" in wait_for(trials_served, 60, "the dashboard's studies")
+        study.tell(study.ask(), 0.5)  # told while the dashboard runs
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies/0",
+                                        timeout=5) as answer:
+                if len(json.load(answer)["trials"]) == 2:
+                    break
+            time.sleep(0.5)
+        else:
+            raise AssertionError("the dashboard never showed the second trial")
+    finally:
+        dashboard.terminate()  # the server this test started, by its handle
+        dashboard.wait(timeout=30)
+    assert math.isclose(study.best_value, 0.5)
