@@ -336,7 +336,7 @@ def test_reused_runs_are_in_the_report_marked_reused(tracker):
     assert column(report, "batch") == ["2", "4", "8"]
     assert [t.reused for t in report.trials] == [True, True, False]
     assert column(report, "outcome")[:2] == ["OK (reused)", "OK (reused)"]
-    assert any("2 trials were reused" in n for n in report.notes)
+    assert any("2 trials reused" in n for n in report.notes)
     # A sweep that reused everything still gets a complete report.
     everything = record_sweep(tracker, [], parent_tags={
         f"{REUSED_TAG_PREFIX}{run_id}": f"batch={batch}" for batch, run_id in reused.items()})

@@ -34,7 +34,7 @@ EXPECTED = {
                    "hardware.exclusive": True}, {"precision": "fp32,fp16,bf16"}),
     "clipping": ({"model.cell": "rnn", "model.input_size": 64, "model.hidden_size": 128,
                   "batch": 16, "seq_len": 50, "model.recurrent_init_scale": 3.0,
-                  "task.optimizer": "sgd", "task.lr": 0.01},
+                  "task.optimizer": "sgd", "task.lr": 0.2},
                  {"clipping.max_norm": "null,1.0,5.0"}),
     "seq_len_scaling": ({"model.cell": "lstm"}, {"seq_len": "25,50,100,200,400"}),
     "deployment": ({"workload.deploy": True}, {"model": "lstm,gru,rnn"}),

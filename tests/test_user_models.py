@@ -178,8 +178,9 @@ def test_workloads_that_need_a_builtin_are_unsupported(user, workload, words):
 @pytest.mark.parametrize("args, words", [
     (["model=no_import"], ["model._target_=no_such_package.Model", "cannot import",
                            "No module named 'no_such_package'"]),
-    (["model=bad_keys"], ["model._target_=usermods.TinyGRU", "rejects its config",
-                          "width"]),
+    # Checked against the constructor before it is built: the key, then its parameters.
+    (["model=bad_keys"], ["model.width: usermods.TinyGRU takes no such parameter",
+                          "bias, hidden_size, input_size"]),
     (["model=last_step"], ["model._target_=usermods.LastStepOnly", "output shape (2, 1)",
                            "expected (2, 10, 1)"]),
     (["task=char_lm", "task.path=/no/such/book.txt"], ["task.path=/no/such/book.txt",
