@@ -253,13 +253,18 @@ def _reusable(config: DictConfig, context: SweepContext, jobs: list[Job],
     if not context.records or OmegaConf.select(config, "ray.rerun", default=False):
         return {}
     finished = context.tracker.finished_configs()
-    known = {digest for digest, _ in finished}
+    noisy = getattr(context.tracker, "noisy_finished", {})  # filled by finished_configs
+    known = {digest for digest, _ in finished} | {digest for digest, _ in noisy}
     if not any(job.digest in known for job in jobs):
         return {}
     fingerprints = _node_fingerprints(nodes)
     if len(fingerprints) != 1:
         return {}
     (env,) = fingerprints
+    for job in jobs:
+        if (job.digest, env) in noisy and (job.digest, env) not in finished:
+            print(f"rnnsweep: trial {job.name}: its earlier run {noisy[(job.digest, env)][0]} "
+                  "had noisy timings; running it again rather than reusing it", flush=True)
     return {job.idx: finished[(job.digest, env)][0] for job in jobs
             if (job.digest, env) in finished}
 
