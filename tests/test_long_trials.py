@@ -420,6 +420,13 @@ def test_stoppers_end_the_poor_trials_early(mlflow_store, tmp_path, stopper):
     assert best.data.tags["rnnsweep.outcome"] == "OK"
     assert best.data.metrics["steps_done"] == 300
     assert "stopped early" in result.stdout
+    # The report shows where each trial stopped.
+    parent = next(r for r in mlflow_store.runs() if r.data.tags.get("rnnsweep.role") == "sweep")
+    report = mlflow_store.client.download_artifacts(parent.info.run_id, "report.md", tmp_path)
+    text = open(report).read()
+    assert "ended early, where they stopped" in text
+    for lr in ("1e-05", "3e-06"):
+        assert f"STOPPED at step {runs[lr].data.tags['rnnsweep.stopped_at_step']} of 300" in text
 
 
 @pytest.mark.slow

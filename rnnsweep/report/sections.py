@@ -255,7 +255,15 @@ def notes_section(report: Report) -> None:
                             "(error bars span the IQR):")
         report.notes += [f"- {_who(report, t)}: {cut(t.noise_reason, NOTE_CHARS)}"
                          for t in noisy]
-    not_ok = [t for t in report.trials if not t.ok]
+    stopped = [t for t in report.trials if t.outcome in ("STOPPED", "TIMED_OUT")]
+    if stopped:
+        report.notes.append(f"{_trials(len(stopped))} ended early, where they stopped:")
+        report.notes += [f"- {_who(report, t)}: {t.outcome} at step "
+                         f"{t.tags.get('rnnsweep.stopped_at_step', '?')} of "
+                         f"{t.params.get('steps', '?')}"
+                         + (f": {cut(t.reason, NOTE_CHARS)}" if t.reason else "")
+                         for t in stopped]
+    not_ok = [t for t in report.trials if not t.ok and t not in stopped]
     if not_ok:
         report.notes.append(f"{_trials(len(not_ok))} gave no numbers:")
         report.notes += [f"- {_who(report, t)}: {t.outcome}"
