@@ -7,6 +7,7 @@ transactions.
 
 from __future__ import annotations
 
+import os
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -43,6 +44,9 @@ class Tracker:
         """``create=False`` for a store that is only read (report, compare): no lock file
         beside it, and a missing experiment is an error, not a new one."""
         resolved = resolve_uri(uri)
+        # Against a tracking server MLflow prints "View run ... at: URL" on stdout each time
+        # a run ends: a line per trial, through the progress display.
+        os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
         self._artifact_uris: dict[str, str] = {}  # run id -> local artifact URI, till written
         self.uri = redact(resolved)  # shown and recorded; only the client sees credentials
         # A fresh SQLite store runs its migrations when it is first opened, and two
