@@ -154,7 +154,7 @@ def test_help_is_rnnsweeps_own_page(myconf, tmp_path):
     assert "+sweep=NAME" in page and "+sweep=batch_scaling" in page
     # How to add a model and a config directory; the objective; Hydra's flags.
     for words in ("_target_", "--config-dir myconf", "objective.metric", "--config-name",
-                  "hydra/sweeper=optuna"):
+                  "hydra/sweeper=rnnsweep_optuna", "hydra.launcher.stopper=asha"):
         assert words in page
     assert not (tmp_path / "mlflow.db").exists()
 

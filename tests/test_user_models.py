@@ -256,8 +256,9 @@ def test_objective_is_the_named_metric_or_the_worst_value():
     assert objective.value(cfg, TrialRecord(params={}, outcome=UNSUPPORTED)) == -math.inf
     missing = TrialRecord(params={}, metrics={"latency_ms": 1.0})
     assert objective.value(compose_cfg([]), missing) == 1.0  # the default: latency_ms
-    # The default follows the workload: a training-only trial is scored by its loss.
-    assert objective.settings(compose_cfg(["workload=train"])) == ("final_loss", "minimize")
+    # The default follows the workload: a training-only trial is scored by its best
+    # held-out loss (a user's task, which may have no held-out set, by its final loss).
+    assert objective.settings(compose_cfg(["workload=train"])) == ("best_val_loss", "minimize")
     assert objective.settings(compose_cfg(["workload=deploy"]))[0] == "stream_latency_ms_p50"
     assert objective.value(cfg, missing) == -math.inf
     minimize = compose_cfg(["objective.metric=final_loss"])

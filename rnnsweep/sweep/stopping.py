@@ -91,9 +91,9 @@ class MedianRule:
         self.history.setdefault(idx, []).append((step, mine))
         if step + 1 < self.grace:
             return None
-        means = [statistics.fmean(v for s, v in points if s <= step)
-                 for other, points in self.history.items()
-                 if other != idx and points[-1][0] >= step]
+        means = [statistics.fmean(upto) for other, points in self.history.items()
+                 if other != idx and points[-1][0] >= step
+                 and (upto := [v for s, v in points if s <= step])]
         if len(means) < self.min_trials:
             return None
         median = statistics.median(means)
