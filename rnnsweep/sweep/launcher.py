@@ -25,18 +25,19 @@ from hydra.core.utils import JobReturn, JobStatus, configure_log, setup_globals
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from rnnsweep import heap
-from rnnsweep.record import (
+from rnnsweep import contract, heap
+from rnnsweep.contract import (
     CONFIG_HASH_TAG,
     FAILED,
+    FINGERPRINT_TAG,
     OUTCOME_TAG,
     REASON_TAG,
     STOPPED,
     TIMED_OUT,
-    TrialRecord,
-    config_hash,
-    flatten,
+    TrialState,
+    to_tag,
 )
+from rnnsweep.record import TrialRecord, config_hash, flatten
 from rnnsweep.sweep import interrupts, objective, stopping, worker
 from rnnsweep.sweep.cluster import LaunchError, ray_session
 from rnnsweep.sweep.composer import Composer, job_config
@@ -54,7 +55,7 @@ from rnnsweep.sweep.resources import (
     ran_between,
 )
 from rnnsweep.sweep.sink import TrialInfo
-from rnnsweep.tracking import FINGERPRINT_TAG
+from rnnsweep.text import first_line
 
 # After a stop request (a stopper's, a time limit's), how long a trial has to end on its
 # own, with its record, beyond one live interval (when its worker asks): past that, its
@@ -80,7 +81,7 @@ class Job:
     steps: int | None = None
     timeout_s: float | None = None  # trial_timeout_s
     ref: Any = None  # the trial's streaming task: its start, live values, its result
-    state: str = "pending"  # pending | running | done | failed | reused | killed
+    state: TrialState = TrialState.PENDING
     info: dict[str, Any] = field(default_factory=dict)
     result: JobReturn | None = None
     running_since: float | None = None  # the driver's clock, at its latest start
@@ -169,13 +170,13 @@ def _run(launcher, context: SweepContext, composer: Composer, jobs: list[Job],
     sinks = context.sinks
     reusable = _reusable(launcher.config, context, jobs, nodes)
     for job in (job for job in jobs if job.idx in reusable):
-        job.state, job.config = "reused", None  # only recorded sweeps reuse
+        job.state, job.config = TrialState.REUSED, None  # only recorded sweeps reuse
         job.result = JobReturn(overrides=job.overrides, status=JobStatus.COMPLETED)
         sinks.reused(job.idx, reusable[job.idx], TrialInfo(job.idx, job.name, tuple(job.overrides)))
         # The sweeper gets the reused trial's number, as if it had run again.
         job.result.return_value = objective.value_of_run(context.tracker, reusable[job.idx],
                                                          *job.judged_by)
-    to_run = [job for job in jobs if job.state == "pending"]
+    to_run = [job for job in jobs if job.state == TrialState.PENDING]
     watch = _Watch.for_sweep(launcher, to_run)
     submitter = _Submitter(launcher, composer, to_run, nodes, context.records, watch.needs_control)
     extra_tags = getattr(launcher, "job_tags", None) or {}
@@ -332,7 +333,7 @@ class _Submitter:
         """The trial's worker died: its next attempt, composed again."""
         job = self.in_flight.pop(ref)
         job.attempt += 1
-        job.state, job.running_since, job.stop = "pending", None, None
+        job.state, job.running_since, job.stop = TrialState.PENDING, None, None
         self._submit(job, job.config if job.config is not None else self._job(job))
 
     def stop(self, job: Job, outcome: str, reason: str) -> None:
@@ -372,7 +373,7 @@ class _Submitter:
 
 
 def _submission_tags(job: Job) -> dict[str, str]:
-    tags = {"rnnsweep.ray.request": job.request.describe()}
+    tags = {contract.RAY_REQUEST_TAG: job.request.describe()}
     if job.digest:
         tags[CONFIG_HASH_TAG] = job.digest
     return tags
@@ -393,7 +394,7 @@ def _collect(context: SweepContext, jobs: list[Job], nodes: list[Node], poll_s: 
             raise (interrupts.as_interrupt(exc)) from None
         # Starts before finishes: a trial that finishes in the same batch as a neighbour's
         # start still counts that neighbour (its GPU co-tenant) among those beside it.
-        for ref in sorted(ready, key=lambda r: pending[r].state != "pending"):
+        for ref in sorted(ready, key=lambda r: pending[r].state != TrialState.PENDING):
             job = pending[ref]
             step = _advance(job, context, jobs, nodes, submitter, watch)
             if step == _RETRIED:
@@ -420,7 +421,7 @@ def _advance(job: Job, context: SweepContext, jobs: list[Job], nodes: list[Node]
         item, info = None, {}
     except ray.exceptions.RayError as exc:
         # The worker died (SIGKILL, OOM, node loss).
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        first = first_line(str(exc))
         if job.attempt < job.retries and job.stop is None:
             return _RETRIED
         reason = f"{type(exc).__name__} after {job.attempt} retries: {first}"
@@ -428,15 +429,15 @@ def _advance(job: Job, context: SweepContext, jobs: list[Job], nodes: list[Node]
         _finish(job, context, jobs, nodes, _failed_return(job, reason, context.records))
         return _OVER
     if item == worker.STARTED:
-        job.state, job.info = "running", info
+        job.state, job.info = TrialState.RUNNING, info
         job.running_since = time.monotonic()
         context.sinks.started(job.idx, info)
         return _GOING
     if item == worker.LIVE:
         rows = info["rows"]
-        job.last.update(rows[-1][1])
-        for _, values in rows:  # the latest of each, for a record the driver must write
+        for step, values in rows:  # the latest of each, for a record the driver must write
             job.last.update(values)
+            job.last["step"] = step
         context.sinks.live(job.idx, rows, info.get("steps"))
         stop = watch.live(job, rows)
         if stop is not None:
@@ -461,7 +462,7 @@ def _enforce(context: SweepContext, jobs: list[Job], nodes: list[Node], submitte
         return ended
     ended = 0
     for ref, job in list(submitter.in_flight.items()):
-        if job.state != "running":
+        if job.state != TrialState.RUNNING:
             continue
         overdue = watch.overdue(job, now)
         if overdue is not None:
@@ -488,18 +489,18 @@ def _finish(job: Job, context: SweepContext, jobs: list[Job], nodes: list[Node],
     job.result = ret
     record = ret._return_value
     if not isinstance(record, TrialRecord):
-        job.state = "done" if ret.status == JobStatus.COMPLETED else "failed"
+        job.state = TrialState.DONE if ret.status == JobStatus.COMPLETED else TrialState.FAILED
         if context.records and ret.status != JobStatus.COMPLETED:
             # The task itself raised: the trial failed, and its run says why.
             failed = _failed_return(job, f"{type(record).__name__}: {record}", True)
             job.result, record = failed, failed._return_value
         else:
             return
-    job.state = "failed" if record.outcome == FAILED else "done"
+    job.state = TrialState.FAILED if record.outcome == FAILED else TrialState.DONE
     job.info["node_ip"] = next((n.address for n in nodes if n.node_id == job.info.get("node_id")),
                                "?")
     record.tags.update(_placement_tags(job, jobs))
-    record.tags["rnnsweep.retries"] = str(job.attempt)
+    record.tags[contract.RETRIES_TAG] = to_tag(job.attempt)
     if job.info.get("fingerprint"):
         record.tags[FINGERPRINT_TAG] = job.info["fingerprint"]
     context.sinks.finished(job.idx, record)
@@ -534,7 +535,7 @@ def _ended_return(job: Job, outcome: str, reason: str, as_record: bool) -> JobRe
         record.metrics = {_LAST.get(k, k): v for k, v in job.last.items() if k in _LAST}
         record.tags = {OUTCOME_TAG: outcome, REASON_TAG: reason[:4000]}
         if job.last.get("step") is not None:
-            record.tags["rnnsweep.stopped_at_step"] = str(int(job.last["step"]) + 1)
+            record.tags[contract.STOPPED_AT_STEP_TAG] = to_tag(int(job.last["step"]) + 1)
         ret.status, ret._return_value = JobStatus.COMPLETED, record
     return ret
 
@@ -548,15 +549,15 @@ def _placement_tags(job: Job, jobs: list[Job]) -> dict[str, str]:
     end = job.info.get("finished") or time.time()
     beside = sum(other is not job and ran_between(other.info, begin, end) for other in jobs)
     return {
-        "rnnsweep.ray.node_id": str(job.info.get("node_id", "")),
-        "rnnsweep.ray.node_ip": str(job.info.get("node_ip", "")),
-        "rnnsweep.ray.host": str(job.info.get("host", "")),
-        "rnnsweep.ray.resources": job.request.describe() if job.request else "",
-        "rnnsweep.ray.exclusive": str(job.request.exclusive if job.request else ""),
-        "rnnsweep.ray.trials_beside": str(beside),
+        contract.RAY_NODE_ID_TAG: str(job.info.get("node_id", "")),
+        contract.RAY_NODE_IP_TAG: str(job.info.get("node_ip", "")),
+        contract.RAY_HOST_TAG: str(job.info.get("host", "")),
+        contract.RAY_RESOURCES_TAG: job.request.describe() if job.request else "",
+        contract.RAY_EXCLUSIVE_TAG: to_tag(job.request.exclusive if job.request else None),
+        contract.RAY_TRIALS_BESIDE_TAG: to_tag(beside),
         # Wall-clock window on the worker: who overlapped whom, from the runs alone.
-        "rnnsweep.ray.started_at": f"{begin:.3f}",
-        "rnnsweep.ray.finished_at": f"{end:.3f}",
+        contract.RAY_STARTED_AT_TAG: to_tag(begin, decimals=3),
+        contract.RAY_FINISHED_AT_TAG: to_tag(end, decimals=3),
         **gpu_tags(job.info, _neighbours(job, jobs), end),
     }
 
@@ -572,11 +573,11 @@ def _neighbours(job: Job, jobs: list[Job]) -> list[dict[str, Any]]:
 
 def _cancel(context: SweepContext, jobs: list[Job], reason: str) -> None:
     for job in jobs:
-        if job.state in ("pending", "running"):
+        if job.state in (TrialState.PENDING, TrialState.RUNNING):
             if job.ref is not None:
                 with contextlib.suppress(Exception):  # Ray is shut down right after anyway
                     ray.cancel(job.ref, force=True)
-            job.state = "killed"
+            job.state = TrialState.KILLED
             # A sweeper reads every job's result: a killed trial is the worst it can be
             # (the sweep goes on to its close, its report and its exit status).
             job.result = JobReturn(overrides=job.overrides, status=JobStatus.COMPLETED)

@@ -127,11 +127,11 @@ def execute(shared: SweepShared, job: DictConfig | PatchedJob, driver_cwd: str,
     interval = float(OmegaConf.select(config, "tracking.live_interval_s", default=3.0) or 3.0)
     while True:
         thread.join(interval)
+        if not thread.is_alive():
+            break  # what it has not sent yet is in its record: one write, not two
         rows = trial_live.drain()
         if rows:
             yield LIVE, {"rows": rows, "steps": total}
-        if not thread.is_alive():
-            break
         if control is not None and trial_live.stop is None:
             stop = _asked_to_stop(control, idx)
             if stop is not None:
