@@ -1,6 +1,7 @@
-"""SIGINT and SIGTERM end a sweep in order: runs marked KILLED, one line, no traceback.
+"""SIGINT, SIGTERM and SIGHUP (the terminal closed) end a sweep in order: runs marked
+KILLED, one line, no traceback.
 
-Both signals raise :class:`Interrupted`, a ``BaseException`` so that no library's
+Each raises :class:`Interrupted`, a ``BaseException`` so that no library's
 ``except Exception`` (Hydra's job runner, MLflow's retries) swallows it, and the sweep
 context sees it wherever the main thread happens to be.
 """
@@ -11,7 +12,7 @@ import signal
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-SIGNALS = (signal.SIGINT, signal.SIGTERM)
+SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 # The first stopping signal this process received. A handler that raises inside a C
 # extension (Ray's wait loop checks for signals) comes back wrapped in another error, or
 # is swallowed by a library; this says a signal arrived whatever became of the raise.
