@@ -7,17 +7,23 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-OK, UNSUPPORTED, FAILED = "OK", "UNSUPPORTED", "FAILED"
-# Ended early: by a stopper or pruner (its metrics are kept, it is no failure), past
-# ``trial_timeout_s``, or by the sweep (its time limit, a signal).
-STOPPED, TIMED_OUT, KILLED = "STOPPED", "TIMED_OUT", "KILLED"
-OUTCOME_TAG, REASON_TAG = "rnnsweep.outcome", "rnnsweep.reason"
+# The outcomes and the tags that carry them live with the rest of the contract; they are
+# named here too because a record is where a reader meets them first.
+from rnnsweep.contract import (  # noqa: F401
+    CONFIG_HASH_TAG,
+    DIVERGED,
+    FAILED,
+    KILLED,
+    OK,
+    OUTCOME_TAG,
+    REASON_TAG,
+    STOPPED,
+    TIMED_OUT,
+    UNSUPPORTED,
+)
+
 # The MLflow run status of each outcome that is not FINISHED.
 RUN_STATUS = {FAILED: "FAILED", TIMED_OUT: "KILLED", KILLED: "KILLED"}
-# On every trial's run: the hash of its config (``config_hash``), which resume matches on.
-CONFIG_HASH_TAG = "rnnsweep.config_hash"
-# Every training step was non-finite: the trial ran, but its numbers describe nothing.
-DIVERGED = "DIVERGED"
 
 
 @dataclass

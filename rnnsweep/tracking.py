@@ -22,20 +22,26 @@ from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
 from rnnsweep.config.store import resolve_uri
-from rnnsweep.record import CONFIG_HASH_TAG, OK, OUTCOME_TAG, REASON_TAG, TrialRecord
+from rnnsweep.contract import (  # noqa: F401  (REUSED_TAG_PREFIX: read by report.reading)
+    CONFIG_HASH_TAG,
+    FINGERPRINT_TAG,
+    NOISY_TAG,
+    OK,
+    OUTCOME_TAG,
+    REASON_TAG,
+    REUSED_TAG_PREFIX,
+    ROLE_TAG,
+    SWEEP_ROLE,
+    SWEEP_TAG,
+    from_tag,
+)
+from rnnsweep.record import TrialRecord
 from rnnsweep.redaction import connection_uri, redact
 
 # MLflow's per-request limits for log_batch: of each kind, and in all.
 MAX_METRICS, MAX_PARAMS, MAX_TAGS, MAX_ENTITIES = 1000, 100, 100, 1000
 # runs.name is VARCHAR(250): SQLite ignores the length, PostgreSQL and MySQL do not.
 MAX_RUN_NAME = 250
-ROLE_TAG = "rnnsweep.role"
-# On every child run: the run id of its sweep's parent (pandas can group by it directly).
-SWEEP_TAG = "rnnsweep.sweep"
-# On a finished trial: what produced its numbers; resume reuses it only on the same.
-FINGERPRINT_TAG = "rnnsweep.env_fingerprint"
-# On a resumed sweep's parent, one per trial it reused: ``<prefix><run id>`` = its name.
-REUSED_TAG_PREFIX = "rnnsweep.reused."
 SEARCH_PAGE = 25  # runs per search: MLflow holds about 120 kB of objects per run of a page
 
 
@@ -159,18 +165,19 @@ class Tracker:
         :attr:`noisy_finished` for the launcher to say so."""
         done: dict[tuple[str, str], tuple[str, str]] = {}
         self.noisy_finished: dict[tuple[str, str], tuple[str, str]] = {}
-        query = f"attributes.status = 'FINISHED' and tags.`rnnsweep.outcome` = '{OK}'"
+        query = f"attributes.status = 'FINISHED' and tags.`{OUTCOME_TAG}` = '{OK}'"
         for run in self._search(query):
             digest = run.data.tags.get(CONFIG_HASH_TAG)
             env = run.data.tags.get(FINGERPRINT_TAG)
             if digest and env:
-                noisy = run.data.tags.get("rnnsweep.timing.noisy") == "true"
+                noisy = from_tag(run.data.tags.get(NOISY_TAG), bool, False)
                 found = self.noisy_finished if noisy else done
                 found.setdefault((digest, env), (run.info.run_id, run.info.run_name or ""))
         return done
 
     def running_sweeps(self) -> list:
-        return list(self._search(f"attributes.status = 'RUNNING' and tags.`{ROLE_TAG}` = 'sweep'"))
+        return list(self._search(
+            f"attributes.status = 'RUNNING' and tags.`{ROLE_TAG}` = '{SWEEP_ROLE}'"))
 
     def children(self, parent_run_id: str) -> Iterator:
         """The parent's child runs, a page at a time: a whole MLflow run, with every

@@ -11,11 +11,10 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from rnnsweep.config.errors import ConfigError
+from rnnsweep.config.schema import BUILTIN_TASKS
 
 SCHEDULES = ("constant", "cosine", "step")
 STOPPERS = ("none", "asha", "median")
-BUILTIN_TASKS = ("rnnsweep.trial.data.Regression", "rnnsweep.trial.data.Adding",
-                 "rnnsweep.trial.data.CharText")
 # What a training trial of a built-in task records, and what it reports while it runs.
 TRAIN_METRICS = frozenset({
     "final_loss", "steps_done", "val_loss", "best_val_loss", "best_val_step",

@@ -29,6 +29,7 @@ from rnnsweep.config.command import Command, parse
 from rnnsweep.config.errors import ConfigError
 from rnnsweep.config.schema import BUILTIN_MODEL, BUILTIN_TASKS, TRAINING_KEYS
 from rnnsweep.sweep.composer import compose_trials
+from rnnsweep.text import first_line
 
 __all__ = ["CheckedCommand", "ConfigError", "check_overrides", "check_trial"]
 
@@ -61,7 +62,7 @@ def check_overrides(overrides: list[str], multirun: bool,
     try:
         parsed = _parser.parse_overrides(overrides)
     except OverrideParseException as exc:
-        raise ConfigError(f"cannot parse the overrides: {_first_line(str(exc))}") from None
+        raise ConfigError(f"cannot parse the overrides: {first_line(str(exc))}") from None
     # Hydra's own settings (hydra.*) are not trial config; the compose API cannot take all
     # of them, and Hydra checks them itself. The launcher's are kept: the CLI starts Ray
     # from them.
@@ -240,12 +241,12 @@ def _missing_option(exc: MissingConfigException, overrides: list[str]) -> str:
     allowed = ", ".join(exc.options or [])
     if group:
         return f"{group}={value}: no such {group}; allowed: {allowed}"
-    return _first_line(str(exc))
+    return first_line(str(exc))
 
 
 def _composition_error(exc: Exception, overrides: list[str], config_name: str = "config"
                        ) -> str:
-    message = _first_line(str(exc))
+    message = first_line(str(exc))
     cause = exc.__cause__
     culprit = next((o for o in overrides if f"override {o}" in message
                     or f"'{o.split('=', 1)[0].lstrip('+~')}'" in message), None)
@@ -261,7 +262,7 @@ def _composition_error(exc: Exception, overrides: list[str], config_name: str = 
                 "in --help)" if key == "model._target_" else "")
         return f"{culprit}: {key} is already set; override it without '+'{hint}"
     if cause is not None and culprit:
-        return f"{culprit}: {_first_line(str(cause))}"
+        return f"{culprit}: {first_line(str(cause))}"
     return message
 
 
@@ -299,7 +300,3 @@ def _schema_keys(parent: str) -> Iterable[str]:
 
 
 _FREE_FORM = {"model": config.schema.ModelConfig, "task": config.schema.TaskConfig}
-
-
-def _first_line(text: str) -> str:
-    return text.strip().splitlines()[0] if text.strip() else text

@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from rnnsweep.contract import EXPORT_TAG_PREFIX, export_status_tag
 from rnnsweep.deploy.streaming import (
     INSTALL_HINT,
     METADATA_KEY,
@@ -201,7 +202,7 @@ def export_and_verify(
     report.metrics["export_eager_latency_ms"] = _median_ms(
         functools.partial(eager.forward, inputs[0], inputs[1:]), warmup, repeats
     )
-    report.tags["rnnsweep.export.shapes"] = (
+    report.tags[f"{EXPORT_TAG_PREFIX}shapes"] = (
         f"exported at batch={example[0].shape[0]} seq={example[0].shape[1]}, "
         f"verified at batch={batch} seq={seq_len}"
     )
@@ -210,7 +211,7 @@ def export_and_verify(
         try:
             if fmt == "onnx":
                 _require_onnx()
-                report.tags["rnnsweep.export.onnx.exporter"] = export_onnx(model, example, path)
+                report.tags[f"{EXPORT_TAG_PREFIX}onnx.exporter"] = export_onnx(model, example, path)
             else:
                 export_torchscript(model, example, path, optimize=fmt.endswith("_optimized"))
             session = open_exported(path)
@@ -220,10 +221,10 @@ def export_and_verify(
             report.metrics[f"export_{fmt}_latency_ms"] = _median_ms(
                 functools.partial(session.forward, inputs[0], inputs[1:]), warmup, repeats
             )
-            report.tags[f"rnnsweep.export.{fmt}.status"] = "ok"
+            report.tags[export_status_tag(fmt)] = "ok"
         except Exception as exc:  # a failure is this format's result
-            report.tags[f"rnnsweep.export.{fmt}.status"] = "failed"
-            report.tags[f"rnnsweep.export.{fmt}.error"] = error_summary(exc, limit=500)
+            report.tags[export_status_tag(fmt)] = "failed"
+            report.tags[f"{EXPORT_TAG_PREFIX}{fmt}.error"] = error_summary(exc, limit=500)
             if isinstance(exc, ParityError) and exc.max_abs_diff is not None:
                 report.metrics[f"export_{fmt}_max_abs_diff"] = exc.max_abs_diff
         if path.is_file():

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from rnnsweep.contract import STREAM_PARITY_TAG
 from rnnsweep.deploy.export import export_and_verify
 from rnnsweep.deploy.streaming import measure_streaming
 from rnnsweep.trial.models import RecurrentNet
@@ -55,7 +56,7 @@ def run_deployment(
     stream = measure_streaming(model, x, chunk_len=chunk_len, warmup=warmup, repeats=repeats)
     result = DeploymentResult(
         metrics=dict(stream.metrics),
-        tags={"rnnsweep.stream.parity": "ok" if stream.parity_ok else "failed"},
+        tags={STREAM_PARITY_TAG: "ok" if stream.parity_ok else "failed"},
         samples_ms={"stream_latency_ms_p50": stream.latencies_ms},
     )
     if export:

@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import sys
 
+from rnnsweep.contract import SWEEP_NAME_TAG
 from rnnsweep.report import axes as axes_
 from rnnsweep.report import render, sections
 from rnnsweep.report.axes import sweep_axes
 from rnnsweep.report.cli import main
 from rnnsweep.report.model import Finding, Report, Trial
 from rnnsweep.report.reading import ReportError, sweep_trials
-from rnnsweep.report.text import one_line
+from rnnsweep.text import one_line
 from rnnsweep.tracking import Tracker
 
 __all__ = ["Finding", "Report", "ReportError", "Trial", "build_report", "main", "sweep_axes",
@@ -41,7 +42,7 @@ def build_report(tracker: Tracker, parent_run_id: str,
         raise ReportError(f"run {parent_run_id} has no child runs: is it a sweep's parent run?")
     axes = sweep_axes(trials)
     trials.sort(key=lambda t: axes_.values(t, axes))
-    sweep = parent.data.tags.get("rnnsweep.sweep_name") or parent.info.run_name or "sweep"
+    sweep = parent.data.tags.get(SWEEP_NAME_TAG) or parent.info.run_name or "sweep"
     devices = sorted({t.device for t in trials if t.device})
     report = Report(parent_run_id, sweep, "; ".join(devices) or "unknown device", axes, trials,
                     *render.table(trials, axes), experiment_id=parent.info.experiment_id)

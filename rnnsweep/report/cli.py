@@ -9,8 +9,8 @@ from pathlib import Path
 from mlflow.exceptions import MlflowException
 
 from rnnsweep.report.reading import ReportError, locate
-from rnnsweep.report.text import one_line
 from rnnsweep.sweep import lease
+from rnnsweep.text import one_line
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -5,8 +5,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-# Metrics that time something: a trial with any of them is a timed trial.
-TIMED_METRICS = ("latency_ms", "step_time_ms", "stream_latency_ms_p50")
+from rnnsweep.contract import (
+    NOISE_REASON_TAG,
+    NOISY_TAG,
+    OK,
+    RAY_EXCLUSIVE_TAG,
+    RAY_TRIALS_BESIDE_TAG,
+    TIMED_METRICS,
+    from_tag,
+)
 
 
 @dataclass
@@ -28,7 +35,7 @@ class Trial:
 
     @property
     def ok(self) -> bool:
-        return self.outcome == "OK"
+        return self.outcome == OK
 
     @property
     def timed(self) -> bool:
@@ -40,12 +47,12 @@ class Trial:
         trial's own verdict, plus the launcher's placement: a timed trial that ran beside
         others on a device it did not hold alone."""
         reasons = []
-        if self.tags.get("rnnsweep.timing.noisy") == "true":
-            reasons.append(self.tags.get("rnnsweep.timing.noise_reason", "noisy"))
-        beside = self.tags.get("rnnsweep.ray.trials_beside", "0")
-        if (self.timed and beside.isdigit() and int(beside) > 0
-                and self.tags.get("rnnsweep.ray.exclusive") != "True"):
-            reasons.append(f"ran beside {beside} other trial{'s' if beside != '1' else ''} "
+        if from_tag(self.tags.get(NOISY_TAG), bool, False):
+            reasons.append(self.tags.get(NOISE_REASON_TAG, "noisy"))
+        beside = from_tag(self.tags.get(RAY_TRIALS_BESIDE_TAG), int, 0)
+        if (self.timed and beside > 0
+                and not from_tag(self.tags.get(RAY_EXCLUSIVE_TAG), bool, False)):
+            reasons.append(f"ran beside {beside} other trial{'s' if beside != 1 else ''} "
                            "on a shared device")
         return "; ".join(reasons)
 

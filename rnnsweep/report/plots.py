@@ -18,7 +18,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from rnnsweep.report.text import cut, plain
+from rnnsweep.text import cut, plain
 
 # Fixed pixel size (no tight bounding box): a reader sees every plot at the same scale.
 WIDTH_IN, HEIGHT_IN, DPI = 11.0, 5.5, 100

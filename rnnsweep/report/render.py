@@ -7,7 +7,7 @@ import base64
 import html as html_
 from typing import TYPE_CHECKING
 
-from rnnsweep.report.text import cut, plain
+from rnnsweep.text import cut, plain
 
 if TYPE_CHECKING:
     from rnnsweep.report.model import Finding, Report, Trial

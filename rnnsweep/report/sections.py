@@ -10,11 +10,12 @@ from itertools import groupby
 import numpy as np
 from mlflow.tracking import MlflowClient
 
+from rnnsweep.contract import STREAM_PARITY_TAG, export_status_tag
 from rnnsweep.report import plots
 from rnnsweep.report.axes import cell_label, groups, label, ok, suffix, values
 from rnnsweep.report.model import Finding, Report
 from rnnsweep.report.reading import history
-from rnnsweep.report.text import cut, plain
+from rnnsweep.text import cut, plain
 
 # Time metrics that grow with sequence length: what they time, and the plot's axis label.
 TIME_METRICS = {"latency_ms": ("forward latency", "forward latency (ms per batch)"),
@@ -32,10 +33,9 @@ CURVE_AXIS_PREFIXES = ("precision.", "clipping.")
 LINEAR_R2 = 0.98
 NOTE_CHARS = 300
 # Deployment parity: the tags that say whether each path matched eager PyTorch.
-PARITY_TAGS = {"streaming": "rnnsweep.stream.parity",
-               "torchscript": "rnnsweep.export.torchscript.status",
-               "torchscript_optimized": "rnnsweep.export.torchscript_optimized.status",
-               "onnx": "rnnsweep.export.onnx.status"}
+PARITY_TAGS = {"streaming": STREAM_PARITY_TAG,
+               **{fmt: export_status_tag(fmt)
+                  for fmt in ("torchscript", "torchscript_optimized", "onnx")}}
 
 Section = Callable[[Report], None]
 

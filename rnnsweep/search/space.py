@@ -26,6 +26,8 @@ from optuna.distributions import (
     IntDistribution,
 )
 
+from rnnsweep.text import first_line
+
 
 class SpaceError(ValueError):
     """A sweep override the search space cannot hold; one line naming it."""
@@ -52,7 +54,7 @@ def parse(arguments: Sequence[str]) -> Space:
     try:
         parsed = OverridesParser.create().parse_overrides(list(arguments))
     except OverrideParseException as exc:
-        raise SpaceError(f"cannot parse the search space: {str(exc).splitlines()[0]}") from None
+        raise SpaceError(f"cannot parse the search space: {first_line(str(exc))}") from None
     distributions: dict[str, BaseDistribution] = {}
     fixed: dict[str, str] = {}
     for override in parsed:

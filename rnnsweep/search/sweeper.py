@@ -18,6 +18,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
+from rnnsweep import contract
 from rnnsweep.config.errors import ConfigError
 from rnnsweep.redaction import redact
 from rnnsweep.search import checks, choices, duplicates, space, storage
@@ -26,9 +27,9 @@ from rnnsweep.sweep import objective
 
 log = logging.getLogger(__name__)
 
-TRIAL_NUMBER_TAG = "rnnsweep.optuna.trial_number"
-STUDY_TAG = "rnnsweep.optuna.study"
-DUPLICATE_TAG_PREFIX = "rnnsweep.optuna.duplicate."
+TRIAL_NUMBER_TAG = contract.OPTUNA_TRIAL_NUMBER_TAG
+STUDY_TAG = contract.OPTUNA_STUDY_TAG
+DUPLICATE_TAG_PREFIX = contract.OPTUNA_DUPLICATE_TAG_PREFIX
 
 
 def sweep(plugin, arguments: list[str]) -> list[Any]:
@@ -186,14 +187,14 @@ class _Sweep:
         if self.context is None or not self.context.parent:
             return
         tags = {STUDY_TAG: self.study.study_name,
-                "rnnsweep.optuna.storage": redact(str(self.settings.storage or "memory")),
-                "rnnsweep.optuna.sampler": self.settings.sampler,
-                "rnnsweep.optuna.pruner": self.settings.pruner, **self.duplicate_tags}
+                contract.OPTUNA_STORAGE_TAG: redact(str(self.settings.storage or "memory")),
+                contract.OPTUNA_SAMPLER_TAG: self.settings.sampler,
+                contract.OPTUNA_PRUNER_TAG: self.settings.pruner, **self.duplicate_tags}
         values = {k: float(v) for k, v in self.counts.items()}
         best = self._best()
         if best is not None:
             values["optuna_best_value"] = best.value
-            tags["rnnsweep.optuna.best_trial"] = str(best.number)
+            tags[contract.OPTUNA_BEST_TRIAL_TAG] = contract.to_tag(best.number)
         self.context.tracker.log(self.context.parent, tags=tags)
         self.context.tracker.log_summary(self.context.parent, values)
 

@@ -35,12 +35,12 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
-from rnnsweep.record import FAILED, OK, TrialRecord
+from rnnsweep.contract import FAILED, KILLED, NOISE_REASON_TAG, NOISY_TAG, OK, TrialState, from_tag
+from rnnsweep.record import TrialRecord
 from rnnsweep.sweep.job import swept_keys
 from rnnsweep.sweep.sink import TrialInfo
+from rnnsweep.text import number, shorten
 
-NOISY_TAG, NOISE_REASON_TAG = "rnnsweep.timing.noisy", "rnnsweep.timing.noise_reason"
-REASON_CHARS = 120  # a failure's reason in a line or a table cell; the run has it all
 LOG_PROGRESS_S = 30.0  # in a log, a running trial's step line at most this often
 SHOWN_RUNNING = 8  # running trials with a line of their own on the live display
 LOG_WIDTH = 240  # a log has no terminal width: lines and the table are never wrapped
@@ -105,38 +105,19 @@ def headline_values(metrics: dict[str, float], swept: set[str]) -> dict[str, flo
     return {m.label: metrics[m.key] for m in headline(metrics, swept) if m.key in metrics}
 
 
-def number(value: float) -> str:
-    """Plain numbers a reader takes in at a glance: 3 significant digits, no exponent
-    unless the value is tiny (a parity error) or huge."""
-    if not math.isfinite(value):
-        return str(value)
-    if value == 0:
-        return "0"
-    if abs(value) < 1e-3 or abs(value) >= 1e7:
-        return f"{value:.2e}"
-    if abs(value) >= 100:
-        return f"{value:,.0f}"
-    return f"{value:.3g}"
-
-
 def _clock(seconds: float) -> str:
     seconds = int(max(seconds, 0))
     return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
-def shorten(text: str, limit: int = REASON_CHARS) -> str:
-    """The first line of ``text``, cut at a word boundary."""
-    line = text.strip().splitlines()[0] if text.strip() else ""
-    if len(line) <= limit:
-        return line
-    cut = line[:limit].rsplit(" ", 1)[0]
-    return f"{cut or line[:limit]}…"
+# A killed trial is "cancelled" on the terminal: the sweep ended it, not the trial itself.
+_SHOWN_AS = {TrialState.KILLED: "cancelled"}
 
 
 @dataclass
 class _Trial:
     info: TrialInfo
-    state: str = "pending"  # pending | running | done | failed | reused | cancelled
+    state: TrialState = TrialState.PENDING
     # What is shown of its record, and no more: a sweep of thousands of trials keeps
     # neither their step series nor their artifacts alive in the driver.
     outcome: str = ""
@@ -199,8 +180,8 @@ class ConsoleSink:
 
     def started(self, idx: int, info: dict | None = None) -> None:
         trial = self._trial(idx)
-        if trial.state == "pending":
-            trial.state = "running"
+        if trial.state == TrialState.PENDING:
+            trial.state = TrialState.RUNNING
         attempt = int((info or {}).get("attempt", 0))
         if attempt:
             self._say(f"  #{idx} {trial.info.name}: its worker died; attempt {attempt + 1} "
@@ -226,16 +207,16 @@ class ConsoleSink:
         if info is not None and idx not in self.trials:  # reused trials are never submitted
             self.submitted([info])
         trial = self._trial(idx)
-        trial.state, trial.note = "reused", run_id
+        trial.state, trial.note = TrialState.REUSED, run_id
         self._say(f"  #{idx} [reused] {trial.info.name}: an identical trial finished as "
                   f"run {run_id}")
         self._refresh()
 
     def finished(self, idx: int, record: TrialRecord) -> None:
         trial = self._trial(idx)
-        trial.state = "failed" if record.outcome == FAILED else "done"
+        trial.state = TrialState.FAILED if record.outcome == FAILED else TrialState.DONE
         trial.outcome, trial.reason = record.outcome, record.reason
-        trial.noisy = record.tags.get(NOISY_TAG) == "true"
+        trial.noisy = from_tag(record.tags.get(NOISY_TAG), bool, False)
         # Interned: each record brings its own copy of every metric's name.
         trial.metrics = {sys.intern(k): v for k, v in record.metrics.items() if _shown(k)}
         trial.values = headline_values(trial.metrics, self.swept)
@@ -251,11 +232,11 @@ class ConsoleSink:
                       "repeat it before trusting the figure", style="yellow")
         self._refresh()
 
-    def cancelled(self, idx: int, reason: str, outcome: str = "KILLED") -> None:
+    def cancelled(self, idx: int, reason: str, outcome: str = KILLED) -> None:
         trial = self._trial(idx)
-        if trial.state in ("pending", "running"):
-            trial.state, trial.note = "cancelled", reason
-            trial.outcome = outcome if outcome != "KILLED" else ""
+        if trial.state in (TrialState.PENDING, TrialState.RUNNING):
+            trial.state, trial.note = TrialState.KILLED, reason
+            trial.outcome = outcome if outcome != KILLED else ""
         self._refresh()
 
     def ended(self) -> None:
@@ -272,9 +253,9 @@ class ConsoleSink:
     # --- what is shown -----------------------------------------------------------------
 
     def counts(self) -> dict[str, int]:
+        """Trials per state, by the word the terminal shows for it."""
         states = [t.state for t in self.trials.values()]
-        return {s: states.count(s) for s in
-                ("done", "running", "pending", "failed", "reused", "cancelled")}
+        return {_SHOWN_AS.get(s, s.value): states.count(s) for s in TrialState}
 
     def table(self) -> Table:
         keys = self._name_keys()
@@ -326,12 +307,12 @@ class ConsoleSink:
     def _outcome(self, trial: _Trial) -> str:
         if trial.outcome:
             return trial.outcome + (" (noisy)" if trial.noisy else "")
-        return {"reused": "reused", "cancelled": "KILLED"}.get(trial.state, trial.state)
+        return KILLED if trial.state == TrialState.KILLED else trial.state.value
 
     def _note(self, trial: _Trial) -> str:
         if trial.reason:
             return shorten(trial.reason, 60)
-        if trial.state == "reused":
+        if trial.state == TrialState.REUSED:
             return f"run {trial.note}"
         return shorten(trial.note, 60)
 
@@ -362,14 +343,14 @@ class ConsoleSink:
                   + (f" · {c['cancelled']} killed" if c["cancelled"] else ""))
         # Running trials count by the share of their steps done: the sweep's ETA moves
         # while its first trials train.
-        partial = sum(t.fraction for t in self.trials.values() if t.state == "running")
+        partial = sum(t.fraction for t in self.trials.values() if t.state == TrialState.RUNNING)
         self._progress.update(self._task, total=len(self.trials),
                               completed=len(self.trials) - c["running"] - c["pending"] + partial,
                               states=states)
         self._progress.last = self._last
         self._progress.running = [
             f"#{idx} {t.info.name}: {t.progress()}" for idx, t in self.trials.items()
-            if t.state == "running" and t.steps is not None][:SHOWN_RUNNING]
+            if t.state == TrialState.RUNNING and t.steps is not None][:SHOWN_RUNNING]
         if not self._progress.live.is_started:
             self._progress.start()
         self._progress.refresh()  # each event is drawn now, not at the next 10 Hz tick

@@ -22,7 +22,17 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from rnnsweep.record import FAILED, KILLED, TIMED_OUT, TrialRecord
+from rnnsweep.contract import (
+    FAILED,
+    FINGERPRINT_TAG,
+    KILLED,
+    OVERRIDES_TAG,
+    ROLE_TAG,
+    SWEEP_NAME_TAG,
+    SWEEP_ROLE,
+    TIMED_OUT,
+)
+from rnnsweep.record import TrialRecord
 from rnnsweep.sweep import interrupts, lease
 from rnnsweep.sweep.interrupts import Interrupted
 from rnnsweep.sweep.sink import SweepSink, TrialInfo
@@ -115,10 +125,8 @@ class SweepContext:
         params = OmegaConf.to_container(params) if params else {}
         # A ready sweep is named after its file; an ad-hoc one after its overrides.
         name = ready or " ".join(overrides) or "sweep"
-        from rnnsweep.tracking import ROLE_TAG
-
-        tags = {ROLE_TAG: "sweep", "rnnsweep.sweep_name": ready,
-                "rnnsweep.overrides": " ".join(overrides)[:4000]}
+        tags = {ROLE_TAG: SWEEP_ROLE, SWEEP_NAME_TAG: ready,
+                OVERRIDES_TAG: " ".join(overrides)[:4000]}
         judged_by = OmegaConf.masked_copy(config, [k for k in ("objective", "workload")
                                                    if k in config])
         return cls(OmegaConf.select(config, "tracking"), multirun=multirun, name=name,
@@ -190,8 +198,6 @@ class SweepContext:
 
     def record_here(self, name: str, record: TrialRecord, fingerprint: str) -> None:
         """A trial that ran in this process (a single run, Hydra's basic launcher)."""
-        from rnnsweep.tracking import FINGERPRINT_TAG
-
         self.open()
         record.tags[FINGERPRINT_TAG] = fingerprint
         idx = next(self._local_idx)

@@ -10,16 +10,8 @@ from typing import TYPE_CHECKING
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from rnnsweep.record import (
-    CONFIG_HASH_TAG,
-    NON_IDENTITY_PREFIXES,
-    OUTCOME_TAG,
-    REASON_TAG,
-    TIMED_OUT,
-    TrialRecord,
-    config_hash,
-    flatten,
-)
+from rnnsweep.contract import CONFIG_HASH_TAG, OUTCOME_TAG, REASON_TAG, TIMED_OUT
+from rnnsweep.record import NON_IDENTITY_PREFIXES, TrialRecord, config_hash, flatten
 
 if TYPE_CHECKING:
     from rnnsweep.sweep.context import SweepContext

@@ -4,7 +4,9 @@ Compose, submit, gather. Unlike the upstream Ray launcher, each trial asks for t
 resources of its own composed ``hardware`` config, a finished identical trial measured
 in the same environment is reused, and one failed or killed trial never takes the others
 down. What happens to each trial is told to the sweep's sinks (the MLflow store, the
-terminal); this module makes no MLflow call and prints nothing itself.
+terminal), which write the runs and the lines. The launcher itself only reads the store,
+through the context's tracker (resume's finished trials, a reused trial's value), and
+prints only the one line of a launch refused before any trial starts.
 """
 
 from __future__ import annotations

@@ -15,12 +15,17 @@ import threading
 import time
 from pathlib import Path
 
+from rnnsweep.contract import (
+    LEASE_HEARTBEAT_TAG,
+    LEASE_HOST_TAG,
+    LEASE_PID_START_TAG,
+    LEASE_PID_TAG,
+    from_tag,
+    to_tag,
+)
+
 log = logging.getLogger(__name__)
 
-HOST_TAG = "rnnsweep.lease.host"
-PID_TAG = "rnnsweep.lease.pid"
-PID_START_TAG = "rnnsweep.lease.pid_start"  # tells a reused PID from the driver's own
-HEARTBEAT_TAG = "rnnsweep.lease.heartbeat"
 HEARTBEAT_S = 15.0
 # A driver on another host is judged lost only by its silence.
 STALE_S = 8 * HEARTBEAT_S
@@ -38,17 +43,18 @@ def process_start(pid: int) -> str | None:
 
 def lease_tags() -> dict[str, str]:
     pid = os.getpid()
-    return {HOST_TAG: socket.gethostname(), PID_TAG: str(pid),
-            PID_START_TAG: process_start(pid) or "", HEARTBEAT_TAG: f"{time.time():.0f}"}
+    return {LEASE_HOST_TAG: socket.gethostname(), LEASE_PID_TAG: to_tag(pid),
+            LEASE_PID_START_TAG: process_start(pid) or "",
+            LEASE_HEARTBEAT_TAG: to_tag(time.time(), decimals=0)}
 
 
 def is_lost(tags: dict[str, str], now: float | None = None) -> bool:
-    if HOST_TAG not in tags:
+    if LEASE_HOST_TAG not in tags:
         return False  # a sweep from before leases: nothing says whose it is
-    if tags[HOST_TAG] == socket.gethostname():
-        start = process_start(int(tags.get(PID_TAG, "0") or 0))
-        return start is None or start != tags.get(PID_START_TAG)
-    beat = float(tags.get(HEARTBEAT_TAG) or 0)
+    if tags[LEASE_HOST_TAG] == socket.gethostname():
+        start = process_start(from_tag(tags.get(LEASE_PID_TAG), int, 0))
+        return start is None or start != tags.get(LEASE_PID_START_TAG)
+    beat = from_tag(tags.get(LEASE_HEARTBEAT_TAG), float, 0.0)
     return (now or time.time()) - beat > STALE_S
 
 
@@ -63,8 +69,8 @@ def reap_lost_sweeps(tracker) -> list[str]:
             tracker.fail_run(run_id, LOST_REASON, status="KILLED")
         tracker.fail_run(parent.info.run_id, LOST_REASON, status="KILLED")
         log.warning("sweep %s (%s) lost its driver (pid %s on %s): marked KILLED",
-                    parent.info.run_id, parent.info.run_name, parent.data.tags.get(PID_TAG),
-                    parent.data.tags.get(HOST_TAG))
+                    parent.info.run_id, parent.info.run_name, parent.data.tags.get(LEASE_PID_TAG),
+                    parent.data.tags.get(LEASE_HOST_TAG))
     return [p.info.run_id for p in lost]
 
 
@@ -81,7 +87,8 @@ class Heartbeat:
     def _beat(self) -> None:
         while not self._stop.wait(HEARTBEAT_S):
             try:
-                self._tracker.client.set_tag(self._run_id, HEARTBEAT_TAG, f"{time.time():.0f}")
+                self._tracker.client.set_tag(self._run_id, LEASE_HEARTBEAT_TAG,
+                                             to_tag(time.time(), decimals=0))
             except Exception as exc:  # noqa: BLE001 - a missed beat is retried next time
                 log.debug("heartbeat failed: %s", exc)
 

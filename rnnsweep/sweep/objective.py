@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING
 
 from omegaconf import DictConfig, OmegaConf
 
-from rnnsweep.record import OK, TrialRecord
+from rnnsweep.contract import OBJECTIVE_BEST_RUN_TAG, OBJECTIVE_BEST_TRIAL_TAG, OBJECTIVE_TAG, OK
+from rnnsweep.record import TrialRecord
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -94,15 +95,14 @@ def log_best(tracker: Tracker, parent: str, cfg: DictConfig | None,
         trials = sweep_trials(tracker, tracker.client.get_run(parent))
     scored = [(trial.metrics[metric], trial) for trial in trials
               if trial.outcome == OK and math.isfinite(trial.metrics.get(metric, math.nan))]
-    tags = {"rnnsweep.objective": f"{metric} ({direction})"}
+    tags = {OBJECTIVE_TAG: f"{metric} ({direction})"}
     if not scored:
         tracker.log(parent, tags=tags)
         print(f"rnnsweep: no trial has a finite {metric}; no best trial")
         return
     pick = min if direction == "minimize" else max
     best, trial = pick(scored, key=lambda pair: pair[0])
-    tags.update({"rnnsweep.objective.best_run": trial.run_id,
-                 "rnnsweep.objective.best_trial": trial.name})
+    tags.update({OBJECTIVE_BEST_RUN_TAG: trial.run_id, OBJECTIVE_BEST_TRIAL_TAG: trial.name})
     tracker.log(parent, tags=tags)
     tracker.log_summary(parent, {"best_objective": best})
     print(f"rnnsweep: best {metric} ({direction}): {best:.6g} in trial {trial.name} "

@@ -15,15 +15,22 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from rnnsweep.record import KILLED, TrialRecord
+from rnnsweep.contract import (
+    KILLED,
+    LIVE_DROPPED_TAG,
+    RAY_TAG_PREFIX,
+    RETRIES_TAG,
+    REUSED_TAG_PREFIX,
+    SWEEP_TAG,
+    to_tag,
+)
+from rnnsweep.record import TrialRecord
 from rnnsweep.sweep.sink import TrialInfo
-from rnnsweep.tracking import REUSED_TAG_PREFIX, SWEEP_TAG, Tracker
+from rnnsweep.tracking import Tracker
 from rnnsweep.trial.live import Row
 
 log = logging.getLogger(__name__)
 
-RETRIES_TAG = "rnnsweep.retries"
-DROPPED_TAG = "rnnsweep.live.dropped"
 # How long a finishing trial's record waits for its live values still queued: beyond it
 # the store is too slow, and the record fills in what is missing itself.
 DRAIN_WAIT_S = 30.0
@@ -134,13 +141,13 @@ class RecordingSink:
         attempt = int(info.get("attempt", 0))
         run_id = self.runs.get(idx)
         if run_id is not None:  # a retry of a trial whose worker died
-            self.tracker.log(run_id, tags={RETRIES_TAG: str(attempt)})
+            self.tracker.log(run_id, tags={RETRIES_TAG: to_tag(attempt)})
             return
         # Where it runs, from its start (the record adds the rest): a person or a test
         # can find the trial's process while it runs.
-        where = {f"rnnsweep.ray.{key}": str(info[key]) for key in ("host", "pid", "node_id")
+        where = {f"{RAY_TAG_PREFIX}{key}": str(info[key]) for key in ("host", "pid", "node_id")
                  if key in info}
-        self._create(idx, info.get("started"), {RETRIES_TAG: str(attempt), **where})
+        self._create(idx, info.get("started"), {RETRIES_TAG: to_tag(attempt), **where})
 
     def live(self, idx: int, rows: list[Row], total_steps: int | None = None) -> None:
         run_id = self.runs.get(idx)
@@ -173,7 +180,7 @@ class RecordingSink:
             self.writer.drain(run_id)
             logged = state.logged
             if state.dropped_points:
-                record.tags[DROPPED_TAG] = (
+                record.tags[LIVE_DROPPED_TAG] = (
                     f"{state.dropped_points} live values could not be written while the "
                     "trial ran (store slow or unreachable); its final record wrote them")
         self.tracker.write_record(run_id, record, with_params=idx not in self.params_logged,

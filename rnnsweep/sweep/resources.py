@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 from omegaconf import DictConfig, OmegaConf
 
+from rnnsweep.contract import RAY_GPU_COTENANTS_TAG, RAY_GPU_IDS_TAG, RAY_GPU_SHARED_TAG, to_tag
+
 # Ray's local-only mode (read when ray is imported) keeps an embedded Ray on loopback.
 LOCAL_ONLY_RAY_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 # Ray's usage statistics: on by default, its dashboard posts them to the vendor a minute
@@ -120,6 +122,6 @@ def gpu_tags(info: dict, neighbours: list[dict], end: float) -> dict[str, str]:
     sharing = [n for n in neighbours
                if n.get("node_id") == info.get("node_id") and ids & set(n.get("gpu_ids") or [])
                and ran_between(n, begin, end)]
-    return {"rnnsweep.ray.gpu_ids": ",".join(sorted(ids)),
-            "rnnsweep.ray.gpu_cotenants": str(len(sharing)),
-            "rnnsweep.ray.gpu_shared": str(bool(sharing)).lower()}
+    return {RAY_GPU_IDS_TAG: ",".join(sorted(ids)),
+            RAY_GPU_COTENANTS_TAG: to_tag(len(sharing)),
+            RAY_GPU_SHARED_TAG: to_tag(bool(sharing))}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING
 
-from rnnsweep.record import DIVERGED, STOPPED, TIMED_OUT, UNSUPPORTED
+from rnnsweep.contract import DIVERGED, STOPPED, SWEEP_LIMIT_TAG, TIMED_OUT, UNSUPPORTED
 from rnnsweep.sweep import objective
 
 if TYPE_CHECKING:
@@ -43,7 +43,7 @@ def finish_sweep(context: SweepContext) -> dict[str, float]:
         summary["best_throughput_seq_per_s"] = max(throughputs)
     tracker.log_summary(parent, summary)
     if context.limit_reason:
-        tracker.log(parent, tags={"rnnsweep.sweep_limit": context.limit_reason})
+        tracker.log(parent, tags={SWEEP_LIMIT_TAG: context.limit_reason})
     # The sweep's answer, whichever sweeper chose its trials (Optuna's included).
     objective.log_best(tracker, parent, context.objective, trials)
     from rnnsweep.report import write_report_safely

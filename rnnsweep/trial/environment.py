@@ -10,7 +10,8 @@ from pathlib import Path
 
 import torch
 
-from rnnsweep import heap
+from rnnsweep import contract, heap
+from rnnsweep.contract import DEVICE_TAG, NUM_THREADS_TAG, to_tag
 
 
 def cpu_model() -> str:
@@ -27,15 +28,15 @@ def device_tags(device: torch.device) -> dict[str, str]:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     cudnn = torch.backends.cudnn.is_available() if device.type == "cuda" else False
     return {
-        "rnnsweep.device": name,
-        "rnnsweep.torch_version": str(torch.__version__),
-        "rnnsweep.cuda_version": str(torch.version.cuda),
-        "rnnsweep.cudnn": str(torch.backends.cudnn.version()) if cudnn else "unavailable",
-        "rnnsweep.onednn": str(torch.backends.mkldnn.is_available()),
-        "rnnsweep.cpu_model": cpu_model(),
-        "rnnsweep.host": socket.gethostname(),
-        "rnnsweep.python": platform.python_version(),
-        "rnnsweep.num_threads": str(torch.get_num_threads()),
+        DEVICE_TAG: name,
+        contract.TORCH_VERSION_TAG: str(torch.__version__),
+        contract.CUDA_VERSION_TAG: str(torch.version.cuda),
+        contract.CUDNN_TAG: str(torch.backends.cudnn.version()) if cudnn else "unavailable",
+        contract.ONEDNN_TAG: str(torch.backends.mkldnn.is_available()),
+        contract.CPU_MODEL_TAG: cpu_model(),
+        contract.HOST_TAG: socket.gethostname(),
+        contract.PYTHON_TAG: platform.python_version(),
+        NUM_THREADS_TAG: to_tag(torch.get_num_threads()),
     }
 
 

@@ -21,22 +21,26 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from rnnsweep import contract
 from rnnsweep.config.schema import TRAINING_KEYS, TaskConfig
-from rnnsweep.record import (
+from rnnsweep.contract import (
     CONFIG_HASH_TAG,
     DIVERGED,
     FAILED,
     KILLED,
+    NOISE_REASON_TAG,
+    NOISY_TAG,
     OK,
     OUTCOME_TAG,
     REASON_TAG,
     STOPPED,
     TIMED_OUT,
     UNSUPPORTED,
-    TrialRecord,
-    config_hash,
-    flatten,
+    from_tag,
+    to_tag,
 )
+from rnnsweep.record import TrialRecord, config_hash, flatten
+from rnnsweep.text import first_line
 from rnnsweep.trial import environment, flops, live, noise, timing, training
 from rnnsweep.trial.checkpoint import Checkpointer
 from rnnsweep.trial.models import RecurrentNet, check_output, split_output, with_impl
@@ -95,8 +99,8 @@ def _compute_device(cfg: DictConfig, record: TrialRecord) -> str:
     override = OmegaConf.select(cfg, "hardware.compute_device")
     if override is None:
         return _name(cfg.hardware.device)
-    record.tags["rnnsweep.compute_device"] = f"{_name(override)} (test-only override of " \
-                                             f"hardware.device={_name(cfg.hardware.device)})"
+    record.tags[contract.COMPUTE_DEVICE_TAG] = (
+        f"{_name(override)} (test-only override of hardware.device={_name(cfg.hardware.device)})")
     return _name(override)
 
 
@@ -134,7 +138,7 @@ def _run(cfg: DictConfig, record: TrialRecord, num_threads: int) -> None:
         # A trial granted part of a GPU fails alone when it outgrows its share, rather
         # than starving the trials packed beside it.
         torch.cuda.set_per_process_memory_fraction(fraction, device)
-        record.tags["rnnsweep.cuda_memory_fraction"] = f"{fraction:g}"
+        record.tags[contract.CUDA_MEMORY_FRACTION_TAG] = f"{fraction:g}"
     peak = environment.PeakMemory(device)
     peak.start()  # before the model exists: its weights are part of the trial's memory
     source = build_source(cfg, device)
@@ -146,7 +150,7 @@ def _run(cfg: DictConfig, record: TrialRecord, num_threads: int) -> None:
     counted = flops.forward_flops(model, cfg.model.input_size, cfg.seq_len, device)
     seq_flops = counted.per_sequence
     metrics["forward_flops_per_seq"] = float(seq_flops)
-    record.tags["rnnsweep.flops_source"] = counted.source
+    record.tags[contract.FLOPS_SOURCE_TAG] = counted.source
     if cfg.workload.train:
         with _loaded(record, "step_time_ms", device, num_threads, _shared(cfg)):
             _train(cfg, model, device, amp_dtype, record, seq_flops, source)
@@ -159,7 +163,7 @@ def _run(cfg: DictConfig, record: TrialRecord, num_threads: int) -> None:
         with _loaded(record, "stream_latency_ms_p50", device, num_threads, _shared(cfg)):
             _deploy(cfg, model, device, record)
     metrics.update(peak.stop())
-    record.tags["rnnsweep.peak_mem_kind"] = peak.kind
+    record.tags[contract.PEAK_MEM_KIND_TAG] = peak.kind
 
 
 def _check_workload(cfg: DictConfig, model: nn.Module) -> None:
@@ -195,7 +199,7 @@ def _check_precision(cfg: DictConfig, model: nn.Module,
             _, hidden = split_output(model(probe))
     except RuntimeError as exc:  # e.g. oneDNN has no bf16 LSTM without AVX512-BF16/AMX
         raise Unsupported(f"precision={cfg.precision.name}: {_model_name(cfg)} under "
-                          f"autocast fails on {device.type}: {str(exc).splitlines()[0]}") from exc
+                          f"autocast fails on {device.type}: {first_line(str(exc))}") from exc
     if hidden.dtype != dtype:
         raise Unsupported(f"precision={cfg.precision.name}: autocast on {device.type} runs "
                           f"{_model_name(cfg)} in {hidden.dtype}, not {dtype}")
@@ -239,7 +243,7 @@ def _train(cfg: DictConfig, model: nn.Module, device: torch.device,
             _checkpoint_metrics(record, hooks.checkpoint)
     if result.resumed_from_step:
         record.metrics["resumed_from_step"] = float(result.resumed_from_step)
-        record.tags["rnnsweep.resumed_from_step"] = str(result.resumed_from_step)
+        record.tags[contract.RESUMED_FROM_STEP_TAG] = to_tag(result.resumed_from_step)
     record.step_metrics.update({k: v for k, v in result.series.items()
                                 if k in LOGGED_SERIES and v})
     record.sparse_metrics.update(result.sparse)
@@ -249,8 +253,8 @@ def _train(cfg: DictConfig, model: nn.Module, device: torch.device,
     metrics["steps_done"] = float(done)
     if result.stopped:
         record.outcome, record.reason, stopped_at = result.stopped
-        record.tags["rnnsweep.stopped_at_step"] = str(stopped_at)
-        record.tags["rnnsweep.stop_reason"] = record.reason[:4000]
+        record.tags[contract.STOPPED_AT_STEP_TAG] = to_tag(stopped_at)
+        record.tags[contract.STOP_REASON_TAG] = record.reason[:4000]
     if cfg.steps and done and result.counts.get("nonfinite_steps") == done:
         record.outcome = DIVERGED
         record.reason = f"all {done} training steps were non-finite (skipped)"
@@ -270,7 +274,7 @@ def _train(cfg: DictConfig, model: nn.Module, device: torch.device,
         metrics["train_seq_per_s"] = cfg.batch / (result.step_time_ms / 1e3)
         # A training step costs about three forward passes (docs/experiments.md).
         metrics["train_gflops"] = 3 * seq_flops * cfg.batch / (result.step_time_ms / 1e3) / 1e9
-        record.tags["rnnsweep.output_dtype"] = result.output_dtype
+        record.tags[contract.OUTPUT_DTYPE_TAG] = result.output_dtype
     if "grad_scale" in result.series and result.series["grad_scale"]:
         metrics["final_grad_scale"] = result.series["grad_scale"][-1]
     if hooks.checkpoint is not None and record.outcome in (OK, DIVERGED, STOPPED):
@@ -334,7 +338,7 @@ def _checkpointer(cfg: DictConfig, record: TrialRecord) -> Checkpointer | None:
         return None
     root = Path(str(OmegaConf.select(cfg, "checkpoint.dir"))).expanduser()
     directory = root.absolute() / record.tags[CONFIG_HASH_TAG]
-    record.tags["rnnsweep.checkpoint.dir"] = str(directory)
+    record.tags[contract.CHECKPOINT_DIR_TAG] = str(directory)
     return Checkpointer(directory, every_s, every_steps,
                         bool(OmegaConf.select(cfg, "checkpoint.keep", default=False)))
 
@@ -360,7 +364,7 @@ def _bench(cfg: DictConfig, model: RecurrentNet, device: torch.device,
     own = timing.time_call(forward, device, num_threads, cfg.warmup, cfg.min_run_time)
     _timed(record, "latency_ms", own, _shared(cfg))
     # What latency_ms times, so a bare loop that differs can be told why (fidelity.py).
-    record.tags["rnnsweep.timing.scope"] = (
+    record.tags[contract.TIMING_SCOPE_TAG] = (
         f"median of {timing.STATISTIC}; one forward of the model with its per-timestep "
         "linear head, the trial's (trained) weights, under inference_mode")
     metrics["latency_ms"] = own.median_ms
@@ -426,11 +430,10 @@ def _keep_samples(record: TrialRecord, metric: str, samples_ms: list[float]) -> 
 def _add_verdict(record: TrialRecord, metric: str, noisy: bool, reason: str) -> None:
     tags = record.tags
     if noisy:
-        earlier = tags.get("rnnsweep.timing.noise_reason", "")
-        tags["rnnsweep.timing.noise_reason"] = "; ".join(
+        earlier = tags.get(NOISE_REASON_TAG, "")
+        tags[NOISE_REASON_TAG] = "; ".join(
             filter(None, [earlier, f"{metric}: {reason}"]))[:4000]
-    tags["rnnsweep.timing.noisy"] = str(
-        noisy or tags.get("rnnsweep.timing.noisy") == "true").lower()
+    tags[NOISY_TAG] = to_tag(noisy or from_tag(tags.get(NOISY_TAG), bool, False))
 
 
 @contextmanager
