@@ -46,9 +46,9 @@ def toy(*overrides: str) -> list[str]:
 # No assertion depends on which launcher ran the trials.
 BASIC_LAUNCHER = "hydra/launcher=basic"
 
-# Environment a test's CLI subprocess must not inherit: it would attach the runs to some
-# other sweep, divert records, or point validation at a Ray cluster.
-_FOREIGN_ENV = ("RNNSWEEP_PARENT_RUN_ID", "RNNSWEEP_RECORDS_TO_DRIVER", "RAY_ADDRESS")
+# Environment a test's CLI subprocess must not inherit: it would point validation and the
+# launcher at some other Ray cluster.
+_FOREIGN_ENV = ("RAY_ADDRESS",)
 # Nothing a test starts reports usage off the machine.
 _OFFLINE_ENV = {"MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true",
                 "RAY_USAGE_STATS_ENABLED": "0"}
