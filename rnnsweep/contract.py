@@ -51,6 +51,8 @@ STOPPED_AT_STEP_TAG = "rnnsweep.stopped_at_step"
 STOP_REASON_TAG = "rnnsweep.stop_reason"
 RESUMED_FROM_STEP_TAG = "rnnsweep.resumed_from_step"
 CHECKPOINT_DIR_TAG = "rnnsweep.checkpoint.dir"
+# checkpoint.store=artifacts: a running trial's latest save, on its run.
+CHECKPOINT_ARTIFACT = "checkpoint/checkpoint.pt"
 # Live values the store did not take while the trial ran (the record fills them in).
 LIVE_DROPPED_TAG = "rnnsweep.live.dropped"
 # Timing's own verdict on its figures.

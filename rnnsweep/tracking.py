@@ -21,6 +21,7 @@ from mlflow.store.artifact.artifact_repository_registry import get_artifact_repo
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
+from rnnsweep import contract
 from rnnsweep.config.store import resolve_uri
 from rnnsweep.contract import (  # noqa: F401  (REUSED_TAG_PREFIX: read by report.reading)
     CONFIG_HASH_TAG,
@@ -174,6 +175,23 @@ class Tracker:
                 found = self.noisy_finished if noisy else done
                 found.setdefault((digest, env), (run.info.run_id, run.info.run_name or ""))
         return done
+
+    def latest_checkpoint(self, config_hash: str) -> bytes | None:
+        """The checkpoint an unfinished run of this trial config left on its run
+        (checkpoint.store=artifacts), the newest first; None if there is none."""
+        query = (f"tags.`{CONFIG_HASH_TAG}` = '{config_hash}' and "
+                 "attributes.status != 'FINISHED' and attributes.status != 'RUNNING'")
+        runs = self.client.search_runs([self.experiment_id], query, max_results=5,
+                                       order_by=["attributes.start_time DESC"])
+        for run in runs:
+            with tempfile.TemporaryDirectory(prefix="rnnsweep-resume-") as tmp:
+                try:
+                    path = self.client.download_artifacts(run.info.run_id,
+                                                           contract.CHECKPOINT_ARTIFACT, tmp)
+                except Exception:  # noqa: BLE001 - that run saved none: look further
+                    continue
+                return Path(path).read_bytes()
+        return None
 
     def running_sweeps(self) -> list:
         return list(self._search(

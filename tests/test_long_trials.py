@@ -155,6 +155,7 @@ def test_a_resumed_trial_ends_with_the_weights_of_an_uninterrupted_one(tmp_path)
     (["checkpoint.every_s=-1"], "checkpoint.every_s=-1"),
     (["checkpoint.every_steps=0"], "checkpoint.every_steps=0"),
     (["checkpoint.every_steps=5", "checkpoint.dir=/proc/rnnsweep-ck"], "checkpoint.dir=/proc"),
+    (["checkpoint.store=s3"], "checkpoint.store=s3"),
     (["eval_every=50", "steps=20"], "eval_every=50"),
     (["guard.stop_after_nonfinite=0"], "guard.stop_after_nonfinite=0"),
     (["hydra.launcher.stopper=hyperband"], "hydra.launcher.stopper=hyperband"),
@@ -473,3 +474,41 @@ def test_a_locked_store_drops_live_values_but_loses_no_step(mlflow_store, tmp_pa
     assert run.info.status == "FINISHED"
     assert "live values could not be written" in run.data.tags["rnnsweep.live.dropped"]
     assert _steps(mlflow_store, run.info.run_id) == list(range(steps))
+
+
+@pytest.mark.slow
+def test_checkpoints_on_the_run_resume_a_sweep_whose_nodes_share_no_directory(mlflow_store,
+                                                                                tmp_path):
+    """checkpoint.store=artifacts: saves travel to the driver and onto the trial's run;
+    the rerun after the driver died resumes from the run's copy, not a local file."""
+    import shutil
+
+    from rnnsweep.trial.checkpoint import relayed_dir
+
+    steps = 400
+    args = [*LONG, f"steps={steps}", "seed=6", "checkpoint.every_steps=25",
+            "checkpoint.store=artifacts", "tracking.live_interval_s=0.5",
+            *cli_paths(mlflow_store, tmp_path)]
+    proc = start_cli(args, tmp_path, merge_output=True)
+    try:
+        run = wait_for(lambda: _only_child(mlflow_store), 120, "the trial's run")
+        wait_for(lambda: "checkpoint" in {a.path for a in mlflow_store.client.list_artifacts(
+            run.info.run_id)} and len(_steps(mlflow_store, run.info.run_id)) >= 120, 240,
+            "a checkpoint on the run and 120 steps")
+        workers = trial_pids(0, root=proc.pid)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+        wait_for(lambda: not any(os.path.exists(f"/proc/{p}") for p in workers), 60,
+                 "the orphaned worker to end")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    # As if the rerun's trial landed on another node: nothing of it is on this disk.
+    shutil.rmtree(relayed_dir(run.data.tags["rnnsweep.config_hash"]), ignore_errors=True)
+    again = run_cli(args, tmp_path)
+    assert again.returncode == 0, again.stdout + again.stderr
+    new = [r for r in _children(mlflow_store) if r.info.run_id != run.info.run_id]
+    assert len(new) == 1 and new[0].info.status == "FINISHED"
+    resumed = int(new[0].data.tags["rnnsweep.resumed_from_step"])
+    assert resumed >= 25 and resumed % 25 == 0
+    assert _steps(mlflow_store, new[0].info.run_id) == list(range(steps))

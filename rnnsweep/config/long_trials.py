@@ -14,6 +14,7 @@ from rnnsweep.config.errors import ConfigError
 from rnnsweep.config.schema import BUILTIN_TASKS
 
 SCHEDULES = ("constant", "cosine", "step")
+CHECKPOINT_STORES = ("dir", "artifacts")
 STOPPERS = ("none", "asha", "median")
 # What a training trial of a built-in task records, and what it reports while it runs.
 TRAIN_METRICS = frozenset({
@@ -54,8 +55,12 @@ def check_trial(cfg: DictConfig) -> None:
     if OmegaConf.select(cfg, "task.lr_gamma") is not None:
         _positive(cfg, "task.lr_gamma")
     _count(cfg, "task.lr_step_every")
-    if OmegaConf.select(cfg, "checkpoint.every_s") or OmegaConf.select(
-            cfg, "checkpoint.every_steps"):
+    store = OmegaConf.select(cfg, "checkpoint.store", default="dir")
+    if store not in CHECKPOINT_STORES:
+        raise ConfigError(f"checkpoint.store={store}: must be one of "
+                          f"{', '.join(CHECKPOINT_STORES)}")
+    if store == "dir" and (OmegaConf.select(cfg, "checkpoint.every_s")
+                           or OmegaConf.select(cfg, "checkpoint.every_steps")):
         _writable(str(OmegaConf.select(cfg, "checkpoint.dir")))
 
 

@@ -172,6 +172,11 @@ class CheckpointConfig:
     # default); on a cluster, a path every node shares.
     dir: str = ".rnnsweep/checkpoints"
     keep: bool = False  # keep a finished trial's last checkpoint (else deleted)
+    # Where saves live: "dir" (above), or "artifacts": each save also travels to the
+    # driver and onto the trial's run (checkpoint/checkpoint.pt), for a cluster whose
+    # nodes share no directory. A retry on any node, and a rerun after the driver died,
+    # resume from the run's copy.
+    store: str = "dir"
 
 
 @dataclass

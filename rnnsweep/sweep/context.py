@@ -40,7 +40,7 @@ from rnnsweep.sweep.sink import SweepSink, TrialInfo
 log = logging.getLogger(__name__)
 
 
-_OPTIONAL = ("live", "ended")  # events only the sinks that have them hear
+_OPTIONAL = ("live", "checkpoint", "ended")  # events only the sinks that have them hear
 
 
 class Sinks:
@@ -58,6 +58,9 @@ class Sinks:
 
     def live(self, idx: int, rows: list, total_steps: int | None) -> None:
         self._each("live", idx, rows, total_steps)
+
+    def checkpoint(self, idx: int, data: bytes) -> None:
+        self._each("checkpoint", idx, data)
 
     def reused(self, idx: int, run_id: str, info: TrialInfo | None = None) -> None:
         self._each("reused", idx, run_id, info)

@@ -91,6 +91,10 @@ class Job:
     # A stop asked of it (outcome, reason, when): past STOP_GRACE_S it is ended by force.
     stop: tuple[str, str, float] | None = None
     last: dict[str, float] = field(default_factory=dict)  # its latest live values
+    # checkpoint.store=artifacts: whether it relays its saves, and its latest (an object
+    # ref), which a retry or a rerun resumes from.
+    relays: bool = False
+    saved: Any = None
 
 
 def launch(launcher, job_overrides: Sequence[Sequence[str]],
@@ -152,6 +156,10 @@ def _plan(composer: Composer, jobs: list[Job], nodes: list[Node], records: bool
         job.retries = int(OmegaConf.select(config, "ray.max_retries", default=2))
         job.steps = OmegaConf.select(config, "steps", default=None)
         job.timeout_s = OmegaConf.select(config, "trial_timeout_s", default=None)
+        job.relays = bool(
+            OmegaConf.select(config, "checkpoint.store", default="dir") == "artifacts"
+            and (OmegaConf.select(config, "checkpoint.every_s")
+                 or OmegaConf.select(config, "checkpoint.every_steps")))
         job.interval_s = float(OmegaConf.select(config, "tracking.live_interval_s",
                                                 default=3.0) or 3.0)
         job_config(config, job.idx, _hardware(job.request))  # as the worker will see it
@@ -180,6 +188,13 @@ def _run(launcher, context: SweepContext, composer: Composer, jobs: list[Job],
                                                          *job.judged_by)
     to_run = [job for job in jobs if job.state == TrialState.PENDING]
     watch = _Watch.for_sweep(launcher, to_run)
+    for job in to_run:
+        if job.relays and job.digest:
+            # A trial whose earlier run (a sweep whose driver died) left a checkpoint on
+            # its run goes on from there.
+            found = context.tracker.latest_checkpoint(job.digest)
+            if found is not None:
+                job.saved = ray.put(found)
     submitter = _Submitter(launcher, composer, to_run, nodes, context.records, watch.needs_control)
     extra_tags = getattr(launcher, "job_tags", None) or {}
     sinks.submitted([TrialInfo(job.idx, job.name, tuple(job.overrides), params.get(job.idx, {}),
@@ -326,7 +341,9 @@ class _Submitter:
             num_returns="streaming", num_cpus=job.request.num_cpus,
             num_gpus=job.request.num_gpus, max_retries=0,
             retry_exceptions=False, name=worker.TASK_NAME,
-        ).remote(self.shared, config, self.cwd, job.idx, job.attempt, self.control)
+        ).remote(self.shared, config, self.cwd, job.idx, job.attempt, self.control,
+                 # Nested in a tuple: Ray leaves the ref for the worker to fetch.
+                 (job.digest, (job.saved,)) if job.saved is not None else None)
         if not self.drop_configs:
             job.config = config
         self.in_flight[job.ref] = job
@@ -434,6 +451,10 @@ def _advance(job: Job, context: SweepContext, jobs: list[Job], nodes: list[Node]
         job.state, job.info = TrialState.RUNNING, info
         job.running_since = time.monotonic()
         context.sinks.started(job.idx, info)
+        return _GOING
+    if item == worker.CHECKPOINT:
+        job.saved = ray.put(info)
+        context.sinks.checkpoint(job.idx, info)
         return _GOING
     if item == worker.LIVE:
         rows = info["rows"]

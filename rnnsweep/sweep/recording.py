@@ -12,9 +12,10 @@ from __future__ import annotations
 import collections
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from rnnsweep import contract
 from rnnsweep.contract import (
     KILLED,
     LIVE_DROPPED_TAG,
@@ -53,13 +54,16 @@ class _Live:
 
 
 class LiveWriter:
-    """Writes running trials' values on a thread of its own, so a slow store never holds
-    up the driver (and through it the trials). The queue is bounded (``capacity`` values):
-    when it is full the oldest batch is dropped, and counted on its run."""
+    """Writes running trials' values (and relayed checkpoints) on a thread of its own, so
+    a slow store never holds up the driver (and through it the trials). The queue is
+    bounded (``capacity`` values): when it is full the oldest batch of values is dropped,
+    and counted on its run."""
 
     def __init__(self, tracker: Tracker, capacity: int) -> None:
         self.tracker, self.capacity = tracker, capacity
-        self._queue: collections.deque[tuple[str, list[Row], int, _Live]] = collections.deque()
+        # (run id, values it holds, write, what to do when it cannot be written)
+        self._queue: collections.deque[tuple[str, int, Callable[[], None],
+                                             Callable[[], None]]] = collections.deque()
         self._values = 0
         self._pending: collections.Counter[str] = collections.Counter()
         self._cond = threading.Condition()
@@ -69,12 +73,26 @@ class LiveWriter:
 
     def put(self, run_id: str, rows: list[Row], state: _Live) -> None:
         size = sum(len(values) for _, values in rows)
+        self._put(run_id, size, lambda: self.tracker.log_steps(run_id, rows),
+                  lambda: _drop(state, rows))
+
+    def put_files(self, run_id: str, files: dict[str, bytes]) -> None:
+        """Artifacts for a running trial's run (its latest checkpoint): never dropped
+        for room, since they hold no values; a newer one replaces it on the run."""
+        self._put(run_id, 0, lambda: self.tracker.log_artifacts(run_id, files),
+                  lambda: log.warning("a checkpoint of run %s was not written", run_id))
+
+    def _put(self, run_id: str, size: int, write: Callable[[], None],
+             dropped: Callable[[], None]) -> None:
         with self._cond:
-            while self._queue and self._values + size > self.capacity:
-                old_run, old_rows, old_size, old_state = self._queue.popleft()
-                self._forget(old_run, old_size)
-                _drop(old_state, old_rows)
-            self._queue.append((run_id, rows, size, state))
+            while size and self._queue and self._values + size > self.capacity:
+                oldest = next((item for item in self._queue if item[1]), None)
+                if oldest is None:
+                    break
+                self._queue.remove(oldest)
+                self._forget(oldest[0], oldest[1])
+                oldest[3]()
+            self._queue.append((run_id, size, write, dropped))
             self._values += size
             self._pending[run_id] += 1
             self._cond.notify_all()
@@ -96,12 +114,12 @@ class LiveWriter:
                 self._cond.wait_for(lambda: self._queue or self._closed)
                 if not self._queue:
                     return
-                run_id, rows, size, state = self._queue.popleft()
+                run_id, size, write, dropped = self._queue.popleft()
             try:
-                self.tracker.log_steps(run_id, rows)
-            except Exception as exc:  # noqa: BLE001 - the final record fills them in
+                write()
+            except Exception as exc:  # noqa: BLE001 - the final record fills values in
                 log.debug("live values of run %s not written: %s", run_id, exc)
-                _drop(state, rows)
+                dropped()
             with self._cond:
                 self._forget(run_id, size)
 
@@ -164,6 +182,12 @@ class RecordingSink:
                     state.last[name] = step
         if fresh:
             self.writer.put(run_id, fresh, state)
+
+    def checkpoint(self, idx: int, data: bytes) -> None:
+        """A running trial's latest save (checkpoint.store=artifacts), onto its run."""
+        run_id = self.runs.get(idx)
+        if run_id is not None and run_id in self.open:
+            self.writer.put_files(run_id, {contract.CHECKPOINT_ARTIFACT: data})
 
     def reused(self, idx: int, run_id: str, info: TrialInfo | None = None) -> None:
         if self.parent:

@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import ray
@@ -26,6 +27,7 @@ from rnnsweep.trial import live
 
 STARTED = "started"
 LIVE = "live"  # a running trial's per-step values since the last ones
+CHECKPOINT = "checkpoint"  # its latest save (checkpoint.store=artifacts), for the driver
 # How long a trial's worker waits for the control actor's answer before going on
 # without it (its loss never stops a trial; the driver's time limits still apply).
 CONTROL_TIMEOUT_S = 5.0
@@ -83,7 +85,8 @@ class Control:
 
 
 def execute(shared: SweepShared, job: DictConfig | PatchedJob, driver_cwd: str,
-            idx: int, attempt: int = 0, control: Any = None) -> Iterator[Any]:
+            idx: int, attempt: int = 0, control: Any = None,
+            resume: tuple[str, Any] | None = None) -> Iterator[Any]:
     """Runs in a Ray worker as a streaming task: first yields that it started, then its
     per-step values every ``tracking.live_interval_s`` while it trains, then the Hydra
     job's result, run exactly as the basic launcher would run it.
@@ -108,6 +111,8 @@ def execute(shared: SweepShared, job: DictConfig | PatchedJob, driver_cwd: str,
     config = job if isinstance(job, DictConfig) else _composed(sweep, job)
     trial_live = live.Live()
     total = OmegaConf.select(config, "steps", default=None)
+    if resume is not None:
+        _place_checkpoint(*resume)
     done: dict[str, Any] = {}
 
     def run() -> None:
@@ -132,6 +137,10 @@ def execute(shared: SweepShared, job: DictConfig | PatchedJob, driver_cwd: str,
         rows = trial_live.drain()
         if rows:
             yield LIVE, {"rows": rows, "steps": total}
+        saved = trial_live.take_saved()
+        if saved is not None:
+            with contextlib.suppress(OSError):  # replaced by a newer save meanwhile
+                yield CHECKPOINT, Path(saved).read_bytes()
         if control is not None and trial_live.stop is None:
             stop = _asked_to_stop(control, idx)
             if stop is not None:
@@ -147,6 +156,19 @@ def execute(shared: SweepShared, job: DictConfig | PatchedJob, driver_cwd: str,
         # unpickling for nothing: the record and the driver's own config say everything.
         ret.cfg = ret.hydra_cfg = None
     yield ret, info
+
+
+def _place_checkpoint(config_hash: str, ref: Any) -> None:
+    """A retried or resumed trial's resume point, from its run (checkpoint.store=artifacts),
+    where the trial looks for it on this node."""
+    from rnnsweep.trial.checkpoint import FILE, relayed_dir
+
+    data = ray.get(ref[0]) if isinstance(ref, tuple) else ref
+    directory = relayed_dir(config_hash)
+    directory.mkdir(parents=True, exist_ok=True)
+    tmp = directory / f".{FILE}.{os.getpid()}.resume"
+    tmp.write_bytes(data)
+    os.replace(tmp, directory / FILE)
 
 
 def _asked_to_stop(control: Any, idx: int) -> tuple[str, str] | None:

@@ -12,13 +12,21 @@ from __future__ import annotations
 import os
 import random
 import shutil
+import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
 FILE = "checkpoint.pt"
+
+
+def relayed_dir(config_hash: str) -> Path:
+    """checkpoint.store=artifacts: the node-local directory a trial saves into, and that
+    a retry's resume point (the run's copy, from the driver) is written to first."""
+    return Path(tempfile.gettempdir()) / "rnnsweep-checkpoints" / config_hash
 
 
 class Checkpointer:
@@ -29,6 +37,8 @@ class Checkpointer:
         self._last_save = time.monotonic()
         self.saves = 0
         self.save_s = 0.0  # total time spent saving
+        # Told of each save's file (checkpoint.store=artifacts: the worker sends it on).
+        self.on_save: Callable[[str], None] | None = None
 
     @property
     def path(self) -> Path:
@@ -55,6 +65,8 @@ class Checkpointer:
         self._last_save = time.monotonic()
         self.saves += 1
         self.save_s += time.perf_counter() - began
+        if self.on_save is not None:
+            self.on_save(str(self.path))
 
     def finish(self) -> None:
         """The trial is over: its checkpoints go, unless ``checkpoint.keep``."""

@@ -31,6 +31,15 @@ class Live:
         # read costs one step).
         self.stop: StopRequest | None = None
         self.total_steps: int | None = None
+        # The latest checkpoint not yet sent on (checkpoint.store=artifacts): its file.
+        self.saved: str | None = None
+
+    def checkpoint_saved(self, path: str) -> None:
+        self.saved = path
+
+    def take_saved(self) -> str | None:
+        path, self.saved = self.saved, None
+        return path
 
     def log(self, step: int, values: dict[str, float]) -> None:
         with self._lock:

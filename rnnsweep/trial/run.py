@@ -41,7 +41,7 @@ from rnnsweep.contract import (
 )
 from rnnsweep.record import TrialRecord, config_hash, flatten
 from rnnsweep.text import first_line
-from rnnsweep.trial import environment, flops, live, noise, timing, training
+from rnnsweep.trial import checkpoint, environment, flops, live, noise, timing, training
 from rnnsweep.trial.checkpoint import Checkpointer
 from rnnsweep.trial.models import RecurrentNet, check_output, split_output, with_impl
 
@@ -336,11 +336,20 @@ def _checkpointer(cfg: DictConfig, record: TrialRecord) -> Checkpointer | None:
     every_steps = OmegaConf.select(cfg, "checkpoint.every_steps")
     if not every_s and not every_steps:
         return None
-    root = Path(str(OmegaConf.select(cfg, "checkpoint.dir"))).expanduser()
-    directory = root.absolute() / record.tags[CONFIG_HASH_TAG]
+    digest = record.tags[CONFIG_HASH_TAG]
+    relayed = OmegaConf.select(cfg, "checkpoint.store", default="dir") == "artifacts"
+    if relayed:
+        directory = checkpoint.relayed_dir(digest)
+    else:
+        root = Path(str(OmegaConf.select(cfg, "checkpoint.dir"))).expanduser()
+        directory = root.absolute() / digest
     record.tags[contract.CHECKPOINT_DIR_TAG] = str(directory)
-    return Checkpointer(directory, every_s, every_steps,
-                        bool(OmegaConf.select(cfg, "checkpoint.keep", default=False)))
+    saver = Checkpointer(directory, every_s, every_steps,
+                         bool(OmegaConf.select(cfg, "checkpoint.keep", default=False)))
+    watched = live.active()
+    if relayed and watched is not None:
+        saver.on_save = watched.checkpoint_saved  # its worker sends each save on
+    return saver
 
 
 def _checkpoint_metrics(record: TrialRecord, saver: Checkpointer) -> None:
