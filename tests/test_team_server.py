@@ -214,4 +214,4 @@ def test_a_database_that_does_not_exist_is_one_line(postgres, tmp_path):
 def test_a_server_that_answers_but_is_not_mlflow_is_one_line(postgres, tmp_path):
     # PostgreSQL's own port answers, but not HTTP, let alone MLflow's API.
     line = _refused_quickly(tmp_path, f"http://127.0.0.1:{postgres.port}")
-    assert "tracking.uri=http://127.0.0.1:" in line
+    assert "does not answer HTTP: not an MLflow tracking server" in line

@@ -295,6 +295,9 @@ def _check_server(shown: str, uri: str) -> None:
         reason = (f"no answer within {SERVER_TIMEOUT_S:g} s" if isinstance(exc, requests.Timeout)
                   else f"cannot connect to {where}" if isinstance(exc, requests.ConnectionError)
                   else _reason(exc))
+        if isinstance(exc, requests.ConnectionError) and _listens(parts):
+            raise ConfigError(f"{shown}: something listens at {where} but does not answer "
+                              "HTTP: not an MLflow tracking server") from None
         raise ConfigError(f"{shown}: the server does not answer ({reason})") from None
     try:  # it answers; checking a password can take the server a while (PBKDF2)
         answer = requests.get(f"{base}/api/2.0/mlflow/experiments/search",
@@ -314,6 +317,17 @@ def _check_server(shown: str, uri: str) -> None:
         raise ConfigError(f"{shown}: the MLflow server cannot serve its store "
                           f"({error.get('error_code')}: "
                           f"{_reason(Exception(error.get('message', '')))})")
+
+
+def _listens(parts) -> bool:
+    """A TCP connection succeeds: a server of some other protocol (a database's port)."""
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        socket.create_connection((parts.hostname or "127.0.0.1", port),
+                                 timeout=SERVER_TIMEOUT_S).close()
+    except OSError:
+        return False
+    return True
 
 
 def _is_mlflow_answer(answer) -> bool:
