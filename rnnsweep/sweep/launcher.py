@@ -187,7 +187,7 @@ def _run(launcher, context: SweepContext, composer: Composer, jobs: list[Job],
         job.result.return_value = objective.value_of_run(context.tracker, reusable[job.idx],
                                                          *job.judged_by)
     to_run = [job for job in jobs if job.state == TrialState.PENDING]
-    watch = _Watch.for_sweep(launcher, to_run)
+    watch = _Watch.for_sweep(launcher, to_run, context.started_at)
     for job in to_run:
         if job.relays and job.digest:
             # A trial whose earlier run (a sweep whose driver died) left a checkpoint on
@@ -224,16 +224,22 @@ class _Watch:
         self.needs_control = stopper is not None or timed
 
     @classmethod
-    def for_sweep(cls, launcher, jobs: list[Job]) -> _Watch:
+    def for_sweep(cls, launcher, jobs: list[Job], started_at: float) -> _Watch:
         settings = launcher.settings
         stopper = getattr(launcher, "stopper", None)
         if stopper is None and jobs and getattr(settings, "stopper", "none") != "none":
-            metric, direction = jobs[0].judged_by
-            stopper = stopping.make(
-                settings.stopper, direction, max(j.steps or 0 for j in jobs),
-                settings.grace_period, settings.reduction_factor, settings.min_trials)
+            # One for the whole sweep: a sweeper's later batches are judged against the
+            # earlier ones.
+            stopper = getattr(launcher, "_sweep_stopper", None)
+            if stopper is None:
+                metric, direction = jobs[0].judged_by
+                stopper = launcher._sweep_stopper = stopping.make(
+                    settings.stopper, direction, max(j.steps or 0 for j in jobs),
+                    settings.grace_period, settings.reduction_factor, settings.min_trials)
         limit = OmegaConf.select(launcher.config, "sweep_timeout_s", default=None)
-        deadline = time.monotonic() + float(limit) if limit else None
+        # From the sweep's start, not this launch's: a sweeper that launches batch after
+        # batch (Optuna) is held to one limit for them all.
+        deadline = started_at + float(limit) if limit else None
         return cls(stopper, deadline, limit, any(j.timeout_s for j in jobs))
 
     def live(self, job: Job, rows: list) -> tuple[str, str] | None:
@@ -255,8 +261,8 @@ class _Watch:
                                f"{now - job.running_since:.1f} s")
         return None
 
-    def sweep_over(self, now: float) -> bool:
-        return self.sweep_deadline is not None and now >= self.sweep_deadline
+    def sweep_over(self) -> bool:
+        return self.sweep_deadline is not None and time.time() >= self.sweep_deadline
 
     def finished(self, job: Job) -> None:
         if self.stopper is not None:
@@ -475,7 +481,7 @@ def _enforce(context: SweepContext, jobs: list[Job], nodes: list[Node], submitte
              watch: _Watch) -> int:
     """Time limits, and stops a trial did not obey in time; returns the trials ended."""
     now = time.monotonic()
-    if watch.sweep_over(now):
+    if watch.sweep_over():
         reason = f"sweep_timeout_s={watch.sweep_timeout_s:g} reached"
         context.limit_reason = reason
         ended = len(submitter.in_flight) + len(submitter.queue)
