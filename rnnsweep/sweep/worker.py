@@ -137,10 +137,9 @@ def execute(shared: SweepShared, job: DictConfig | PatchedJob, driver_cwd: str,
         rows = trial_live.drain()
         if rows:
             yield LIVE, {"rows": rows, "steps": total}
-        saved = trial_live.take_saved()
+        saved = _read(trial_live.take_saved())
         if saved is not None:
-            with contextlib.suppress(OSError):  # replaced by a newer save meanwhile
-                yield CHECKPOINT, Path(saved).read_bytes()
+            yield CHECKPOINT, saved
         if control is not None and trial_live.stop is None:
             stop = _asked_to_stop(control, idx)
             if stop is not None:
@@ -156,6 +155,16 @@ def execute(shared: SweepShared, job: DictConfig | PatchedJob, driver_cwd: str,
         # unpickling for nothing: the record and the driver's own config say everything.
         ret.cfg = ret.hydra_cfg = None
     yield ret, info
+
+
+def _read(path: str | None) -> bytes | None:
+    """A save's file, whole (a newer save replaces it atomically, never in part)."""
+    if path is None:
+        return None
+    try:
+        return Path(path).read_bytes()
+    except OSError:  # the trial ended and its checkpoints went meanwhile
+        return None
 
 
 def _place_checkpoint(config_hash: str, ref: Any) -> None:
