@@ -9,7 +9,7 @@ from typing import Any
 
 # The outcomes and the tags that carry them live with the rest of the contract; they are
 # named here too because a record is where a reader meets them first.
-from rnnsweep.contract import (  # noqa: F401
+from rnnsweep.contract import (
     CONFIG_HASH_TAG,
     DIVERGED,
     FAILED,
@@ -21,6 +21,10 @@ from rnnsweep.contract import (  # noqa: F401
     TIMED_OUT,
     UNSUPPORTED,
 )
+
+__all__ = ["CONFIG_HASH_TAG", "DIVERGED", "FAILED", "KILLED", "NON_IDENTITY_PREFIXES", "OK",
+           "OUTCOME_TAG", "REASON_TAG", "RUN_STATUS", "STOPPED", "TIMED_OUT", "UNSUPPORTED",
+           "TrialRecord", "config_hash", "flatten"]
 
 # The MLflow run status of each outcome that is not FINISHED.
 RUN_STATUS = {FAILED: "FAILED", TIMED_OUT: "KILLED", KILLED: "KILLED"}
