@@ -40,6 +40,11 @@ OBJECTIVE = "best_val_loss"
 SEQ_LEN, BATCH = 50, 16
 
 
+def _use(lrs: list[float], widths: list[int]) -> None:
+    global LRS, WIDTHS
+    LRS, WIDTHS = tuple(lrs), tuple(widths)
+
+
 def common(steps: int) -> list[str]:
     return ["task=char_lm", "model.input_size=80", "workload=train", f"steps={steps}",
             f"eval_every={max(steps // 20, 1)}", f"seq_len={SEQ_LEN}", f"batch={BATCH}",
@@ -87,7 +92,8 @@ def measure_tune(steps: int) -> dict[str, float]:
     """(d): this file run as ``--tune`` in a process of its own, as a user runs a script."""
     with tempfile.TemporaryDirectory(prefix="rnnsweep-tune-") as tmp:
         started = time.perf_counter()
-        done = subprocess.run([sys.executable, __file__, "--tune", tmp, "--steps", str(steps)],
+        done = subprocess.run([sys.executable, __file__, "--tune", tmp, "--steps", str(steps),
+                               "--lrs", *map(str, LRS), "--widths", *map(str, WIDTHS)],
                               capture_output=True, text=True, timeout=7200,
                               env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0",
                                    "MLFLOW_DISABLE_TELEMETRY": "true"})
@@ -161,8 +167,11 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--pruner", default="successive_halving")
+    parser.add_argument("--lrs", type=float, nargs="+", default=list(LRS))
+    parser.add_argument("--widths", type=int, nargs="+", default=list(WIDTHS))
     parser.add_argument("--tune", metavar="DIR", help=argparse.SUPPRESS)  # (d)'s process
     args = parser.parse_args()
+    _use(args.lrs, args.widths)
     if args.tune:
         tune_search(args.tune, args.steps)
         return

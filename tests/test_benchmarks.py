@@ -26,6 +26,9 @@ SMALLEST = {
     "sweep_scale.py": (["--sizes", "2", "4", "--repeats", "1"], "marginal cost per trial"),
     "team_store.py": (["--sizes", "2", "4", "--repeats", "1"], "marginal cost per trial"),
     "bare_node.py": ([], "first trial started"),
+    "long_trials.py": (["--rounds", "1", "--steps", "5", "--saves", "1", "--interval", "0.01"],
+                       "on/off"),
+    "search.py": (["--steps", "4", "--lrs", "0.01", "--widths", "8"], "ray-tune-asha"),
 }
 
 
