@@ -48,7 +48,10 @@ def _use(lrs: list[float], widths: list[int]) -> None:
 def common(steps: int) -> list[str]:
     return ["task=char_lm", "model.input_size=80", "workload=train", f"steps={steps}",
             f"eval_every={max(steps // 20, 1)}", f"seq_len={SEQ_LEN}", f"batch={BATCH}",
-            "hardware.num_cpus=1", f"objective.metric={OBJECTIVE}"]
+            "hardware.num_cpus=1", f"objective.metric={OBJECTIVE}",
+            # Trials of seconds: values reach the driver (and the stoppers) within half a
+            # second, as Ray Tune's reports do at once.
+            "tracking.live_interval_s=0.5"]
 
 
 def variants(steps: int, pruner: str) -> dict[str, list[str]]:
@@ -145,7 +148,10 @@ def tune_search(out: str, steps: int) -> None:
                 best = min(best, total / math.log(2))
                 tune.report({"val_bpc": best, "step": step + 1})
 
-    ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1")
+    # A Ray of its own ("local"), as rnnsweep's embedded one: never a cluster that
+    # happens to run on this machine.
+    ray.init(address="local", num_cpus=2, include_dashboard=False,
+             _node_ip_address="127.0.0.1")
     tuner = tune.Tuner(
         tune.with_resources(trainable, {"cpu": 1}),
         param_space={"lr": tune.grid_search(list(LRS)),
