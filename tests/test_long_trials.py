@@ -195,7 +195,14 @@ def test_asha_stops_a_trial_below_the_best_third_at_a_rung():
     assert asha.report(1, 9, 0.4) is None  # better than the cut-off
     reason = asha.report(2, 9, 0.9)
     assert reason and "rung 10" in reason
-    assert asha.report(0, 29, 0.3) is None
+    # Judged again at rung 10: its 0.5 is no longer within the best third there.
+    assert "rung 10" in asha.report(0, 29, 0.3)
+    assert asha.report(1, 29, 0.1) is None  # the best goes on
+    # A trial that passed a rung first is stopped once better ones reach it.
+    asha = Asha("minimize", max_steps=90, grace=10, rf=2)
+    assert asha.report(0, 9, 0.9) is None  # alone at rung 10
+    assert asha.report(1, 9, 0.2) is None
+    assert asha.report(0, 12, 0.8) is not None  # judged again: 0.9 was not the best half
     # Maximising: higher is better.
     asha = Asha("maximize", max_steps=90, grace=10, rf=2)
     assert asha.report(0, 9, 5.0) is None

@@ -38,9 +38,15 @@ def default_grace(steps: int) -> int:
 
 class Asha:
     """Asynchronous successive halving (Li et al. 2018; Ray Tune's ASHAScheduler): rungs
-    at ``grace * rf**k`` steps up to ``max_steps``. A trial that reaches a rung is
-    stopped unless its value is within the best ``1/rf`` of the values every trial had
-    at that rung so far. Asynchronous: no trial waits for a rung to fill."""
+    at ``grace * rf**k`` steps below ``max_steps``. A trial's value at each rung it reaches
+    is recorded there, and it goes on only while that value is within the best ``1/rf``
+    of the values recorded at that rung. Asynchronous: no trial waits for a rung to fill.
+
+    Unlike a promotion in the paper's ASHA, passing a rung is not final: a trial is
+    judged again at every rung it has passed each time it reports, so one that reached a
+    rung first (with nobody to be judged against) stops once better trials get there.
+    A grid walked in order, each trial better than the last, is then halved as a random
+    sample would be; the best trial is never stopped."""
 
     def __init__(self, direction: str, max_steps: int, grace: int, rf: int) -> None:
         self.sign = 1.0 if direction == "minimize" else -1.0  # lower is better inside
@@ -51,28 +57,29 @@ class Asha:
             self.rungs.append(rung)
             rung *= rf
         self.seen: dict[int, list[float]] = {rung: [] for rung in self.rungs}
-        self.passed: dict[int, set[int]] = {}  # trial -> rungs it has been judged at
+        self.at: dict[int, dict[int, float]] = {}  # trial -> rung -> its value there
 
     def report(self, idx: int, step: int, value: float) -> str | None:
         done = step + 1
-        judged = self.passed.setdefault(idx, set())
+        mine = self.at.setdefault(idx, {})
         for rung in self.rungs:
-            if rung > done or rung in judged:
-                continue
-            judged.add(rung)
-            mine = self.sign * value if math.isfinite(value) else math.inf
+            if rung <= done and rung not in mine:
+                mine[rung] = self.sign * value if math.isfinite(value) else math.inf
+                self.seen[rung].append(mine[rung])
+        for rung, own in mine.items():
             recorded = self.seen[rung]
-            recorded.append(mine)
+            if len(recorded) < 2:
+                continue
             keep = max(len(recorded) // self.rf, 1)
             cutoff = sorted(recorded)[keep - 1]
-            if len(recorded) > 1 and mine > cutoff:
-                return (f"asha: at rung {rung} steps its value {value:.6g} is not within the "
-                        f"best 1/{self.rf} of the {len(recorded)} trials that reached it "
-                        f"(cut-off {self.sign * cutoff:.6g})")
+            if own > cutoff:
+                return (f"asha: at rung {rung} steps its value {self.sign * own:.6g} is not "
+                        f"within the best 1/{self.rf} of the {len(recorded)} trials that "
+                        f"reached it (cut-off {self.sign * cutoff:.6g})")
         return None
 
     def finished(self, idx: int) -> None:
-        self.passed.pop(idx, None)
+        pass  # its values stay at their rungs: later trials are judged against them
 
 
 class MedianRule:
