@@ -29,6 +29,7 @@ from rnnsweep.contract import (  # noqa: F401  (REUSED_TAG_PREFIX: read by repor
     NOISY_TAG,
     OK,
     OUTCOME_TAG,
+    RAY_EXCLUSIVE_TAG,
     REASON_TAG,
     REUSED_TAG_PREFIX,
     ROLE_TAG,
@@ -160,10 +161,13 @@ class Tracker:
     def finished_configs(self) -> dict[tuple[str, str], tuple[str, str]]:
         """(config hash, environment fingerprint) -> (run id, run name) of trials that
         already finished with an OK outcome. Trials recorded without a fingerprint never
-        match: nothing says what produced their numbers. Trials whose timings were
-        flagged noisy (``rnnsweep.timing.noisy``) are left out, so an identical trial is
-        run again rather than reused as if clean; they are kept, same keys, in
-        :attr:`noisy_finished` for the launcher to say so."""
+        match: nothing says what produced their numbers. Trials that had their device to
+        themselves and whose timings were flagged noisy (``rnnsweep.timing.noisy``) are
+        left out, so an identical trial is run again rather than reused as if clean; they
+        are kept, same keys, in :attr:`noisy_finished` for the launcher to say so. A
+        trial packed beside others by design (``hardware.exclusive=false``: training-only
+        trials by default) is always flagged, and a rerun would be flagged again: it is
+        reused, its noise flag carried on its run and shown by the report."""
         done: dict[tuple[str, str], tuple[str, str]] = {}
         self.noisy_finished: dict[tuple[str, str], tuple[str, str]] = {}
         query = f"attributes.status = 'FINISHED' and tags.`{OUTCOME_TAG}` = '{OK}'"
@@ -171,7 +175,8 @@ class Tracker:
             digest = run.data.tags.get(CONFIG_HASH_TAG)
             env = run.data.tags.get(FINGERPRINT_TAG)
             if digest and env:
-                noisy = from_tag(run.data.tags.get(NOISY_TAG), bool, False)
+                noisy = (from_tag(run.data.tags.get(NOISY_TAG), bool, False)
+                         and from_tag(run.data.tags.get(RAY_EXCLUSIVE_TAG), bool, True))
                 found = self.noisy_finished if noisy else done
                 found.setdefault((digest, env), (run.info.run_id, run.info.run_name or ""))
         return done

@@ -129,7 +129,7 @@ def test_mixed_sweep_whole_gpus_alone_shared_gpus_packed(gpu_cluster, tmp_path):
         assert int(trial["rnnsweep.ray.gpu_cotenants"]) == len(_sharing(trial, trials))
     for trial in whole:  # a timed trial's GPU is its own
         assert trial["rnnsweep.ray.gpu_cotenants"] == "0"
-        assert trial["rnnsweep.ray.exclusive"] == "True"
+        assert trial["rnnsweep.ray.exclusive"] == "true"
     for trial in shared:  # at most four quarter-GPU trials on one id, none beside a whole
         assert all(o in shared for o in _sharing(trial, trials))
         assert int(trial["rnnsweep.ray.gpu_cotenants"]) <= 3

@@ -35,7 +35,9 @@ def test_installed_wheel_runs_a_trial_from_any_directory(tmp_path):
 
     # Only the installed wheel is importable: PYTHONPATH replaces the checkout's.
     installed = {"PYTHONPATH": str(target)}
-    done = run_cli(["+sweep=clipping", "steps=2", "model.hidden_size=8", "model.input_size=4",
+    # One trial of the ready sweep: its swept key given one value (a sweep needs -m).
+    done = run_cli(["+sweep=clipping", "clipping.max_norm=1.0", "steps=2",
+                    "model.hidden_size=8", "model.input_size=4",
                     "seq_len=5", f"tracking.uri=sqlite:///{work}/mlflow.db"], work, 300,
                    installed)
     assert done.returncode == 0, done.stderr[-3000:]
