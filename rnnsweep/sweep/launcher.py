@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import sys
 import time
 from collections.abc import Sequence
@@ -195,7 +196,14 @@ def _run(launcher, context: SweepContext, composer: Composer, jobs: list[Job],
             found = context.tracker.latest_checkpoint(job.digest)
             if found is not None:
                 job.saved = ray.put(found)
-    submitter = _Submitter(launcher, composer, to_run, nodes, context.records, watch.needs_control)
+    order = to_run
+    if watch.stopper is not None and getattr(launcher, "stopper", None) is None:
+        # A stopper judges trials by the ones that got there before them: a grid walked
+        # in order (learning rates rising, say) hands each trial only worse predecessors.
+        # A fixed shuffle makes the first arrivals a fair sample, as the random search
+        # that successive halving was made for; results and records keep job order.
+        order = random.Random(0).sample(to_run, len(to_run))
+    submitter = _Submitter(launcher, composer, order, nodes, context.records, watch.needs_control)
     extra_tags = getattr(launcher, "job_tags", None) or {}
     sinks.submitted([TrialInfo(job.idx, job.name, tuple(job.overrides), params.get(job.idx, {}),
                                {**_submission_tags(job), **extra_tags.get(job.idx, {})})
