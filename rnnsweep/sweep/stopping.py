@@ -85,8 +85,9 @@ class Asha:
 class MedianRule:
     """The median stopping rule (Golovin et al. 2017, Google Vizier; Ray Tune's
     MedianStoppingRule): after ``grace`` steps, a trial whose best value so far is worse
-    than the median of the other trials' running means at the same step is stopped,
-    once at least ``min_trials`` others have reached that step."""
+    than the median of the other trials' running means up to the same step is stopped,
+    once at least ``min_trials`` others are past their grace period. Judged at every
+    report."""
 
     def __init__(self, direction: str, grace: int, min_trials: int) -> None:
         self.sign = 1.0 if direction == "minimize" else -1.0
@@ -98,8 +99,12 @@ class MedianRule:
         self.history.setdefault(idx, []).append((step, mine))
         if step + 1 < self.grace:
             return None
+        # Every other trial past its own grace period counts, with its running mean up
+        # to this step or as far as it got: one that is behind is not waited for (a
+        # trial that stays ahead would never be judged), and its mean of fewer, earlier
+        # values only leans in this trial's favour.
         means = [statistics.fmean(upto) for other, points in self.history.items()
-                 if other != idx and points[-1][0] >= step
+                 if other != idx and points[-1][0] + 1 >= self.grace
                  and (upto := [v for s, v in points if s <= step])]
         if len(means) < self.min_trials:
             return None
