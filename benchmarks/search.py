@@ -60,8 +60,11 @@ def variants(steps: int, pruner: str) -> dict[str, list[str]]:
             f"model.hidden_size={','.join(map(str, WIDTHS))}"]
     return {
         "grid": grid,
+        # Halving (keep the best half at each rung): with a third (the default) the
+        # best config was stopped early once in three runs here (2.2% worse best).
         "grid+asha": [*grid, "hydra.launcher.stopper=asha",
-                      f"hydra.launcher.grace_period={max(steps // 10, 1)}"],
+                      f"hydra.launcher.grace_period={max(steps // 10, 1)}",
+                      "hydra.launcher.reduction_factor=2"],
         f"optuna-tpe+{pruner}": [
             "hydra/sweeper=rnnsweep_optuna", f"hydra.sweeper.n_trials={n}",
             "hydra.sweeper.n_jobs=2", f"hydra.sweeper.pruner={pruner}", "hydra.sweeper.seed=0",
