@@ -161,7 +161,7 @@ def tune_search(out: str, steps: int) -> None:
                      "hidden": tune.grid_search(list(WIDTHS))},
         tune_config=tune.TuneConfig(scheduler=ASHAScheduler(
             time_attr="step", metric="val_bpc", mode="min", max_t=steps,
-            grace_period=max(steps // 10, 1), reduction_factor=3)),
+            grace_period=max(steps // 10, 1), reduction_factor=2)),
         run_config=tune.RunConfig(storage_path=f"{out}/ray_results", verbose=0, callbacks=[
             MLflowLoggerCallback(tracking_uri=f"sqlite:///{out}/mlflow.db",
                                  experiment_name="tune")]))
