@@ -137,10 +137,12 @@ class _Sweep:
     def _tell(self, trial, idx: int, ret, stopper: PrunerStopper, run_id: str | None):
         from optuna.trial import TrialState
 
-        if idx in stopper.pruned:
+        values = [_number(ret)]
+        # Pruned only if it did stop: a trial that ended on its own before the pruner's
+        # verdict reached it has its run OK and its value, and Optuna hears the same.
+        if idx in stopper.pruned and not math.isfinite(values[0]):
             self.counts["optuna_pruned"] += 1
             return _tell(self.study, trial, state=TrialState.PRUNED)
-        values = [_number(ret)]
         if self.settings.second_objective:
             values.append(self._metric_of(run_id, str(self.settings.second_objective)))
         if not all(math.isfinite(v) for v in values):
