@@ -400,8 +400,8 @@ def test_a_sweep_time_limit_closes_the_sweep_with_every_run_final(mlflow_store, 
         assert run.data.tags["rnnsweep.reason"] == "sweep_timeout_s=8 reached"
 
 
-STOPPER_GRID = ("-m", "task=regression", "model.hidden_size=64", "model.input_size=16",
-                "seq_len=40", "batch=16", "workload=train", "steps=150", "eval_every=5",
+STOPPER_GRID = ("-m", "task=regression", "model.hidden_size=96", "model.input_size=16",
+                "seq_len=60", "batch=16", "workload=train", "steps=150", "eval_every=5",
                 # Two trials side by side, the poor rates first in the grid.
                 "hardware.num_cpus=1", "tracking.live_interval_s=0.3",
                 "task.lr=0.00001,0.000003,0.01,0.003")

@@ -336,6 +336,10 @@ class _Submitter:
         self._stage(*self.shared)
         self.bases: dict[tuple[str, ...], Any] = {}  # shared compositions, in the object store
         self.control = worker.Control.remote() if control else None
+        if self.control is not None:
+            # Up before the first trial starts: a trial that asks while the actor's
+            # process is still starting waits, and a short one would end unstoppable.
+            ray.get(self.control.poll.remote(-1))
 
     def top_up(self) -> None:
         while self.queue and len(self.in_flight) < self.window:
