@@ -39,21 +39,21 @@ def check_bounds(cfg: DictConfig) -> None:
     _within(cfg, "warmup", 0, MAX_WARMUP)
     _within(cfg, "seed", 0, MAX_SEED)
     _within(cfg, "ray.max_retries", 0, MAX_RETRIES)
-    _finite(cfg, "min_run_time", lambda v: 0 < v <= MAX_MIN_RUN_TIME_S,
+    finite(cfg, "min_run_time", lambda v: 0 < v <= MAX_MIN_RUN_TIME_S,
             f"a number of seconds in (0, {MAX_MIN_RUN_TIME_S:g}]")
     # A user's task may leave the learning rate to the default, and a user's model has
     # only the keys its constructor takes: what a config does not declare is not checked.
     if OmegaConf.select(cfg, "task.lr") is not None:
-        _finite(cfg, "task.lr", lambda v: v > 0, "a finite learning rate > 0")
+        finite(cfg, "task.lr", lambda v: v > 0, "a finite learning rate > 0")
     if OmegaConf.select(cfg, "model.recurrent_init_scale") is not None:
-        _finite(cfg, "model.recurrent_init_scale", lambda v: True, "a finite number")
-    _finite(cfg, "guard.explode_threshold", lambda v: v > 0, "a finite number > 0")
-    _finite(cfg, "guard.vanish_threshold", lambda v: v >= 0, "a finite number >= 0")
-    _finite(cfg, "guard.saturation_level", lambda v: 0 < v <= 1, "a number in (0, 1]")
-    _finite(cfg, "hardware.num_gpus", lambda v: v >= 0, "a finite number >= 0")
+        finite(cfg, "model.recurrent_init_scale", lambda v: True, "a finite number")
+    finite(cfg, "guard.explode_threshold", lambda v: v > 0, "a finite number > 0")
+    finite(cfg, "guard.vanish_threshold", lambda v: v >= 0, "a finite number >= 0")
+    finite(cfg, "guard.saturation_level", lambda v: 0 < v <= 1, "a number in (0, 1]")
+    finite(cfg, "hardware.num_gpus", lambda v: v >= 0, "a finite number >= 0")
     for key in ("clipping.max_norm", "hardware.num_cpus"):
         if OmegaConf.select(cfg, key) is not None:
-            _finite(cfg, key, lambda v: v > 0, "null or a finite number > 0")
+            finite(cfg, key, lambda v: v > 0, "null or a finite number > 0")
     _steps_within(cfg)
 
 
@@ -61,7 +61,7 @@ def check_launcher(base: DictConfig) -> None:
     """The launcher's own numbers (``hydra.launcher.*``), from the sweep's base config."""
     poll = OmegaConf.select(base, "hydra.launcher.poll_s")
     if poll is not None:
-        _finite(base, "hydra.launcher.poll_s", lambda v: 0 < v <= MAX_POLL_S,
+        finite(base, "hydra.launcher.poll_s", lambda v: 0 < v <= MAX_POLL_S,
                 f"a number of seconds in (0, {MAX_POLL_S:g}]")
     for key in ("hydra.launcher.num_cpus", "hydra.launcher.num_gpus"):
         value = OmegaConf.select(base, key)
@@ -179,7 +179,8 @@ def _within(cfg: DictConfig, key: str, low: int, high: int) -> None:
         raise ConfigError(f"{key}={value}: must be an integer in [{low}, {high}]")
 
 
-def _finite(cfg: DictConfig, key: str, ok: Callable[[float], bool], allowed: str) -> None:
+def finite(cfg: DictConfig, key: str, ok: Callable[[float], bool], allowed: str) -> None:
+    """``key`` is a finite number for which ``ok`` holds, or a one-line refusal."""
     value = OmegaConf.select(cfg, key)
     if value is None or not math.isfinite(value) or not ok(value):
         raise ConfigError(f"{key}={value}: must be {allowed}")

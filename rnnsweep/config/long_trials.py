@@ -3,13 +3,13 @@ stoppers), made before anything starts: one line naming the key and what it allo
 
 from __future__ import annotations
 
-import math
 import os
 import tempfile
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from rnnsweep.config import bounds
 from rnnsweep.config.errors import ConfigError
 from rnnsweep.config.schema import BUILTIN_TASKS
 
@@ -125,14 +125,11 @@ def _text_task(cfg: DictConfig) -> bool:
 
 
 def _positive(cfg: DictConfig, key: str, optional: bool = False) -> None:
-    value = OmegaConf.select(cfg, key)
-    if value is None and optional:
+    """bounds' finite-number check, where null may mean "off"."""
+    if optional and OmegaConf.select(cfg, key) is None:
         return
-    if isinstance(value, bool) or not isinstance(value, int | float) or \
-            not math.isfinite(value) or value <= 0:
-        allowed = "null or a finite number > 0" if optional else "a finite number > 0"
-        raise ConfigError(f"{key}={value}: must be {allowed} (seconds)"
-                          if key.endswith("_s") else f"{key}={value}: must be {allowed}")
+    allowed = "null or a finite number > 0" if optional else "a finite number > 0"
+    bounds.finite(cfg, key, lambda v: v > 0, allowed)
 
 
 def _count(cfg: DictConfig, key: str, required: bool = False) -> None:
