@@ -30,7 +30,6 @@ class Live:
         # Read by the training loop once per step: a plain attribute, no lock (a stale
         # read costs one step).
         self.stop: StopRequest | None = None
-        self.total_steps: int | None = None
         # The latest checkpoint not yet sent on (checkpoint.store=artifacts): its file.
         self.saved: str | None = None
 
