@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import atexit
 import importlib
+import importlib.util
 import json
 import os
 import shutil
@@ -35,6 +36,10 @@ EXCLUDES = [".git", ".venv", "venv", "__pycache__", "*.pyc", "mlflow.db", "mlrun
 TRIAL_DISTRIBUTIONS = ("hydra-core", "omegaconf")
 PLUGIN_PREFIX = "rnnsweep_"  # rnnsweep's own packages in Hydra's hydra_plugins namespace
 NODE_DISTRIBUTIONS = ("torch", "ray[default]")
+# What a node imports to run a trial, by name: the shim sits above this module, which
+# must find it (and ship it) without importing it.
+LAUNCHER_SHIM = "hydra_plugins.rnnsweep_launcher"
+TRIAL_MODULES = (f"{LAUNCHER_SHIM}.rnnsweep_launcher", "rnnsweep.sweep.worker")
 
 
 class ShippingError(ValueError):
@@ -73,9 +78,7 @@ def _without_job_keys(env: dict) -> dict | None:
 
 
 def _rnnsweep_dir() -> Path:
-    import rnnsweep
-
-    return Path(rnnsweep.__file__).resolve().parent
+    return Path(__file__).resolve().parents[1]
 
 
 def _launcher_shim_dir() -> Path:
@@ -84,9 +87,11 @@ def _launcher_shim_dir() -> Path:
     imports them). An installed namespace directory may hold other plugins, which have no
     business on the nodes: those get a copy of rnnsweep's alone (Ray uploads it during
     ``ray.init``; the copy goes when this process does)."""
-    from hydra_plugins import rnnsweep_launcher
-
-    source = Path(rnnsweep_launcher.__file__).resolve().parent.parent
+    spec = importlib.util.find_spec(LAUNCHER_SHIM)
+    if spec is None or spec.origin is None:
+        raise ShippingError(f"{LAUNCHER_SHIM} is not installed beside rnnsweep; "
+                            "reinstall rnnsweep")
+    source = Path(spec.origin).resolve().parent.parent
     ours = sorted(p for p in source.iterdir() if p.name.startswith(PLUGIN_PREFIX) and p.is_dir())
     if {p.name for p in source.iterdir()} <= {p.name for p in ours} | {"__pycache__"}:
         return source
@@ -212,10 +217,7 @@ def check_nodes(runtime_env: dict, timeout_s: float = 180.0) -> None:
 
 
 def _import_trial_side(modules: list[str]) -> None:
-    import hydra_plugins.rnnsweep_launcher.rnnsweep_launcher  # noqa: F401
-    import rnnsweep.sweep.worker  # noqa: F401
-
-    for name in modules:
+    for name in (*TRIAL_MODULES, *modules):
         importlib.import_module(name)
 
 
