@@ -48,13 +48,16 @@ class Checkpointer:
         if not self.path.is_file():
             return None
         # Our own file, written by this trial's config in an earlier attempt.
-        return torch.load(self.path, map_location="cpu", weights_only=False)
+        state: dict[str, Any] = torch.load(self.path, map_location="cpu", weights_only=False)
+        return state
 
     def due(self, step: int) -> bool:
         """After training step ``step`` (0-based): is a save due?"""
         if self.every_steps and (step + 1) % self.every_steps == 0:
             return True
-        return bool(self.every_s) and time.monotonic() - self._last_save >= self.every_s
+        if not self.every_s:
+            return False
+        return time.monotonic() - self._last_save >= self.every_s
 
     def save(self, state: dict[str, Any]) -> None:
         began = time.perf_counter()
@@ -76,7 +79,8 @@ class Checkpointer:
 
 def rng_state() -> dict[str, Any]:
     state: dict[str, Any] = {"torch": torch.get_rng_state(), "python": random.getstate()}
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
+    # torch.cuda.is_initialized carries no annotations.
+    if torch.cuda.is_available() and torch.cuda.is_initialized():  # type: ignore[no-untyped-call]
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 

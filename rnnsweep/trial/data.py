@@ -25,11 +25,25 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any, Protocol
 
 import torch
 from torch import nn
 
 Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+class Source(Protocol):
+    """What every source offers (the module docstring lists the optional rest)."""
+
+    output_size: int
+
+    def batch(self, step: int) -> Batch: ...
+
+    def loss(self, prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor: ...
+
+    def summary(self, final_loss: float) -> dict[str, float]: ...
+
 CORPUS = Path(__file__).resolve().parent / "corpus" / "public_domain.txt"
 # Held-out sets are drawn with the trial's seed plus this: the same for every trial of a
 # seed, never the training batches.
@@ -42,10 +56,10 @@ MAX_VAL_WINDOWS = 256
 class _Stateless:
     """A source whose batches do not depend on what came before (nothing to save)."""
 
-    def state_dict(self) -> dict:
+    def state_dict(self) -> dict[str, Any]:
         return {}
 
-    def load_state_dict(self, state: dict) -> None:
+    def load_state_dict(self, state: dict[str, Any]) -> None:
         pass
 
 
@@ -54,10 +68,10 @@ class _Generated:
 
     gen: torch.Generator
 
-    def state_dict(self) -> dict:
+    def state_dict(self) -> dict[str, Any]:
         return {"gen": self.gen.get_state()}
 
-    def load_state_dict(self, state: dict) -> None:
+    def load_state_dict(self, state: dict[str, Any]) -> None:
         self.gen.set_state(state["gen"])
 
 
@@ -177,7 +191,7 @@ class CharText(_Generated):
         starts = torch.arange(0, len(self.val_codes) - span + 1, max(self.seq_len // 2, 1),
                               device=self.device)[:MAX_VAL_WINDOWS]
         windows = self.val_codes[starts.unsqueeze(1) + torch.arange(span, device=self.device)]
-        return [self._encode(part) for part in windows.split(max(self.batch_size, 1))]
+        return [self._encode(part) for part in torch.split(windows, max(self.batch_size, 1))]
 
     def _encode(self, windows: torch.Tensor) -> Batch:
         x = nn.functional.one_hot(windows[:, :-1], self.input_size).float()

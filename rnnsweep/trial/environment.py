@@ -26,13 +26,16 @@ def cpu_model() -> str:
 
 def device_tags(device: torch.device) -> dict[str, str]:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-    cudnn = torch.backends.cudnn.is_available() if device.type == "cuda" else False
+    # torch.backends' cudnn and mkldnn queries carry no annotations.
+    cudnn = (torch.backends.cudnn.is_available()  # type: ignore[no-untyped-call]
+             if device.type == "cuda" else False)
     return {
         DEVICE_TAG: name,
         contract.TORCH_VERSION_TAG: str(torch.__version__),
         contract.CUDA_VERSION_TAG: str(torch.version.cuda),
-        contract.CUDNN_TAG: str(torch.backends.cudnn.version()) if cudnn else "unavailable",
-        contract.ONEDNN_TAG: str(torch.backends.mkldnn.is_available()),
+        contract.CUDNN_TAG: (str(torch.backends.cudnn.version())  # type: ignore[no-untyped-call]
+                             if cudnn else "unavailable"),
+        contract.ONEDNN_TAG: str(torch.backends.mkldnn.is_available()),  # type: ignore[no-untyped-call]
         contract.CPU_MODEL_TAG: cpu_model(),
         contract.HOST_TAG: socket.gethostname(),
         contract.PYTHON_TAG: platform.python_version(),

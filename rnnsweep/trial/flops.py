@@ -10,10 +10,12 @@ arithmetic"), and the result says which source it came from.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
+from torch.utils.hooks import RemovableHandle
 
 COUNTER, FORMULA, MIXED = "flop_counter", "formula", "flop_counter+formula"
 GATES = {"LSTM": 4, "GRU": 3, "RNN_TANH": 1, "RNN_RELU": 1}
@@ -48,14 +50,15 @@ def forward_flops(model: nn.Module, input_size: int, seq_len: int,
     return FlopCount(total, MIXED if counted else FORMULA)
 
 
-def _watch(module: nn.RNNBase, counter: FlopCounterMode, missed: list[int]):
+def _watch(module: nn.RNNBase, counter: FlopCounterMode,
+           missed: list[int]) -> tuple[RemovableHandle, RemovableHandle]:
     """Hooks that notice when the counter saw nothing inside a recurrent layer."""
     before: list[int] = []
 
-    def pre(mod, args):
+    def pre(mod: nn.RNNBase, args: tuple[Any, ...]) -> None:
         before.append(counter.get_total_flops())
 
-    def post(mod, args, output):
+    def post(mod: nn.RNNBase, args: tuple[Any, ...], output: object) -> None:
         if counter.get_total_flops() == before.pop():
             missed.append(rnn_layer_flops(mod, args[0]))
 

@@ -11,11 +11,16 @@ a tuple with that first (a second tensor, if any, is taken as the hidden activat
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
-FUSED = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}
-CELLS = {"lstm": nn.LSTMCell, "gru": nn.GRUCell, "rnn": nn.RNNCell}
+# Callables, not classes: RNNBase's own constructor takes the mode first, its subclasses
+# take the sizes.
+FUSED: dict[str, Callable[..., nn.RNNBase]] = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}
+CELLS: dict[str, Callable[..., nn.RNNCellBase]] = {
+    "lstm": nn.LSTMCell, "gru": nn.GRUCell, "rnn": nn.RNNCell}
 
 State = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
 
@@ -71,26 +76,30 @@ class RecurrentNet(nn.Module):
         if state is None:
             zeros = x.new_zeros(self.num_layers, batch, self.hidden_size)
             state = (zeros, zeros) if lstm else zeros
-        h0, c0 = state if lstm else (state, None)
-        layer_in, last_h, last_c = x, [], []
+        # Only the LSTM's state is a (h, c) pair; its cells step both.
+        h0, c0 = state if isinstance(state, tuple) else (state, None)
+        layer_in = x
+        last_h: list[torch.Tensor] = []
+        last_c: list[torch.Tensor] = []
         for layer, cell in enumerate(self.cells):
             h = h0[layer]
-            c = c0[layer] if lstm else None
+            c = None if c0 is None else c0[layer]
             outputs = []
             for t in range(steps):
-                if lstm:
-                    h, c = cell(layer_in[:, t], (h, c))
-                else:
+                if c is None:
                     h = cell(layer_in[:, t], h)
+                else:
+                    h, c = cell(layer_in[:, t], (h, c))
                 outputs.append(h)
             layer_in = torch.stack(outputs, dim=1)
             last_h.append(h)
-            last_c.append(c)
+            if c is not None:
+                last_c.append(c)
         h_n = torch.stack(last_h)
-        return layer_in, ((h_n, torch.stack(last_c)) if lstm else h_n)
+        return layer_in, (h_n if c0 is None else (h_n, torch.stack(last_c)))
 
 
-def split_output(result) -> tuple[torch.Tensor, torch.Tensor]:
+def split_output(result: object) -> tuple[torch.Tensor, torch.Tensor]:
     """``(prediction, hidden)`` from whatever a model's forward returns (the contract
     above). Without a hidden tensor the prediction stands in for it."""
     if isinstance(result, torch.Tensor):
@@ -138,7 +147,7 @@ def _fused_from(model: RecurrentNet) -> nn.RNNBase:
     return fused
 
 
-def _cells_from(fused: nn.RNNBase, cell: str) -> list[nn.Module]:
+def _cells_from(fused: nn.RNNBase, cell: str) -> list[nn.RNNCellBase]:
     cells = []
     for layer in range(fused.num_layers):
         in_size = fused.input_size if layer == 0 else fused.hidden_size

@@ -12,9 +12,10 @@ import random
 import tempfile
 import time
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any, cast
 
 import torch
 from hydra.utils import instantiate
@@ -43,6 +44,7 @@ from rnnsweep.record import TrialRecord, config_hash, flatten
 from rnnsweep.text import first_line
 from rnnsweep.trial import checkpoint, environment, flops, live, noise, timing, training
 from rnnsweep.trial.checkpoint import Checkpointer
+from rnnsweep.trial.data import Batch, Source
 from rnnsweep.trial.models import RecurrentNet, check_output, split_output, with_impl
 
 LOGGED_SERIES = ("loss", "grad_norm", "grad_norm_clipped", "saturation", "grad_scale",
@@ -59,7 +61,7 @@ class Unsupported(Exception):
 
 def run_trial(cfg: DictConfig) -> TrialRecord:
     """Threads follow ``hardware.num_cpus`` (set to what Ray granted, under the launcher)."""
-    container = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+    container = _plain(cfg)
     record = TrialRecord(params=flatten(container), started_at=time.time())
     record.tags[CONFIG_HASH_TAG] = config_hash(record.params)
     record.artifacts["config.yaml"] = OmegaConf.to_yaml(container).encode()
@@ -114,11 +116,12 @@ def build_model(cfg: DictConfig, output_size: int = 1) -> nn.Module:
     return model
 
 
-def build_source(cfg: DictConfig, device: torch.device):
+def build_source(cfg: DictConfig, device: torch.device) -> Source:
     """The ``task`` config's batch source (``rnnsweep.trial.data`` says what it offers)."""
     own = {k: v for k, v in _plain(cfg.task).items() if k not in TRAINING_KEYS}
-    return instantiate(own, batch=cfg.batch, seq_len=cfg.seq_len,
-                       input_size=cfg.model.input_size, device=device, seed=cfg.seed)
+    source: Source = instantiate(own, batch=cfg.batch, seq_len=cfg.seq_len,
+                                 input_size=cfg.model.input_size, device=device, seed=cfg.seed)
+    return source
 
 
 def probe_model(model: nn.Module, cfg: DictConfig, output_size: int,
@@ -160,6 +163,7 @@ def _run(cfg: DictConfig, record: TrialRecord, num_threads: int) -> None:
     if cfg.workload.bench:
         _bench(cfg, model, device, amp_dtype, num_threads, record, seq_flops)
     if cfg.workload.deploy:
+        assert isinstance(model, RecurrentNet)  # _check_workload refused any other model
         with _loaded(record, "stream_latency_ms_p50", device, num_threads, _shared(cfg)):
             _deploy(cfg, model, device, record)
     metrics.update(peak.stop())
@@ -185,7 +189,7 @@ def _check_precision(cfg: DictConfig, model: nn.Module,
     name = cfg.precision.autocast_dtype
     if name is None:
         return None
-    dtype = getattr(torch, name)
+    dtype: torch.dtype = getattr(torch, name)
     if cfg.precision.grad_scaler and device.type != "cuda":
         raise Unsupported(f"precision={cfg.precision.name} (autocast + GradScaler) needs CUDA; "
                           f"this trial runs on {device.type}. Use precision=bf16 on CPU.")
@@ -208,7 +212,7 @@ def _check_precision(cfg: DictConfig, model: nn.Module,
 
 def _train(cfg: DictConfig, model: nn.Module, device: torch.device,
            amp_dtype: torch.dtype | None, record: TrialRecord, seq_flops: int,
-           source) -> None:
+           source: Source) -> None:
     guard = training.GuardSettings(
         max_norm=cfg.clipping.max_norm,
         explode_threshold=cfg.guard.explode_threshold,
@@ -232,7 +236,7 @@ def _train(cfg: DictConfig, model: nn.Module, device: torch.device,
                       if hasattr(source, "state_dict") and hasattr(source, "load_state_dict")
                       else None))
     if hasattr(source, "validation"):
-        hooks.evaluate = _evaluator(model, source, device, amp_dtype)
+        hooks.evaluate = _evaluator(model, source, source.validation(), device, amp_dtype)
         hooks.eval_every = eval_every(cfg)
     try:
         result = training.train(model, source.batch, cfg.steps, optimizer, device, amp_dtype,
@@ -287,11 +291,12 @@ def eval_every(cfg: DictConfig) -> int:
     return int(every) if every else max(int(cfg.steps) // 10, 1)
 
 
-def _evaluator(model: nn.Module, source, device: torch.device,
+def _evaluator(model: nn.Module, source: Source, validation: Iterable[Batch],
+               device: torch.device,
                amp_dtype: torch.dtype | None) -> Callable[[], dict[str, float]]:
     """The held-out loss (and the task's extras, as ``val_<name>``) without gradients,
     and the best held-out loss so far, which is what a training sweep picks models by."""
-    batches = list(source.validation())
+    batches = list(validation)
     best = [math.inf]
 
     def evaluate() -> dict[str, float]:
@@ -358,11 +363,11 @@ def _checkpoint_metrics(record: TrialRecord, saver: Checkpointer) -> None:
         record.metrics["checkpoint_save_ms"] = saver.save_s / saver.saves * 1e3
 
 
-def _task_key(cfg: DictConfig, key: str):
+def _task_key(cfg: DictConfig, key: str) -> Any:
     return OmegaConf.select(cfg, f"task.{key}", default=getattr(TaskConfig, key))
 
 
-def _bench(cfg: DictConfig, model: RecurrentNet, device: torch.device,
+def _bench(cfg: DictConfig, model: nn.Module, device: torch.device,
            amp_dtype: torch.dtype | None, num_threads: int, record: TrialRecord,
            seq_flops: int) -> None:
     metrics = record.metrics
@@ -384,6 +389,7 @@ def _bench(cfg: DictConfig, model: RecurrentNet, device: torch.device,
     metrics["matmul_gflops"] = timing.matmul_gflops(device, num_threads)
     metrics["flop_utilization"] = metrics["gflops"] / metrics["matmul_gflops"]
     if cfg.workload.compare_impl:
+        assert isinstance(model, RecurrentNet)  # _check_workload refused any other model
         other_impl = "loop" if model.impl == "fused" else "fused"
         other = with_impl(model, other_impl).eval()  # the trained weights, if any
         other_forward = _forward_fn(other, x, device, amp_dtype)
@@ -466,9 +472,9 @@ def _shared(cfg: DictConfig) -> str:
     return "hardware.exclusive=false" if cfg.hardware.get("exclusive") is False else ""
 
 
-def _forward_fn(model: RecurrentNet, x: torch.Tensor, device: torch.device,
-                amp_dtype: torch.dtype | None):
-    def forward():
+def _forward_fn(model: nn.Module, x: torch.Tensor, device: torch.device,
+                amp_dtype: torch.dtype | None) -> Callable[[], Any]:
+    def forward() -> Any:  # whatever the model's forward returns
         with torch.inference_mode(), training.autocast(device, amp_dtype):
             return model(x)
     return forward
@@ -500,16 +506,20 @@ def _threads(cfg: DictConfig) -> int:
     return max(1, int(cpus)) if cpus else len(os.sched_getaffinity(0))
 
 
-def _plain(node: DictConfig) -> dict:
+def _plain(node: DictConfig) -> dict[str, Any]:
     """A config node as plain Python values (enum members as their names) for a
     constructor that knows nothing of OmegaConf."""
-    return OmegaConf.to_container(node, resolve=True, enum_to_str=True)
+    plain = OmegaConf.to_container(node, resolve=True, enum_to_str=True)
+    if not isinstance(plain, dict):  # a DictConfig always converts to a dict
+        raise TypeError(f"expected a mapping, got {type(plain).__name__}")
+    # OmegaConf allows any primitive as a key; the schema's keys are all names.
+    return cast(dict[str, Any], plain)
 
 
 def _model_name(cfg: DictConfig) -> str:
     return _name(cfg.model.cell) if "cell" in cfg.model else cfg.model._target_
 
 
-def _name(value) -> str:
+def _name(value: object) -> str:
     """Enum-typed config values as plain strings (model code takes no config types)."""
     return str(value)

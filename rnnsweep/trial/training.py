@@ -11,14 +11,16 @@ import math
 import statistics
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
 
 from rnnsweep.trial import checkpoint
 from rnnsweep.trial.checkpoint import Checkpointer
+from rnnsweep.trial.data import Batch
 from rnnsweep.trial.live import Live
 from rnnsweep.trial.models import split_output
 
@@ -26,6 +28,8 @@ from rnnsweep.trial.models import split_output
 COLUMNS = ("loss", "grad_norm", "grad_norm_clipped", "output_finite", "saturation")
 # Host-side values of each step: the learning rate it stepped with, its time and rate.
 PER_STEP = ("lr", "step_ms", "seq_per_s")
+
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 @dataclass
@@ -63,13 +67,14 @@ class TrainResult:
         return statistics.median(self.steady_step_times_s) * 1e3
 
 
-def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
+def autocast(device: torch.device,
+             dtype: torch.dtype | None) -> contextlib.AbstractContextManager[object]:
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
-def make_optimizer(name: str, params, lr: float) -> torch.optim.Optimizer:
+def make_optimizer(name: str, params: Iterable[torch.Tensor], lr: float) -> torch.optim.Optimizer:
     if name == "sgd":
         return torch.optim.SGD(params, lr=lr)
     return torch.optim.Adam(params, lr=lr)
@@ -99,13 +104,15 @@ class Hooks:
     checkpoint: Checkpointer | None = None
     scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
     # The batch source's position (its generator), saved and restored with the rest.
-    source_state: tuple[Callable[[], dict], Callable[[dict], None]] | None = None
+    source_state: tuple[Callable[[], dict[str, Any]],
+                        Callable[[dict[str, Any]], None]] | None = None
     batch_size: int = 1  # for the per-step throughput
 
 
-def train(model: nn.Module, batch_at, steps: int, optimizer: torch.optim.Optimizer,
-          device: torch.device, amp_dtype: torch.dtype | None, grad_scaler: bool,
-          guard: GuardSettings, loss_fn=None, hooks: Hooks | None = None) -> TrainResult:
+def train(model: nn.Module, batch_at: Callable[[int], Batch], steps: int,
+          optimizer: torch.optim.Optimizer, device: torch.device, amp_dtype: torch.dtype | None,
+          grad_scaler: bool, guard: GuardSettings, loss_fn: LossFn | None = None,
+          hooks: Hooks | None = None) -> TrainResult:
     """Runs ``steps`` guarded steps. ``batch_at(step)`` yields ``(inputs, targets)``;
     ``loss_fn(prediction, targets)`` scores them (MSE when not given). With a checkpoint
     saved by an earlier attempt of this trial it goes on from there."""
@@ -146,7 +153,8 @@ def train(model: nn.Module, batch_at, steps: int, optimizer: torch.optim.Optimiz
             loss = loss_fn(prediction, target)
         result.output_dtype = str(hidden.dtype).removeprefix("torch.")
         optimizer.zero_grad(set_to_none=True)
-        (scaler.scale(loss) if scaler else loss).backward()
+        # Tensor.backward carries no annotations.
+        (scaler.scale(loss) if scaler else loss).backward()  # type: ignore[no-untyped-call]
         if scaler:
             scaler.unscale_(optimizer)  # clip and measure true gradients, not scaled ones
         grads = [p.grad for p in params if p.grad is not None]
@@ -209,7 +217,8 @@ def train(model: nn.Module, batch_at, steps: int, optimizer: torch.optim.Optimiz
 
 
 def _state(step: int, model: nn.Module, optimizer: torch.optim.Optimizer,
-           scaler: torch.amp.GradScaler | None, hooks: Hooks, result: TrainResult) -> dict:
+           scaler: torch.amp.GradScaler | None, hooks: Hooks,
+           result: TrainResult) -> dict[str, Any]:
     """Everything the loop needs to go on from ``step`` as if it had never stopped."""
     return {
         "step": step, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
@@ -241,8 +250,9 @@ def _resume(hooks: Hooks, model: nn.Module, optimizer: torch.optim.Optimizer,
         result.series.setdefault(name, []).extend(values)
     result.sparse.update(saved["sparse"])
     result.counts.update(saved["counts"])
-    result.resumed_from_step = saved["step"]
-    return saved["step"]
+    start: int = saved["step"]
+    result.resumed_from_step = start
+    return start
 
 
 def _classify(values: dict[str, float], guard: GuardSettings, counts: dict[str, int]) -> bool:
