@@ -121,7 +121,7 @@ def export_onnx(model: RecurrentNet, example: Tensors, path: pathlib.Path) -> st
     path.parent.mkdir(parents=True, exist_ok=True)
     spec = ModelSpec.of(model)
     wrapper = stateful_module(model)
-    names = {"input_names": spec.input_names(), "output_names": spec.output_names()}
+    input_names, output_names = spec.input_names(), spec.output_names()
     batch, seq = torch.export.Dim("batch"), torch.export.Dim("seq")
     dynamic_shapes = ({0: batch, 1: seq}, *({1: batch},) * spec.state_count)
     with warnings.catch_warnings():
@@ -139,16 +139,20 @@ def export_onnx(model: RecurrentNet, example: Tensors, path: pathlib.Path) -> st
             warnings.filterwarnings("ignore", message=message, category=UserWarning)
         example = _distinct(example)
         program = torch.onnx.export(
-            wrapper, example, dynamo=True, dynamic_shapes=dynamic_shapes, verbose=False, **names
+            wrapper, example, dynamo=True, dynamic_shapes=dynamic_shapes, verbose=False,
+            input_names=input_names, output_names=output_names,
         )
+        if program is None:  # only the legacy exporter returns nothing
+            raise RuntimeError("torch.onnx.export(dynamo=True) returned no ONNX program")
         proto = program.model_proto
         exporter = "dynamo"
         fixed = _static_axes(proto)
         if fixed:
             axes = {"x": {0: "batch", 1: "seq"}, "y": {0: "batch", 1: "seq"}}
-            axes |= {n: {1: "batch"} for n in names["input_names"][1:] + names["output_names"][1:]}
+            axes |= {n: {1: "batch"} for n in input_names[1:] + output_names[1:]}
             torch.onnx.export(
-                wrapper, example, str(path), dynamo=False, dynamic_axes=axes, **names
+                wrapper, example, str(path), dynamo=False, dynamic_axes=axes,
+                input_names=input_names, output_names=output_names,
             )
             proto = onnx.load(str(path))
             exporter = f"torchscript (the dynamo exporter fixed {', '.join(fixed)})"

@@ -49,8 +49,7 @@ class ModelSpec:
 
     @classmethod
     def of(cls, model: RecurrentNet) -> ModelSpec:
-        input_size = model.rnn.input_size if model.impl == "fused" else model.cells[0].input_size
-        return cls(model.cell, input_size, model.hidden_size, model.num_layers)
+        return cls(model.cell, model.input_size, model.hidden_size, model.num_layers)
 
     @classmethod
     def from_json(cls, text: str | bytes, path: pathlib.Path) -> ModelSpec:

@@ -46,7 +46,7 @@ class RecurrentNet(nn.Module):
     ) -> None:
         super().__init__()
         self.cell, self.impl = cell, impl
-        self.num_layers, self.hidden_size = num_layers, hidden_size
+        self.input_size, self.num_layers, self.hidden_size = input_size, num_layers, hidden_size
         fused = FUSED[cell](input_size, hidden_size, num_layers=num_layers, batch_first=True)
         if recurrent_init_scale != 1.0:
             # Scaling W_hh pushes its spectral radius above 1: the classic exploding setup.
