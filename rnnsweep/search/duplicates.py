@@ -43,7 +43,7 @@ def finished_trials(study: optuna.Study) -> dict[tuple[str, ...], optuna.trial.F
     """The study's finished trials that answer a duplicate, by their overrides."""
     from optuna.trial import TrialState
 
-    found = {}
+    found: dict[tuple[str, ...], optuna.trial.FrozenTrial] = {}
     for trial in study.get_trials(deepcopy=False,
                                   states=(TrialState.COMPLETE, TrialState.PRUNED)):
         overrides = trial.user_attrs.get(OVERRIDES_ATTR)

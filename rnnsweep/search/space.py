@@ -70,11 +70,11 @@ def parse(arguments: Sequence[str]) -> Space:
 
 def distribution(override: Override) -> BaseDistribution:
     key, sweep = override.get_key_element(), override.value()
-    if override.is_choice_sweep() or (override.is_range_sweep() and sweep.shuffle):
+    if override.is_choice_sweep() or (isinstance(sweep, RangeSweep) and sweep.shuffle):
         return CategoricalDistribution(_choices(override))
-    if override.is_range_sweep():
+    if isinstance(sweep, RangeSweep):
         return _range(key, sweep)
-    if override.is_interval_sweep():
+    if isinstance(sweep, IntervalSweep):
         return _interval(key, sweep)
     raise SpaceError(f"{override.input_line}: not a search space; allowed: choice(...), "
                      "a,b,c, range(...), interval(...), tag(log, interval(...))")
@@ -91,6 +91,8 @@ def _choices(override: Override) -> list[Any]:
 
 def _range(key: str, sweep: RangeSweep) -> BaseDistribution:
     start, stop, step = sweep.start, sweep.stop, sweep.step
+    if start is None or stop is None:  # Hydra's parser fills both; its type allows None
+        raise SpaceError(f"{key}: range(...) needs a start and a stop")
     count = math.ceil((stop - start) / step) if step else 0
     if count < 1:
         raise SpaceError(f"{key}=range({start},{stop},{step}): the range is empty")
@@ -105,15 +107,18 @@ def _range(key: str, sweep: RangeSweep) -> BaseDistribution:
 
 def _interval(key: str, sweep: IntervalSweep) -> BaseDistribution:
     log, integer = "log" in sweep.tags, "int" in sweep.tags
-    if log and sweep.start <= 0:
-        raise SpaceError(f"{key}: tag(log, interval({sweep.start}, {sweep.end})) needs a "
+    start, end = sweep.start, sweep.end
+    if start is None or end is None:  # Hydra's parser fills both; its type allows None
+        raise SpaceError(f"{key}: interval(...) needs both ends")
+    if log and start <= 0:
+        raise SpaceError(f"{key}: tag(log, interval({start}, {end})) needs a "
                          "lower end above 0")
-    if not sweep.start < sweep.end:
-        raise SpaceError(f"{key}=interval({sweep.start}, {sweep.end}): the lower end must be "
+    if not start < end:
+        raise SpaceError(f"{key}=interval({start}, {end}): the lower end must be "
                          "below the upper")
     if integer:
-        return IntDistribution(int(sweep.start), int(sweep.end), log=log)
-    return FloatDistribution(float(sweep.start), float(sweep.end), log=log)
+        return IntDistribution(int(start), int(end), log=log)
+    return FloatDistribution(float(start), float(end), log=log)
 
 
 def _values(key: str, dist: BaseDistribution) -> list[Any]:

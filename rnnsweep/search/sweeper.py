@@ -126,6 +126,8 @@ class _Sweep:
         returns = self.launcher.launch([list(o) for _, o in batch], initial_job_idx=first)
         self.job_idx += len(returns)
         self.returns += returns
+        if self.context is not None and self.context.recording is not None:
+            self.context.recording.flush()  # the runs' ids, and the metrics read below
         told = {}
         for (idx, trial), ret in zip(trials.items(), returns, strict=True):
             run_id = self._run_id(idx)
