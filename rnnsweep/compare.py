@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 from mlflow.exceptions import MlflowException
 
+from rnnsweep import privacy
 from rnnsweep.record import NON_IDENTITY_PREFIXES
 from rnnsweep.report.axes import label, sweep_axes, values
 from rnnsweep.report.model import Trial
@@ -86,8 +87,8 @@ def compare(tracker: Tracker, a: str, b: str, threshold: float,
     for ta, tb in matched:
         for metric in TIMED_METRICS:
             if metric in ta.metrics and metric in tb.metrics:
-                blocks = [_blocks(tracker, t, metric) for t in (ta, tb)]
-                low, high = _interval(*blocks, rng)
+                low, high = _interval(_blocks(tracker, ta, metric),
+                                      _blocks(tracker, tb, metric), rng)
                 pair = Pair(label(ta, axes) or ta.run_id[:8], metric, ta.metrics[metric],
                             tb.metrics[metric], low, high, "", ta.noisy or tb.noisy)
                 pair.verdict = verdict(pair, noisy_threshold if pair.noisy else threshold)
@@ -155,6 +156,7 @@ def plot(pairs: list[Pair], a: str, b: str, threshold: float) -> bytes:
 
 
 def main(argv: list[str] | None = None) -> int:
+    privacy.telemetry_off()
     args = _parser().parse_args(argv)
     if len(args.sweeps) not in (0, 2):
         print("rnnsweep.compare: error: give two sweep parent run ids (A B), or none for the "
