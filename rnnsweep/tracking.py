@@ -7,6 +7,7 @@ transactions.
 
 from __future__ import annotations
 
+import getpass
 import os
 import tempfile
 import time
@@ -19,7 +20,7 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 from mlflow.tracking import MlflowClient
-from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME, MLFLOW_USER
 
 from rnnsweep import contract
 from rnnsweep.config.store import resolve_uri
@@ -55,14 +56,15 @@ class Tracker:
         # Against a tracking server MLflow prints "View run ... at: URL" on stdout each time
         # a run ends: a line per trial, through the progress display.
         os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
-        self._artifact_uris: dict[str, str] = {}  # run id -> local artifact URI, till written
+        self._artifact_uris: dict[str, str] = {}  # run id -> artifact URI, till written
+        self._connection = connection_uri(resolved)
         self.uri = redact(resolved)  # shown and recorded; only the client sees credentials
         # A fresh SQLite store runs its migrations when it is first opened, and two
         # processes doing that at once leave it half-migrated; two creating one
         # experiment, one of them fails. One process at a time opens it (the lock sits
         # beside the database).
         with _store_lock(resolved) if create else nullcontext():
-            self.client = MlflowClient(tracking_uri=connection_uri(resolved))
+            self.client = MlflowClient(tracking_uri=self._connection)
             self.client.search_experiments(max_results=1)  # opens (and migrates) it now
             found = self.client.get_experiment_by_name(experiment)
             if found is None and not create:
@@ -76,15 +78,19 @@ class Tracker:
         name = redact(name)
         if len(name) > MAX_RUN_NAME:  # a long command line: PostgreSQL refuses the run
             name = name[:MAX_RUN_NAME - 1] + "…"
-        all_tags = {MLFLOW_RUN_NAME: name, **{k: redact(v) for k, v in (tags or {}).items()}}
+        # MLflow's client leaves the user unset (its fluent API sets it): on a team's
+        # server, who launched a sweep is what tells its runs from a colleague's.
+        all_tags = {MLFLOW_RUN_NAME: name, MLFLOW_USER: _user(),
+                    **{k: redact(v) for k, v in (tags or {}).items()}}
         if parent_run_id:
             all_tags[MLFLOW_PARENT_RUN_ID] = parent_run_id  # the UI nests runs by this tag
         run = self.client.create_run(
             self.experiment_id, tags=all_tags, run_name=name,
             start_time=None if start_time is None else int(start_time * 1000))
-        if run.info.artifact_uri and run.info.artifact_uri.startswith("file:"):
+        if run.info.artifact_uri:
             # Kept till the run's artifacts are written: MLflow would otherwise read the
-            # whole run back to find where they go (the dearest part of writing a trial).
+            # whole run back to find where they go (a request of its own on a server, and
+            # on SQLite the dearest part of writing a trial).
             self._artifact_uris[run.info.run_id] = run.info.artifact_uri
         return run.info.run_id
 
@@ -144,9 +150,9 @@ class Tracker:
                 path = Path(tmp, rel)
                 path.parent.mkdir(parents=True, exist_ok=True)
                 path.write_bytes(_redact_text_file(rel, content))
-            local = self._artifact_uris.pop(run_id, None)
-            if local:
-                get_artifact_repository(local).log_artifacts(tmp)
+            known = self._artifact_uris.get(run_id)
+            if known:
+                get_artifact_repository(known, tracking_uri=self._connection).log_artifacts(tmp)
             else:
                 self.client.log_artifacts(run_id, tmp)
 
@@ -220,6 +226,13 @@ class Tracker:
             token = page.token
             if not token:
                 return
+
+
+def _user() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # a container user with no passwd entry and no $USER
+        return str(os.getuid())
 
 
 def _artifact_root(uri: str, experiment: str) -> str | None:

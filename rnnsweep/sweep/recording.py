@@ -2,16 +2,15 @@
 
 A trial's run is made when the trial starts on a worker (its start time the worker's),
 so MLflow's Duration is the trial's and a queued trial is not shown as running; its
-per-step values are written while it runs (``LiveWriter``) and its record when it
-finishes, through ``log_batch``. The sink keeps the ids of runs not yet closed, so the
-sweep context can close them KILLED or FAILED when the sweep ends abnormally.
+per-step values are written while it runs and its record when it finishes, through
+``log_batch``, each by a writer thread (``lanes``), never by the driver's own. The sink
+keeps the ids of runs not yet closed, so the sweep context can close them KILLED or
+FAILED when the sweep ends abnormally.
 """
 
 from __future__ import annotations
 
-import collections
 import logging
-import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -26,15 +25,19 @@ from rnnsweep.contract import (
     to_tag,
 )
 from rnnsweep.record import TrialRecord
+from rnnsweep.sweep.lanes import Lanes, Write
 from rnnsweep.sweep.sink import TrialInfo
 from rnnsweep.tracking import Tracker
 from rnnsweep.trial.live import Row
 
 log = logging.getLogger(__name__)
 
-# How long a finishing trial's record waits for its live values still queued: beyond it
-# the store is too slow, and the record fills in what is missing itself.
-DRAIN_WAIT_S = 30.0
+# How long the sweep's end waits for the writes still queued: beyond it the store is too
+# slow, and the runs not written are closed as the context decides.
+DRAIN_WAIT_S = 60.0
+# Writer threads against a server or a database server: each write is a round trip, and
+# the server takes several at once. A SQLite file takes one writer at a time.
+SERVER_WRITERS = 4
 
 
 @dataclass
@@ -53,84 +56,6 @@ class _Live:
         return not any(lo <= step <= hi for lo, hi in self.dropped.get(name, ()))
 
 
-class LiveWriter:
-    """Writes running trials' values (and relayed checkpoints) on a thread of its own, so
-    a slow store never holds up the driver (and through it the trials). The queue is
-    bounded (``capacity`` values): when it is full the oldest batch of values is dropped,
-    and counted on its run."""
-
-    def __init__(self, tracker: Tracker, capacity: int) -> None:
-        self.tracker, self.capacity = tracker, capacity
-        # (run id, values it holds, write, what to do when it cannot be written)
-        self._queue: collections.deque[tuple[str, int, Callable[[], None],
-                                             Callable[[], None]]] = collections.deque()
-        self._values = 0
-        self._pending: collections.Counter[str] = collections.Counter()
-        self._cond = threading.Condition()
-        self._closed = False
-        self._thread = threading.Thread(target=self._run, name="rnnsweep-live", daemon=True)
-        self._thread.start()
-
-    def put(self, run_id: str, rows: list[Row], state: _Live) -> None:
-        size = sum(len(values) for _, values in rows)
-        self._put(run_id, size, lambda: self.tracker.log_steps(run_id, rows),
-                  lambda: _drop(state, rows))
-
-    def put_files(self, run_id: str, files: dict[str, bytes]) -> None:
-        """Artifacts for a running trial's run (its latest checkpoint): never dropped
-        for room, since they hold no values; a newer one replaces it on the run."""
-        self._put(run_id, 0, lambda: self.tracker.log_artifacts(run_id, files),
-                  lambda: log.warning("a checkpoint of run %s was not written", run_id))
-
-    def _put(self, run_id: str, size: int, write: Callable[[], None],
-             dropped: Callable[[], None]) -> None:
-        with self._cond:
-            while size and self._queue and self._values + size > self.capacity:
-                oldest = next((item for item in self._queue if item[1]), None)
-                if oldest is None:
-                    break
-                self._queue.remove(oldest)
-                self._forget(oldest[0], oldest[1])
-                oldest[3]()
-            self._queue.append((run_id, size, write, dropped))
-            self._values += size
-            self._pending[run_id] += 1
-            self._cond.notify_all()
-
-    def drain(self, run_id: str, timeout: float = DRAIN_WAIT_S) -> None:
-        """Waits until nothing of ``run_id`` is queued or being written (or ``timeout``)."""
-        with self._cond:
-            self._cond.wait_for(lambda: not self._pending[run_id], timeout)
-
-    def close(self) -> None:
-        with self._cond:
-            self._closed = True
-            self._cond.notify_all()
-        self._thread.join(timeout=DRAIN_WAIT_S)
-
-    def _run(self) -> None:
-        while True:
-            with self._cond:
-                self._cond.wait_for(lambda: self._queue or self._closed)
-                if not self._queue:
-                    return
-                run_id, size, write, dropped = self._queue.popleft()
-            try:
-                write()
-            except Exception as exc:  # noqa: BLE001 - the final record fills values in
-                log.debug("live values of run %s not written: %s", run_id, exc)
-                dropped()
-            with self._cond:
-                self._forget(run_id, size)
-
-    def _forget(self, run_id: str, size: int) -> None:
-        self._values -= size
-        self._pending[run_id] -= 1
-        if not self._pending[run_id]:
-            del self._pending[run_id]
-        self._cond.notify_all()
-
-
 def _drop(state: _Live, rows: list[Row]) -> None:
     if not rows:
         return
@@ -141,14 +66,21 @@ def _drop(state: _Live, rows: list[Row]) -> None:
 
 
 class RecordingSink:
+    """Every event is queued on its trial's lane (``Lanes``) and written by a writer
+    thread: the driver never waits on the store while trials run. ``runs`` and ``open``
+    are the writers' (a run is in them once made); ``flush`` waits for what is queued."""
+
     def __init__(self, tracker: Tracker, parent: str | None, live_queue: int = 100_000) -> None:
         self.tracker, self.parent = tracker, parent
         self.runs: dict[int, str] = {}
         self.open: set[str] = set()
         self.waiting: dict[int, TrialInfo] = {}  # submitted, not started: no run yet
         self.live_state: dict[int, _Live] = {}
-        self.params_logged: set[int] = set()
-        self.writer = LiveWriter(tracker, live_queue)
+        self._started: set[int] = set()
+        self._ended: set[int] = set()
+        self._params: set[int] = set()  # trials whose params were logged with their run
+        self.lanes = Lanes(1 if tracker.uri.startswith("sqlite:") else SERVER_WRITERS,
+                           live_queue)
 
     def submitted(self, trials: Sequence[TrialInfo]) -> None:
         for trial in trials:
@@ -157,19 +89,22 @@ class RecordingSink:
     def started(self, idx: int, info: dict | None = None) -> None:
         info = info or {}
         attempt = int(info.get("attempt", 0))
-        run_id = self.runs.get(idx)
-        if run_id is not None:  # a retry of a trial whose worker died
-            self.tracker.log(run_id, tags={RETRIES_TAG: to_tag(attempt)})
+        if idx in self._started:  # a retry of a trial whose worker died
+            self._write(idx, lambda: self.tracker.log(self.runs[idx],
+                                                      tags={RETRIES_TAG: to_tag(attempt)}))
             return
+        self._started.add(idx)
         # Where it runs, from its start (the record adds the rest): a person or a test
         # can find the trial's process while it runs.
         where = {f"{RAY_TAG_PREFIX}{key}": str(info[key]) for key in ("host", "pid", "node_id")
                  if key in info}
-        self._create(idx, info.get("started"), {RETRIES_TAG: to_tag(attempt), **where})
+        trial = self._trial(idx)
+        started = info.get("started")
+        self._write(idx, lambda: self._create(idx, trial, started,
+                                              {RETRIES_TAG: to_tag(attempt), **where}))
 
     def live(self, idx: int, rows: list[Row], total_steps: int | None = None) -> None:
-        run_id = self.runs.get(idx)
-        if run_id is None or run_id not in self.open:
+        if idx not in self._started or idx in self._ended:
             return
         state = self.live_state.setdefault(idx, _Live())
         # A retried or resumed trial sends again the steps its run has: one history.
@@ -181,48 +116,71 @@ class RecordingSink:
                 for name in new:
                     state.last[name] = step
         if fresh:
-            self.writer.put(run_id, fresh, state)
+            size = sum(len(values) for _, values in fresh)
+            self.lanes.submit(idx, Write(lambda: self.tracker.log_steps(self.runs[idx], fresh),
+                                         failed=lambda _: _drop(state, fresh), size=size))
 
     def checkpoint(self, idx: int, data: bytes) -> None:
-        """A running trial's latest save (checkpoint.store=artifacts), onto its run."""
-        run_id = self.runs.get(idx)
-        if run_id is not None and run_id in self.open:
-            self.writer.put_files(run_id, {contract.CHECKPOINT_ARTIFACT: data})
+        """A running trial's latest save (checkpoint.store=artifacts), onto its run: never
+        dropped for room, since it holds no values; a newer one replaces it on the run."""
+        if idx in self._started and idx not in self._ended:
+            self._write(idx, lambda: self.tracker.log_artifacts(
+                self.runs[idx], {contract.CHECKPOINT_ARTIFACT: data}),
+                lambda exc: log.warning("a checkpoint of trial %s was not written: %s", idx, exc))
 
     def reused(self, idx: int, run_id: str, info: TrialInfo | None = None) -> None:
         if self.parent:
-            name = self.tracker.client.get_run(run_id).info.run_name or str(idx)
-            self.tracker.client.set_tag(self.parent, f"{REUSED_TAG_PREFIX}{run_id}", name)
+            parent = self.parent
+
+            def tag() -> None:
+                name = self.tracker.client.get_run(run_id).info.run_name or str(idx)
+                self.tracker.client.set_tag(parent, f"{REUSED_TAG_PREFIX}{run_id}", name)
+
+            self._write(idx, tag)
 
     def finished(self, idx: int, record: TrialRecord) -> None:
-        run_id = self.runs.get(idx) or self._create(idx, record.started_at)
         if self.parent:
             record.tags[SWEEP_TAG] = self.parent
+        self._ended.add(idx)
         state = self.live_state.pop(idx, None)
-        logged = None
-        if state is not None:
-            self.writer.drain(run_id)
-            logged = state.logged
-            if state.dropped_points:
+        trial = None if idx in self._started else self._trial(idx)
+
+        def write() -> None:
+            run_id = self.runs[idx] if trial is None else self._create(idx, trial,
+                                                                        record.started_at)
+            if state is not None and state.dropped_points:
                 record.tags[LIVE_DROPPED_TAG] = (
                     f"{state.dropped_points} live values could not be written while the "
                     "trial ran (store slow or unreachable); its final record wrote them")
-        self.tracker.write_record(run_id, record, with_params=idx not in self.params_logged,
-                                  logged=logged)
-        self.open.discard(run_id)
-
-    def cancelled(self, idx: int, reason: str, outcome: str = KILLED) -> None:
-        run_id = self.runs.get(idx)
-        if run_id is None:  # it never started: its run says it was killed in the queue
-            run_id = self._create(idx, None)
-        if run_id in self.open:
-            self.live_state.pop(idx, None)
-            self.writer.drain(run_id, timeout=5.0)
-            self.tracker.fail_run(run_id, reason, status="KILLED", outcome=outcome)
+            # The live values queued before it on this lane are written (or dropped) by now.
+            self.tracker.write_record(run_id, record, with_params=idx not in self._params,
+                                      logged=None if state is None else state.logged)
             self.open.discard(run_id)
 
+        self._write(idx, write)
+
+    def cancelled(self, idx: int, reason: str, outcome: str = KILLED) -> None:
+        self._ended.add(idx)
+        self.live_state.pop(idx, None)
+        # One that never started: its run says it was killed in the queue.
+        trial = None if idx in self._started else self._trial(idx)
+
+        def write() -> None:
+            run_id = self.runs.get(idx) if trial is None else self._create(idx, trial, None)
+            if run_id in self.open:
+                self.tracker.fail_run(run_id, reason, status="KILLED", outcome=outcome)
+                self.open.discard(run_id)
+
+        self._write(idx, write)
+
+    def flush(self, timeout: float | None = DRAIN_WAIT_S) -> bool:
+        """Waits for every queued write (before reading back what the trials recorded)."""
+        return self.lanes.drain(timeout=timeout)
+
     def ended(self) -> None:
-        self.writer.close()
+        if not self.lanes.close(timeout=DRAIN_WAIT_S):
+            log.warning("the store took over %.0f s to write the sweep's last records",
+                        DRAIN_WAIT_S)
 
     def close_open_runs(self, reason: str, status: str) -> int:
         """Closes every run that never got its record; returns how many."""
@@ -236,9 +194,18 @@ class RecordingSink:
         self.open.clear()
         return closed
 
-    def _create(self, idx: int, started: float | None, tags: dict[str, str] | None = None
-                ) -> str:
-        trial = self.waiting.pop(idx, None) or TrialInfo(idx, f"trial {idx}")
+    def _trial(self, idx: int) -> TrialInfo:
+        return self.waiting.pop(idx, None) or TrialInfo(idx, f"trial {idx}")
+
+    def _write(self, idx: int, run: Callable[[], object],
+               failed: Callable[[BaseException | None], object] | None = None) -> None:
+        def warn(exc: BaseException | None) -> None:
+            log.warning("trial %s: a store write failed: %s", idx, exc)
+
+        self.lanes.submit(idx, Write(run, failed=failed or warn))
+
+    def _create(self, idx: int, trial: TrialInfo, started: float | None,
+                tags: dict[str, str] | None = None) -> str:
         all_tags = {**trial.tags, **(tags or {})}
         if self.parent:
             all_tags[SWEEP_TAG] = self.parent
@@ -248,5 +215,5 @@ class RecordingSink:
         self.open.add(run_id)
         if trial.params:
             self.tracker.log(run_id, params=trial.params)
-            self.params_logged.add(idx)
+            self._params.add(idx)
         return run_id
