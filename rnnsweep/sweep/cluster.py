@@ -12,7 +12,9 @@ from __future__ import annotations
 import copy
 import logging
 import os
+import shutil
 import socket
+import stat
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -43,8 +45,9 @@ def connect(address: str | None, settings, config: DictConfig | None = None) -> 
         log.warning("the embedded Ray will listen beyond loopback: start rnnsweep through "
                     f"its CLI, or set {LOCAL_ONLY_RAY_ENV}=0 before importing ray")
     # "local": always a fresh instance, never a cluster someone started with `ray start`.
+    temp_dir = private_temp_dir()
     with privacy.no_cloud_probes() as worker_env:
-        context = ray.init(address="local", num_cpus=settings.num_cpus,
+        context = ray.init(address="local", _temp_dir=temp_dir, num_cpus=settings.num_cpus,
                            num_gpus=settings.num_gpus, include_dashboard=settings.dashboard,
                            dashboard_host=settings.dashboard_host, log_to_driver=False,
                            configure_logging=False,
@@ -52,6 +55,63 @@ def connect(address: str | None, settings, config: DictConfig | None = None) -> 
     if settings.dashboard and getattr(context, "dashboard_url", None):
         print(f"rnnsweep: {dashboard_notice(context.dashboard_url)}", file=sys.stderr,
               flush=True)
+
+
+# Ray's longest path below its temp dir is a Unix socket's, and a socket's path is limited
+# to 107 bytes: session_<date>_<time>_<microseconds>_<pid>/sockets/plasma_store, with a
+# numbered suffix where the name is taken, at the largest pid Linux hands out.
+_SOCKET_TAIL = len("/ray/session_2026-12-06_06-41-28_870013_4194304/sockets/plasma_store.99")
+_SOCKET_PATH_MAX = 107
+
+
+def private_temp_dir() -> str:
+    """A temp dir for the embedded Ray inside a directory only this user can enter.
+
+    Ray makes its temp dir and every directory it creates there 0777 (``/tmp/ray`` and
+    each session: logs, sockets, spilled objects), for machines where users share one
+    Ray, and its other processes (the runtime env agent) do so again as they start. A
+    sweep's Ray is its own: its temp dir is ``ray`` in ``rnnsweep-<uid>``, which is 0700
+    and which Ray never touches, in the system temp dir Ray would use
+    (``RAY_TMPDIR``, else ``TMPDIR``), or in ``/tmp`` where that is too long a path for
+    Ray's sockets."""
+    name = f"rnnsweep-{os.getuid()}"
+    for base in (_system_temp_dir(), "/tmp"):
+        path = os.path.join(os.path.abspath(base), name)
+        if len(os.fsencode(path)) + _SOCKET_TAIL <= _SOCKET_PATH_MAX:
+            _make_private(path)
+            return os.path.join(path, "ray")
+    raise LaunchError(f"no temp dir short enough for Ray's sockets: {path} is "
+                      f"{len(os.fsencode(path))} bytes (set RAY_TMPDIR to a shorter path)")
+
+
+def _system_temp_dir() -> str:
+    """Where Ray would put its own ``ray`` directory."""
+    return os.environ.get("RAY_TMPDIR") or os.environ.get("TMPDIR") or "/tmp"
+
+
+def _make_private(path: str, again: bool = True) -> None:
+    """``path`` as a directory this user owns and nobody else can enter. One left by
+    someone else (a link, another user's, a file) is refused; one of ours that others
+    could have written into is made again, since what they left there cannot be trusted."""
+    try:
+        try:
+            os.mkdir(path, 0o700)
+            return
+        except FileExistsError:
+            pass
+        info = os.lstat(path)
+        if stat.S_ISLNK(info.st_mode) or not stat.S_ISDIR(info.st_mode) or \
+                info.st_uid != os.getuid():
+            raise LaunchError(f"Ray's temp dir {path} is not a directory this user owns: "
+                              "remove it, or set RAY_TMPDIR to a directory of your own")
+        if stat.S_IMODE(info.st_mode) & 0o077:
+            if not again:
+                raise LaunchError(f"Ray's temp dir {path} is open to other users again")
+            log.warning("Ray's temp dir %s was open to other users; made it again", path)
+            shutil.rmtree(path)
+            _make_private(path, again=False)
+    except OSError as exc:
+        raise LaunchError(f"cannot make Ray's temp dir {path}: {exc}") from None
 
 
 def dashboard_notice(url: str) -> str:
