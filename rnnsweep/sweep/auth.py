@@ -22,7 +22,8 @@ TOKEN_ENV, TOKEN_PATH_ENV = "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"
 def token_problem(address: str) -> str | None:
     """Why the cluster at ``address`` (host:port of its GCS) refuses this process, or
     None when it does not (any other failure is left to ``ray.init`` to report)."""
-    from ray._raylet import GcsClient
+    # Ray's _raylet stub declares no GcsClient, though the compiled module has it.
+    from ray._raylet import GcsClient  # type: ignore[attr-defined]
     from ray.exceptions import AuthenticationError
 
     try:

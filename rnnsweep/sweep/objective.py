@@ -76,8 +76,9 @@ def score(record: TrialRecord, metric: str, direction: str) -> float:
 def value_of_run(tracker: Tracker, run_id: str, cfg: DictConfig | str,
                  direction: str | None = None) -> float:
     """A trial skipped because an identical one finished: that run's value (``cfg``: the
-    trial's config, or its objective metric with ``direction``)."""
-    metric, direction = (cfg, direction) if isinstance(cfg, str) else settings(cfg)
+    trial's config, or its objective metric with ``direction``, by default the config's)."""
+    metric, direction = ((cfg, direction or DEFAULT_DIRECTION) if isinstance(cfg, str)
+                         else settings(cfg))
     found = tracker.client.get_run(run_id).data.metrics.get(metric)
     return float(found) if found is not None and math.isfinite(found) else worst(direction)
 
