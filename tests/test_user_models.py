@@ -355,6 +355,8 @@ def test_best_trial_is_logged_on_the_parent(mlflow_store, capsys):
     # A trial skipped on resume hands the sweeper the value its earlier run recorded.
     assert objective.value_of_run(tracker, ids["a"], cfg) == 10.0
     assert objective.value_of_run(tracker, ids["d"], cfg) == -math.inf
+    # Named by its metric alone, the objective is minimized, as a config without a direction.
+    assert objective.value_of_run(tracker, ids["d"], "throughput_seq_per_s") == math.inf
     minimize = compose_cfg(["objective.metric=throughput_seq_per_s"])
     objective.log_best(tracker, parent, minimize)
     assert mlflow_store.client.get_run(parent).data.tags["rnnsweep.objective.best_trial"] == "a"
