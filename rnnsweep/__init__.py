@@ -7,18 +7,17 @@ From Python (see :mod:`rnnsweep.api`)::
     parent_run_id, trials = rnnsweep.load(parent_run_id)
 
 ``import rnnsweep`` stays cheap: Hydra, Ray, MLflow, torch and pandas load on first use.
+It changes nothing in the process either: the environment defaults and signal handlers
+are installed by the entry points that run something (``rnnsweep.entry``, the API's
+calls, ``python -m rnnsweep.report``, ``rnnsweep.compare``, the launcher plugin).
 """
 
 import types
 
-from rnnsweep import privacy
 from rnnsweep import sweep as _sweep_package  # the subpackage: a docstring, free to import
 
 __version__ = "0.1.0"
 __all__ = ["ConfigError", "SweepFailed", "SweepResult", "load", "sweep", "versions"]
-
-# Before anything imports MLflow, which decides on telemetry when it is imported.
-privacy.telemetry_off()
 
 
 class _CallableSweepPackage(types.ModuleType):

@@ -1,3 +1,3 @@
-from rnnsweep.cli import main
+from rnnsweep.entry import main
 
 main()

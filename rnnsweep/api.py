@@ -18,11 +18,19 @@ import os
 import signal
 import sys
 from contextlib import contextmanager
-from importlib import metadata
 from typing import TYPE_CHECKING, NamedTuple
+
+from hydra.core.global_hydra import GlobalHydra
+
+from rnnsweep import cli, logs, privacy
+from rnnsweep.sweep import interrupts
+from rnnsweep.sweep.interrupts import Interrupted
+from rnnsweep.versions import versions
 
 if TYPE_CHECKING:
     import pandas
+
+__all__ = ["ConfigError", "SweepFailed", "SweepResult", "load", "sweep", "versions"]
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"  # the config's default, from the working dir
 
@@ -58,13 +66,10 @@ def sweep(overrides: list[str], *, config_dir: str | os.PathLike | None = None,
         args += ["--config-dir", os.fspath(config_dir)]
     if config_name is not None:
         args += ["--config-name", config_name]
-    from rnnsweep import logs
-
+    privacy.telemetry_off()
     logs.setup()  # before Ray, MLflow or matplotlib is imported, as the CLI does
     with _process_state_kept():
-        from rnnsweep import cli
-        from rnnsweep.sweep.interrupts import Interrupted
-
+        interrupts.install()
         try:
             context = cli.execute(args)
         except cli.Refused as exc:
@@ -89,6 +94,8 @@ def load(parent_run_id: str, tracking_uri: str = DEFAULT_TRACKING_URI) -> SweepR
     """A past sweep, read back from MLflow alone: its parent run id and its trials (the
     runs it reused from earlier sweeps included, ``reused=True``). ``tracking_uri`` as on
     the command line (a relative SQLite path is taken from the working directory)."""
+    privacy.telemetry_off()
+    # Imported on first use: MLflow takes seconds that `import rnnsweep` skips.
     from rnnsweep.report.reading import ReportError, locate
 
     try:
@@ -98,36 +105,8 @@ def load(parent_run_id: str, tracking_uri: str = DEFAULT_TRACKING_URI) -> SweepR
     return SweepResult(parent, _table(tracker, parent))
 
 
-def versions() -> dict[str, str]:
-    """rnnsweep's version and those of what it runs on, for bug reports. CUDA is the
-    version torch was built with, and whether a device is visible."""
-    found = {"rnnsweep": _version("rnnsweep")}
-    for name, dist in (("torch", "torch"), ("Ray", "ray"), ("MLflow", "mlflow"),
-                       ("Hydra", "hydra-core")):
-        found[name] = _version(dist)
-    try:
-        import torch
-
-        built = torch.version.cuda
-        found["CUDA"] = (f"{built} ({torch.cuda.device_count()} device(s))" if built
-                         else "none (CPU build)")
-    except Exception as exc:  # noqa: BLE001 - a broken torch is itself worth reporting
-        found["CUDA"] = f"unknown (torch: {type(exc).__name__})"
-    return found
-
-
-def _version(dist: str) -> str:
-    if dist == "rnnsweep":
-        from rnnsweep import __version__
-
-        return __version__
-    try:
-        return metadata.version(dist)
-    except metadata.PackageNotFoundError:
-        return "not installed"
-
-
 def _table(tracker, parent_run_id: str) -> pandas.DataFrame:
+    # Imported on first use: pandas and MLflow take seconds that `import rnnsweep` skips.
     import pandas as pd
 
     from rnnsweep.report import tidy
@@ -152,9 +131,5 @@ def _process_state_kept():
         for signum, handler in handlers.items():
             if handler is not None:
                 signal.signal(signum, handler)
-        from hydra.core.global_hydra import GlobalHydra
-
-        from rnnsweep.sweep import interrupts
-
         GlobalHydra.instance().clear()
         interrupts.forget()

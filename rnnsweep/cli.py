@@ -1,58 +1,36 @@
-"""``python -m rnnsweep``: check the command line, start Ray, then hand over to Hydra
-inside the sweep's context, which always closes what the sweep opened."""
+"""The command behind ``python -m rnnsweep`` and the ``rnnsweep`` script: check the command
+line, start Ray, then hand over to Hydra inside the sweep's context, which always closes
+what the sweep opened. The process's signal handlers and environment defaults are the
+entry point's (:mod:`rnnsweep.entry`), installed before this module's imports."""
 
 from __future__ import annotations
 
-# First, before the seconds of imports below: a signal at any moment ends the command
-# with one line, never a traceback.
+import os
+import sys
+import threading
+from typing import NoReturn
+
+from omegaconf import DictConfig, OmegaConf
+
+from hydra_plugins.rnnsweep_launcher.rnnsweep_launcher import RnnsweepRayLauncherConf
+from rnnsweep import config, privacy, redaction
+from rnnsweep.config import command as cli_command
+from rnnsweep.config import sweeps
+from rnnsweep.config.bounds import check_local_cpus, check_local_gpus
+from rnnsweep.config.store import check_store
+from rnnsweep.config.validation import CheckedCommand, ConfigError, check_overrides
+from rnnsweep.search import checks as optuna_checks
 from rnnsweep.sweep import interrupts
-
-interrupts.install()
-
-import os  # noqa: E402
-import sys  # noqa: E402
-import threading  # noqa: E402
-from typing import NoReturn  # noqa: E402
-
-from omegaconf import DictConfig, OmegaConf  # noqa: E402
-
-from hydra_plugins.rnnsweep_launcher.rnnsweep_launcher import RnnsweepRayLauncherConf  # noqa: E402
-from rnnsweep import config, heap, logs, privacy, redaction  # noqa: E402
-from rnnsweep.config import command as cli_command  # noqa: E402
-from rnnsweep.config import sweeps  # noqa: E402
-from rnnsweep.config.bounds import check_local_cpus, check_local_gpus  # noqa: E402
-from rnnsweep.config.store import check_store  # noqa: E402
-from rnnsweep.config.validation import CheckedCommand, ConfigError, check_overrides  # noqa: E402
-from rnnsweep.search import checks as optuna_checks  # noqa: E402
-from rnnsweep.sweep.interrupts import Interrupted  # noqa: E402
-from rnnsweep.sweep.job import trial_names  # noqa: E402
-from rnnsweep.sweep.resources import (  # noqa: E402
+from rnnsweep.sweep.job import SweepTask, trial_names
+from rnnsweep.sweep.resources import (
     LOCAL_ONLY_RAY_ENV,
-    USAGE_STATS_RAY_ENV,
     InfeasibleRequest,
     check_feasible,
     cluster_address,
     concurrent_trials,
     plan,
 )
-
-
-def main() -> None:
-    logs.setup()  # before Ray, MLflow or matplotlib is imported: they speak on import
-    heap.fewer_arenas()  # before any thread allocates (see rnnsweep.heap)
-    try:
-        status = run(sys.argv[1:])
-    except Refused as exc:
-        print(f"rnnsweep: error: {exc}", file=sys.stderr)
-        status = 2
-    except (Interrupted, SystemExit) as exc:
-        stopped = interrupts.as_interrupt(exc)
-        if not isinstance(stopped, Interrupted):
-            raise
-        print(f"rnnsweep: stopped by {stopped.name}; unfinished trials are marked KILLED",
-              file=sys.stderr)
-        status = stopped.exit_status
-    sys.exit(status)
+from rnnsweep.versions import versions
 
 
 class Refused(ValueError):
@@ -69,13 +47,10 @@ def execute(args: list[str]):
     """Runs the command line ``args``; the sweep's closed context, or None where the
     command runs no trials (``--help``, ``--version``, ...). Raises :class:`Refused`."""
     if "--version" in args:
-        from rnnsweep.api import versions
-
         print(" ".join(f"{name} {version}" for name, version in versions().items()))
         return None
     config.register()
     sweeps.register()
-    privacy.telemetry_off()
     # Before Hydra parses anything: it writes the overrides into multirun.yaml and .hydra/.
     try:
         sys.argv[1:] = args = redaction.hide_in_overrides(args)
@@ -86,8 +61,6 @@ def execute(args: list[str]):
     except cli_command.CommandError as exc:
         _refuse(exc)
     if not command.runs_trials:  # --help, --cfg, --info, --shell-completion: no trials
-        from rnnsweep.sweep.job import SweepTask
-
         cli_command.run(command, SweepTask())
         return None
     multirun, overrides = command.multirun, command.overrides
@@ -107,7 +80,6 @@ def execute(args: list[str]):
     keep_ray_local(address)
     # Imported only now: MLflow costs seconds that a refused command should not pay.
     from rnnsweep.sweep.context import SweepContext
-    from rnnsweep.sweep.job import SweepTask
 
     with SweepContext.for_sweep(checked.base, overrides, multirun) as context:
         if multirun and _uses_ray_launcher(checked.base):
@@ -123,6 +95,7 @@ def start_ray(checked: CheckedCommand, address: str | None, context) -> None:
     and the workers' imports overlap the driver's own; the launcher then finds it
     connected. An unreachable cluster, or a trial no node can hold, is refused here,
     before anything is recorded."""
+    # Imported only now: Ray reads keep_ray_local's switches when it is imported.
     from rnnsweep.sweep import cluster as ray_session
 
     # Ray's start-up mostly waits on the processes it spawns, leaving a core idle; MLflow's
@@ -161,7 +134,7 @@ def keep_ray_local(address: str | None) -> None:
     any Ray import. A named remote cluster is left alone. Both are defaults the user's
     own environment can override.
     """
-    os.environ.setdefault(USAGE_STATS_RAY_ENV, "0")
+    privacy.telemetry_off()
     host = (address or "127.0.0.1").removeprefix("ray://").rpartition(":")[0] or "127.0.0.1"
     if host in ("127.0.0.1", "localhost", "::1", "[::1]"):
         os.environ.setdefault(LOCAL_ONLY_RAY_ENV, "0")

@@ -16,8 +16,11 @@ Every default here is ``setdefault``: the user's environment wins.
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+
+from rnnsweep.redaction import DRIVER_ONLY_ENV
 
 TELEMETRY_OFF = {
     "MLFLOW_DISABLE_TELEMETRY": "true",
@@ -31,8 +34,18 @@ _LOOPBACK = "127.0.0.1,localhost,::1"
 
 
 def telemetry_off() -> None:
+    """The environment defaults of every entry point (the ``rnnsweep`` command, the API's
+    calls, ``python -m rnnsweep.report``, ``rnnsweep.compare``, the launcher plugin),
+    installed by each before it does anything; importing rnnsweep changes nothing.
+
+    MLflow decides on telemetry when it is imported; an entry point that runs as a module
+    (``python -m rnnsweep.compare``) has imported it by then, so its client is set up
+    again. It fetches nothing before its first event, so nothing has left yet."""
     for key, value in TELEMETRY_OFF.items():
         os.environ.setdefault(key, value)
+    telemetry = sys.modules.get("mlflow.telemetry")
+    if telemetry is not None:
+        telemetry.set_telemetry_client()
 
 
 @contextmanager
@@ -42,8 +55,6 @@ def no_cloud_probes() -> Iterator[dict[str, str]]:
     inherit: only the driver's MLflow client reads them. Yields the environment the job's
     workers should get back (the user's own proxy settings; an empty value is unset for
     ``requests``)."""
-    from rnnsweep.redaction import DRIVER_ONLY_ENV
-
     secrets = {key: os.environ.pop(key) for key in DRIVER_ONLY_ENV if key in os.environ}
     try:
         if os.environ.get("RNNSWEEP_ALLOW_CLOUD_PROBES") == "1":

@@ -103,17 +103,47 @@ def test_ray_starts_without_the_tracking_credentials(clean_env):
     assert os.environ[redaction.PASSWORD_ENV] == PASSWORD  # the driver's client still has it
 
 
-def test_telemetry_off_by_default_and_the_users_choice_wins():
-    code = "import os, rnnsweep; print(os.environ['MLFLOW_DISABLE_TELEMETRY'])"
-    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_DISABLE_TELEMETRY"}
+def test_importing_rnnsweep_changes_no_environment_variable():
+    code = ("import os; before = dict(os.environ); import rnnsweep, rnnsweep.api, rnnsweep.cli; "
+            "print(sorted(set(os.environ.items()) ^ set(before.items())))")
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("MLFLOW_DISABLE_TELEMETRY", "RAY_USAGE_STATS_ENABLED")}
     env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1])
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
                          text=True, check=True).stdout.strip()
-    assert out == "true"
+    assert out == "[]"
+
+
+ENTRY_POINTS = {
+    "rnnsweep": "from rnnsweep.entry import main",
+    "api": "from rnnsweep.api import sweep as main",
+    "report": "from rnnsweep.report.cli import main",
+    "compare": "from rnnsweep.compare import main",
+}
+
+
+@pytest.mark.parametrize("entry", ENTRY_POINTS)
+def test_each_entry_point_turns_telemetry_off_and_the_users_choice_wins(entry):
+    """Each runs with a command it refuses at once; telemetry is off by then."""
+    code = "\n".join([
+        "import os, sys",
+        ENTRY_POINTS[entry],
+        "sys.argv[1:] = ['--no-such-flag']",
+        "try:",
+        "    main(['--no-such-flag']) if main.__name__ == 'sweep' else main()",
+        "except BaseException:",
+        "    pass",
+        "print(os.environ.get('MLFLOW_DISABLE_TELEMETRY'),",
+        "      os.environ.get('RAY_USAGE_STATS_ENABLED'))",
+    ])
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("MLFLOW_DISABLE_TELEMETRY", "RAY_USAGE_STATS_ENABLED")}
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1])
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert done.stdout.split()[-2:] == ["true", "0"], done.stderr[-2000:]
     env["MLFLOW_DISABLE_TELEMETRY"] = "false"
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
-                         text=True, check=True).stdout.strip()
-    assert out == "false"
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert done.stdout.split()[-2:] == ["false", "0"], done.stderr[-2000:]
 
 
 # --- DIVERGED ----------------------------------------------------------------------------
