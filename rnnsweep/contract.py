@@ -102,7 +102,7 @@ REUSED_TAG_PREFIX = "rnnsweep.reused."
 OBJECTIVE_TAG = "rnnsweep.objective"
 OBJECTIVE_BEST_RUN_TAG = "rnnsweep.objective.best_run"
 OBJECTIVE_BEST_TRIAL_TAG = "rnnsweep.objective.best_trial"
-# The driver that holds the sweep: a sweep whose driver died is reaped (rnnsweep.sweep.lease).
+# The driver that holds the sweep: a sweep whose driver died is reaped (rnnsweep.lease).
 LEASE_HOST_TAG = "rnnsweep.lease.host"
 LEASE_PID_TAG = "rnnsweep.lease.pid"
 LEASE_PID_START_TAG = "rnnsweep.lease.pid_start"  # tells a reused PID from the driver's own

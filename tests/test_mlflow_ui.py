@@ -27,7 +27,7 @@ from conftest import BASIC_LAUNCHER, cli_env, run_cli, stop_group, toy
 from matplotlib.image import imread
 from mlflow.tracking import MlflowClient
 
-from rnnsweep.report import Report, write_report
+from rnnsweep.report.build import Report, write_report
 from rnnsweep.tracking import ROLE_TAG, Tracker
 
 REPO = Path(__file__).resolve().parents[1]

@@ -22,11 +22,11 @@ from rnnsweep.report.build import (
     Report,
     Trial,
     build_report,
-    main,
     sweep_axes,
     write_report,
     write_report_safely,
 )
+from rnnsweep.report.cli import main
 from rnnsweep.tracking import ROLE_TAG, Tracker
 
 REPO = Path(__file__).resolve().parents[1]

@@ -1,13 +1,5 @@
-"""A sweep's report, rebuilt from its MLflow records alone (``python -m rnnsweep.report``)."""
+"""A sweep's report, rebuilt from its MLflow records alone (``python -m rnnsweep.report``).
 
-from rnnsweep.report.build import (
-    Report,
-    ReportError,
-    build_report,
-    sweep_axes,
-    write_report,
-    write_report_safely,
-)
-
-__all__ = ["Report", "ReportError", "build_report", "sweep_axes", "write_report",
-           "write_report_safely"]
+A face with no imports: ``rnnsweep.report.build`` builds and logs the report; ``model``
+holds its data, which the sweep and ``rnnsweep.compare`` read without MLflow's or
+matplotlib's import."""

@@ -6,9 +6,10 @@ R² and standard error, deployment parity), notes (noisy timings, trials that di
 reused trials) and PNG plots chosen for the axes the sweep varied. ``write_report`` logs it
 onto the sweep's parent run as ``report.md``, ``report.html`` and ``plots/*.png``.
 
-The package's modules, one concern each: ``model`` (the data), ``reading`` (MLflow),
-``axes`` (what the sweep varied), ``sections`` (findings and plots), ``render`` (text and
-HTML), ``plots`` (PNGs), ``tidy`` (one row per trial for CSV/Parquet) and ``cli``.
+The package's modules, one concern each, each importing only those before it: ``model``
+(the data), ``reading`` (MLflow), ``axes`` (what the sweep varied), ``plots`` (PNGs),
+``sections`` (findings and plots), ``render`` (text and HTML), ``tidy`` (one row per trial
+for CSV/Parquet), ``build`` (this: the report assembled and logged) and ``cli``.
 """
 
 from __future__ import annotations
@@ -19,14 +20,14 @@ from rnnsweep.contract import SWEEP_NAME_TAG
 from rnnsweep.report import axes as axes_
 from rnnsweep.report import render, sections
 from rnnsweep.report.axes import sweep_axes
-from rnnsweep.report.cli import main
 from rnnsweep.report.model import Finding, Report, Trial
 from rnnsweep.report.reading import ReportError, sweep_trials
 from rnnsweep.text import one_line
 from rnnsweep.tracking import Tracker
 
-__all__ = ["Finding", "Report", "ReportError", "Trial", "build_report", "main", "sweep_axes",
-           "write_report", "write_report_safely"]
+__all__ = ["Finding", "Report", "ReportError", "Trial", "artifacts", "build_report",
+           "sweep_axes", "write_report", "write_report_safely"]
+
 
 def build_report(tracker: Tracker, parent_run_id: str,
                  trials: list[Trial] | None = None) -> Report:
@@ -51,14 +52,21 @@ def build_report(tracker: Tracker, parent_run_id: str,
     if not report.plots:
         sections.fallback_section(report)
     sections.notes_section(report)
+    report.markdown, report.html = render.markdown(report), render.html(report)
     return report
+
+
+def artifacts(report: Report) -> dict[str, bytes]:
+    """The report's files by their path on the parent run (and under ``--out``)."""
+    return {"report.md": report.markdown.encode(), "report.html": report.html.encode(),
+            **report.plots}
 
 
 def write_report(tracker: Tracker, parent_run_id: str,
                  trials: list[Trial] | None = None) -> Report:
     """Builds the report and logs it onto the parent run; raises on any problem."""
     report = build_report(tracker, parent_run_id, trials)
-    tracker.log_artifacts(parent_run_id, report.artifacts())
+    tracker.log_artifacts(parent_run_id, artifacts(report))
     return report
 
 

@@ -8,15 +8,16 @@ from pathlib import Path
 
 from mlflow.exceptions import MlflowException
 
+from rnnsweep import lease, privacy
+from rnnsweep.report import tidy
+from rnnsweep.report.build import artifacts, build_report
+from rnnsweep.report.model import Report
 from rnnsweep.report.reading import ReportError, locate
-from rnnsweep.sweep import lease
 from rnnsweep.text import one_line
 
 
 def main(argv: list[str] | None = None) -> int:
-    from rnnsweep.report import tidy
-    from rnnsweep.report.build import build_report
-
+    privacy.telemetry_off()
     args = _parser().parse_args(argv)
     try:
         if args.out is not None:
@@ -33,15 +34,25 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(report.markdown, end="")
     if args.out:
-        written = report.save(args.out)
+        written = save(report, args.out)
         print(f"wrote {len(written)} files under {args.out}")
     if args.csv:
         count = tidy.write(report.trials, args.csv)  # sorted along the sweep's axes
         print(f"wrote {count} rows to {args.csv}")
     if not args.no_log:
-        tracker.log_artifacts(parent, report.artifacts())
-        print(f"logged {', '.join(report.artifacts())} on parent run {parent}")
+        tracker.log_artifacts(parent, artifacts(report))
+        print(f"logged {', '.join(artifacts(report))} on parent run {parent}")
     return 0
+
+
+def save(report: Report, out_dir: Path) -> list[Path]:
+    written = []
+    for rel, content in artifacts(report).items():
+        path = out_dir / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(content)
+        written.append(path)
+    return written
 
 
 def check_out_dir(out: Path) -> None:

@@ -1,9 +1,9 @@
-"""The report's data: trials as read from MLflow, findings, and the report itself."""
+"""The report's data: trials as read from MLflow, findings, and the report itself. Plain
+data: rendering is ``render``'s, writing files ``build``'s and ``cli``'s."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from rnnsweep.contract import (
     NOISE_REASON_TAG,
@@ -11,9 +11,16 @@ from rnnsweep.contract import (
     OK,
     RAY_EXCLUSIVE_TAG,
     RAY_TRIALS_BESIDE_TAG,
+    STREAM_PARITY_TAG,
     TIMED_METRICS,
+    export_status_tag,
     from_tag,
 )
+
+# Deployment parity: the tags that say whether each path matched eager PyTorch.
+PARITY_TAGS = {"streaming": STREAM_PARITY_TAG,
+               **{fmt: export_status_tag(fmt)
+                  for fmt in ("torchscript", "torchscript_optimized", "onnx")}}
 
 
 @dataclass
@@ -60,6 +67,16 @@ class Trial:
     def noisy(self) -> bool:
         return bool(self.noise_reason)
 
+    @property
+    def parity_checked(self) -> bool:
+        return any(tag in self.tags for tag in PARITY_TAGS.values())
+
+    @property
+    def parity_failures(self) -> list[str]:
+        """The deployment paths whose parity check with eager PyTorch failed."""
+        return [path for path, tag in PARITY_TAGS.items()
+                if tag in self.tags and self.tags[tag] != "ok"]
+
 
 @dataclass
 class Finding:
@@ -82,6 +99,9 @@ class Report:
     plots: dict[str, bytes] = field(default_factory=dict)  # "plots/<name>.png" -> PNG
     notes: list[str] = field(default_factory=list)  # noisy, unsupported, failed trials
     experiment_id: str = ""
+    # The rendered pages, filled in once the report is built (rnnsweep.report.build).
+    markdown: str = ""
+    html: str = ""  # one self-contained page (plots inlined) for MLflow's artifact viewer
 
     @property
     def title(self) -> str:
@@ -89,28 +109,3 @@ class Report:
         if self.sweep == "sweep" and self.axes:
             return f"sweep over {', '.join(self.axes)}"
         return self.sweep
-
-    @property
-    def markdown(self) -> str:
-        from rnnsweep.report import render
-        return render.markdown(self)
-
-    @property
-    def html(self) -> str:
-        """The same report as one self-contained page (plots inlined), which MLflow's
-        artifact viewer can show without resolving relative links."""
-        from rnnsweep.report import render
-        return render.html(self)
-
-    def artifacts(self) -> dict[str, bytes]:
-        return {"report.md": self.markdown.encode(), "report.html": self.html.encode(),
-                **self.plots}
-
-    def save(self, out_dir: Path) -> list[Path]:
-        written = []
-        for rel, content in self.artifacts().items():
-            path = out_dir / rel
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_bytes(content)
-            written.append(path)
-        return written

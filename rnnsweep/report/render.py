@@ -27,10 +27,8 @@ REASON_CHARS = 80
 
 
 def table(trials: list[Trial], axes: list[str]) -> tuple[list[str], list[list[str]]]:
-    from rnnsweep.report.sections import PARITY_TAGS, parity_failures
-
     metrics = [m for m in KEY_METRICS if any(m in t.metrics for t in trials)]
-    parity = any(tag in t.tags for t in trials for tag in PARITY_TAGS.values())
+    parity = any(t.parity_checked for t in trials)
     timed = any(t.timed for t in trials)
     columns = ["run", *axes, *metrics, *(["parity"] if parity else []),
                *(["timing"] if timed else []), "outcome"]
@@ -41,9 +39,9 @@ def table(trials: list[Trial], axes: list[str]) -> tuple[list[str], list[list[st
         row = [t.run_id[:8], *(t.params.get(a, "-") for a in axes),
                *(_cell(t, m) for m in metrics)]
         if parity:
-            failed = parity_failures(t)
+            failed = t.parity_failures
             row.append("failed: " + ", ".join(failed) if failed else
-                       "ok" if any(tag in t.tags for tag in PARITY_TAGS.values()) else "-")
+                       "ok" if t.parity_checked else "-")
         if timed:
             row.append(("noisy" if t.noisy else "clean") if t.timed else "-")
         rows.append([*row, outcome])

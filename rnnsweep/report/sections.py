@@ -10,10 +10,9 @@ from itertools import groupby
 import numpy as np
 from mlflow.tracking import MlflowClient
 
-from rnnsweep.contract import STREAM_PARITY_TAG, export_status_tag
 from rnnsweep.report import plots
 from rnnsweep.report.axes import cell_label, groups, label, ok, suffix, values
-from rnnsweep.report.model import Finding, Report
+from rnnsweep.report.model import PARITY_TAGS, Finding, Report
 from rnnsweep.report.reading import history
 from rnnsweep.text import cut, plain
 
@@ -32,11 +31,6 @@ CURVE_AXIS_PREFIXES = ("precision.", "clipping.")
 # "Linear" is said of a fit only at or above this R².
 LINEAR_R2 = 0.98
 NOTE_CHARS = 300
-# Deployment parity: the tags that say whether each path matched eager PyTorch.
-PARITY_TAGS = {"streaming": STREAM_PARITY_TAG,
-               **{fmt: export_status_tag(fmt)
-                  for fmt in ("torchscript", "torchscript_optimized", "onnx")}}
-
 Section = Callable[[Report], None]
 
 
@@ -53,7 +47,7 @@ def sections(client: MlflowClient, report: Report) -> list[Section]:
         chosen.append(lambda r: curves_section(r, client))
     if "seq_len" in axes:
         chosen.append(seq_len_section)
-    if any(tag in t.tags for t in trials for tag in PARITY_TAGS.values()):
+    if any(t.parity_checked for t in trials):
         chosen.append(deployment_section)
     return chosen
 
@@ -214,8 +208,8 @@ def seq_len_section(report: Report) -> None:
 
 def deployment_section(report: Report) -> None:
     """The deployment question answered: does each served form compute what eager does?"""
-    checked = [t for t in report.trials if any(tag in t.tags for tag in PARITY_TAGS.values())]
-    failed = {t.run_id: parity_failures(t) for t in checked}
+    checked = [t for t in report.trials if t.parity_checked]
+    failed = {t.run_id: t.parity_failures for t in checked}
     good = sum(not f for f in failed.values())
     paths = sorted({p for t in checked for p, tag in PARITY_TAGS.items() if tag in t.tags},
                    key=list(PARITY_TAGS).index)
@@ -224,11 +218,6 @@ def deployment_section(report: Report) -> None:
                    f"{run[:8]}: {', '.join(paths_)}" for run, paths_ in failed.items() if paths_))
     report.findings.append(Finding(f"deployment parity ({', '.join(paths)})", good,
                                    f"of {len(checked)} trials", verdict))
-
-
-def parity_failures(trial) -> list[str]:
-    return [path for path, tag in PARITY_TAGS.items()
-            if tag in trial.tags and trial.tags[tag] != "ok"]
 
 
 def fallback_section(report: Report) -> None:

@@ -22,6 +22,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from rnnsweep import lease
 from rnnsweep.contract import (
     FAILED,
     FINGERPRINT_TAG,
@@ -33,7 +34,7 @@ from rnnsweep.contract import (
     TIMED_OUT,
 )
 from rnnsweep.record import TrialRecord
-from rnnsweep.sweep import interrupts, lease
+from rnnsweep.sweep import interrupts
 from rnnsweep.sweep.interrupts import Interrupted
 from rnnsweep.sweep.sink import SweepSink, TrialInfo
 
@@ -150,6 +151,9 @@ class SweepContext:
         from rnnsweep.tracking import Tracker
 
         self.tracker = Tracker(self.tracking.uri, self.tracking.experiment)
+        # Records an earlier sweep's store could not take, before the reaper judges its runs.
+        for line in journal.replay(self.tracker):
+            print(f"rnnsweep: {line}", flush=True)
         lease.reap_lost_sweeps(self.tracker)
         if self.multirun:
             self.parent = self.tracker.start_run(
@@ -159,9 +163,12 @@ class SweepContext:
             _load_report()
             print(f"rnnsweep: sweep '{self.name}' -> MLflow parent run {self.parent} "
                   f"(experiment '{self.tracking.experiment}' at {self.tracker.uri})", flush=True)
+        self.journal = journal.Journal(self.tracker, {
+            "parent": self.parent, "name": self.name, "tags": self._parent_tags,
+            "params": self._parent_params, "started": self.started_at})
         self.recording = RecordingSink(
             self.tracker, self.parent,
-            int(OmegaConf.select(self.tracking, "live_queue", default=100_000)))
+            int(OmegaConf.select(self.tracking, "live_queue", default=100_000)), self.journal)
         self.sinks.sinks += [self.recording, self.terminal]
 
     @property
@@ -320,7 +327,7 @@ def _load_report() -> None:
     where a machine short of memory says so before the trials, and the close is that
     much quicker. A report that cannot load is the close's warning, not the sweep's end."""
     try:
-        import rnnsweep.report  # noqa: F401
+        import rnnsweep.report.build  # noqa: F401
     except Exception as exc:  # noqa: BLE001 - see the docstring
         log.debug("the report's modules did not load: %s", exc)
 

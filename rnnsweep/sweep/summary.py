@@ -46,7 +46,7 @@ def finish_sweep(context: SweepContext) -> dict[str, float]:
         tracker.log(parent, tags={SWEEP_LIMIT_TAG: context.limit_reason})
     # The sweep's answer, whichever sweeper chose its trials (Optuna's included).
     objective.log_best(tracker, parent, context.objective, trials)
-    from rnnsweep.report import write_report_safely
+    from rnnsweep.report.build import write_report_safely
 
     write_report_safely(tracker, parent, trials)  # never raises: a failed report is a warning
     reused = summary["trials_reused"]
