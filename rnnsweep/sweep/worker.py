@@ -167,7 +167,7 @@ def _read(path: str | None) -> bytes | None:
         return None
 
 
-def _place_checkpoint(config_hash: str, ref: Any) -> None:
+def _place_checkpoint(config_hash: str, ref: tuple[ray.ObjectRef[bytes]] | bytes) -> None:
     """A retried or resumed trial's resume point, from its run (checkpoint.store=artifacts),
     where the trial looks for it on this node."""
     from rnnsweep.trial.checkpoint import FILE, relayed_dir
@@ -192,7 +192,8 @@ def _title(title: str) -> None:
     worker runs; Ray titles it after the task, and back to ``ray::IDLE`` after it).
     Ray's own title setter: a Ray without it leaves its title as it is."""
     with contextlib.suppress(AttributeError):
-        ray._raylet.setproctitle(title)
+        # Ray's _raylet stub declares no setproctitle, though the compiled module has it.
+        ray._raylet.setproctitle(title)  # type: ignore[attr-defined]
 
 
 def _sweep(shared: SweepShared) -> _Sweep:
