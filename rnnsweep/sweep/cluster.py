@@ -52,9 +52,9 @@ def connect(address: str | None, settings, config: DictConfig | None = None) -> 
                            dashboard_host=settings.dashboard_host, log_to_driver=False,
                            configure_logging=False,
                            runtime_env={"env_vars": worker_env} if worker_env else None)
-    if settings.dashboard and getattr(context, "dashboard_url", None):
-        print(f"rnnsweep: {dashboard_notice(context.dashboard_url)}", file=sys.stderr,
-              flush=True)
+    url = getattr(context, "dashboard_url", None)
+    if settings.dashboard and url:
+        print(f"rnnsweep: {dashboard_notice(url)}", file=sys.stderr, flush=True)
 
 
 # Ray's longest path below its temp dir is a Unix socket's, and a socket's path is limited
