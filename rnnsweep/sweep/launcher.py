@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import ray
 from hydra.core.singleton import Singleton
@@ -61,6 +61,9 @@ from rnnsweep.sweep.sink import TrialInfo
 from rnnsweep.text import first_line
 
 # After a stop request (a stopper's, a time limit's), how long a trial has to end on its
+if TYPE_CHECKING:
+    from rnnsweep.tracking import Tracker
+
 # own, with its record, beyond one live interval (when its worker asks): past that, its
 # worker is killed and the driver records it from what it sent.
 STOP_GRACE_S = 5.0
@@ -97,6 +100,12 @@ class Job:
     relays: bool = False
     saved: Any = None
 
+
+    def planned(self) -> Request:
+        """Its resource request: a job is planned before it is submitted or tagged."""
+        if self.request is None:
+            raise RuntimeError(f"trial {self.name} was not planned")
+        return self.request
 
 def launch(launcher, job_overrides: Sequence[Sequence[str]],
            initial_job_idx: int) -> list[JobReturn]:
@@ -172,28 +181,22 @@ def _plan(composer: Composer, jobs: list[Job], nodes: list[Node], records: bool
             params[job.idx] = {sys.intern(k): sys.intern(v) for k, v in flat.items()}
         if "hydra" in config:
             job.config = config
-    check_feasible({j.idx: j.request for j in jobs}, nodes, {j.idx: j.name for j in jobs})
+    check_feasible({j.idx: j.planned() for j in jobs}, nodes, {j.idx: j.name for j in jobs})
     return params
 
 
 def _run(launcher, context: SweepContext, composer: Composer, jobs: list[Job],
          nodes: list[Node], params: dict[int, dict[str, str]]) -> list[JobReturn]:
-    sinks = context.sinks
-    reusable = _reusable(launcher.config, context, jobs, nodes)
-    for job in (job for job in jobs if job.idx in reusable):
-        job.state, job.config = TrialState.REUSED, None  # only recorded sweeps reuse
-        job.result = JobReturn(overrides=job.overrides, status=JobStatus.COMPLETED)
-        sinks.reused(job.idx, reusable[job.idx], TrialInfo(job.idx, job.name, tuple(job.overrides)))
-        # The sweeper gets the reused trial's number, as if it had run again.
-        job.result.return_value = objective.value_of_run(context.tracker, reusable[job.idx],
-                                                         *job.judged_by)
+    sinks, tracker = context.sinks, context.tracker
+    if tracker is not None:  # only recorded sweeps reuse
+        _reuse(launcher.config, tracker, context, jobs, nodes)
     to_run = [job for job in jobs if job.state == TrialState.PENDING]
     watch = _Watch.for_sweep(launcher, to_run, context.started_at)
     for job in to_run:
-        if job.relays and job.digest:
+        if job.relays and job.digest and tracker is not None:
             # A trial whose earlier run (a sweep whose driver died) left a checkpoint on
             # its run goes on from there.
-            found = context.tracker.latest_checkpoint(job.digest)
+            found = tracker.latest_checkpoint(job.digest)
             if found is not None:
                 job.saved = ray.put(found)
     order = to_run
@@ -215,7 +218,26 @@ def _run(launcher, context: SweepContext, composer: Composer, jobs: list[Job],
     except Interrupted as exc:
         _cancel(context, to_run, f"interrupted ({exc.name})")
         raise
-    return [job.result for job in jobs]
+    return [_result(job) for job in jobs]
+
+
+def _reuse(config: DictConfig, tracker: Tracker, context: SweepContext, jobs: list[Job],
+           nodes: list[Node]) -> None:
+    reusable = _reusable(config, tracker, jobs, nodes)
+    for job in (job for job in jobs if job.idx in reusable):
+        job.state, job.config = TrialState.REUSED, None
+        job.result = JobReturn(overrides=job.overrides, status=JobStatus.COMPLETED)
+        context.sinks.reused(job.idx, reusable[job.idx],
+                             TrialInfo(job.idx, job.name, tuple(job.overrides)))
+        # The sweeper gets the reused trial's number, as if it had run again.
+        job.result.return_value = objective.value_of_run(tracker, reusable[job.idx],
+                                                         *job.judged_by)
+
+
+def _result(job: Job) -> JobReturn:
+    if job.result is None:  # every trial ends with one: run, reused, failed or cancelled
+        raise RuntimeError(f"trial {job.name} ended without a result")
+    return job.result
 
 
 class _Watch:
@@ -277,15 +299,15 @@ class _Watch:
             self.stopper.finished(job.idx)
 
 
-def _reusable(config: DictConfig, context: SweepContext, jobs: list[Job],
+def _reusable(config: DictConfig, tracker: Tracker, jobs: list[Job],
               nodes: list[Node]) -> dict[int, str]:
     """Trials an identical finished trial stands for: same config, and measured in the
     environment this cluster would measure it in (asked of the nodes only when some
     config matches). A cluster whose nodes differ reruns everything."""
-    if not context.records or OmegaConf.select(config, "ray.rerun", default=False):
+    if OmegaConf.select(config, "ray.rerun", default=False):
         return {}
-    finished = context.tracker.finished_configs()
-    noisy = getattr(context.tracker, "noisy_finished", {})  # filled by finished_configs
+    finished = tracker.finished_configs()
+    noisy = getattr(tracker, "noisy_finished", {})  # filled by finished_configs
     known = {digest for digest, _ in finished} | {digest for digest, _ in noisy}
     if not any(job.digest in known for job in jobs):
         return {}
@@ -298,7 +320,7 @@ def _reusable(config: DictConfig, context: SweepContext, jobs: list[Job],
             print(f"rnnsweep: trial {job.name}: its earlier run {noisy[(job.digest, env)][0]} "
                   "had noisy timings; running it again rather than reusing it", flush=True)
     return {job.idx: finished[(job.digest, env)][0] for job in jobs
-            if (job.digest, env) in finished}
+            if job.digest is not None and (job.digest, env) in finished}
 
 
 def _node_fingerprints(nodes: list[Node]) -> set[str]:
@@ -322,7 +344,7 @@ class _Submitter:
         self.composer, self.drop_configs = composer, drop_configs
         self.queue = list(reversed(jobs))  # popped from the end, in submission order
         self.in_flight: dict[Any, Job] = {}
-        self.window = 2 * concurrent_trials([j.request for j in jobs], nodes) + 4
+        self.window = 2 * concurrent_trials([j.planned() for j in jobs], nodes) + 4
         self.execute = ray.remote(worker.execute)
         task = launcher.task_function
         # Shared by every trial: serialised once into Ray's object store, and fetched by
@@ -335,7 +357,8 @@ class _Submitter:
         self.nodes = nodes
         self._stage(*self.shared)
         self.bases: dict[tuple[str, ...], Any] = {}  # shared compositions, in the object store
-        self.control = worker.Control.remote() if control else None
+        # ray.remote(**options) is typed to hand the class back, not its actor class.
+        self.control = worker.Control.remote() if control else None  # type: ignore[attr-defined]
         if self.control is not None:
             # Up before the first trial starts: a trial that asks while the actor's
             # process is still starting waits, and a short one would end unstoppable.
@@ -356,8 +379,9 @@ class _Submitter:
         # here, as its next attempt, so that its run can say so and it can go on from
         # its checkpoint (Ray would replay its stream).
         job.ref = self.execute.options(
-            num_returns="streaming", num_cpus=job.request.num_cpus,
-            num_gpus=job.request.num_gpus, max_retries=0,
+        request = job.planned()
+            num_returns="streaming", num_cpus=request.num_cpus,
+            num_gpus=request.num_gpus, max_retries=0,
             retry_exceptions=False, name=worker.TASK_NAME,
         ).remote(self.shared, config, self.cwd, job.idx, job.attempt, self.control,
                  # Nested in a tuple: Ray leaves the ref for the worker to fetch.
@@ -410,7 +434,7 @@ class _Submitter:
 
 
 def _submission_tags(job: Job) -> dict[str, str]:
-    tags = {contract.RAY_REQUEST_TAG: job.request.describe()}
+    tags = {contract.RAY_REQUEST_TAG: job.planned().describe()}
     if job.digest:
         tags[CONFIG_HASH_TAG] = job.digest
     return tags
@@ -629,12 +653,13 @@ def _cancel(context: SweepContext, jobs: list[Job], reason: str) -> None:
 def _params(config: DictConfig) -> dict[str, str]:
     """The trial's params exactly as the trial itself flattens its config (without the
     ``hydra`` node, which is neither copied nor resolved: a per-trial cost at scale)."""
-    tree = {}
+    tree: dict[str, Any] = {}
     for key in config:
         if key == "hydra":
             continue
         value = config[key]
         if isinstance(value, DictConfig | ListConfig):
             value = OmegaConf.to_container(value, resolve=True, enum_to_str=True)
-        tree[key] = value.name if isinstance(value, Enum) else value
+        # str(key) is how flatten names it: the schema's keys are all names.
+        tree[str(key)] = value.name if isinstance(value, Enum) else value
     return flatten(tree)
