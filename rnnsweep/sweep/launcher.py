@@ -60,10 +60,10 @@ from rnnsweep.sweep.resources import (
 from rnnsweep.sweep.sink import TrialInfo
 from rnnsweep.text import first_line
 
-# After a stop request (a stopper's, a time limit's), how long a trial has to end on its
 if TYPE_CHECKING:
     from rnnsweep.tracking import Tracker
 
+# After a stop request (a stopper's, a time limit's), how long a trial has to end on its
 # own, with its record, beyond one live interval (when its worker asks): past that, its
 # worker is killed and the driver records it from what it sent.
 STOP_GRACE_S = 5.0
@@ -100,12 +100,12 @@ class Job:
     relays: bool = False
     saved: Any = None
 
-
     def planned(self) -> Request:
         """Its resource request: a job is planned before it is submitted or tagged."""
         if self.request is None:
             raise RuntimeError(f"trial {self.name} was not planned")
         return self.request
+
 
 def launch(launcher, job_overrides: Sequence[Sequence[str]],
            initial_job_idx: int) -> list[JobReturn]:
@@ -378,8 +378,8 @@ class _Submitter:
         # Ray retries nothing itself: a trial whose worker died is submitted again
         # here, as its next attempt, so that its run can say so and it can go on from
         # its checkpoint (Ray would replay its stream).
-        job.ref = self.execute.options(
         request = job.planned()
+        job.ref = self.execute.options(
             num_returns="streaming", num_cpus=request.num_cpus,
             num_gpus=request.num_gpus, max_retries=0,
             retry_exceptions=False, name=worker.TASK_NAME,
