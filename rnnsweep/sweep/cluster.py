@@ -12,12 +12,14 @@ from __future__ import annotations
 import copy
 import logging
 import os
+import re
 import shutil
 import socket
 import stat
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import ray
@@ -176,11 +178,42 @@ def prewarm(workers: int) -> None:
         _import_trial_code.remote()
 
 
-@ray.remote(num_cpus=1)
+# Never retried: a warm-up is worth nothing twice, and Ray retries a task its memory
+# monitor killed without end (task_oom_retries=-1) whenever the task may be retried at
+# all, holding a CPU that trials wait for and printing a page to the terminal each time.
+@ray.remote(num_cpus=1, max_retries=0)
 def _import_trial_code() -> None:
     import torch._dynamo  # noqa: F401
 
     import rnnsweep.trial.run  # noqa: F401
+
+
+@dataclass(frozen=True)
+class OutOfMemory:
+    """What Ray's memory monitor said when it killed a trial's worker."""
+
+    worker_gb: float | None  # the worker's memory when killed: the trial's peak
+    node: str  # the node's use against its limit and the monitor's threshold
+
+    @property
+    def reason(self) -> str:
+        worker = f" using {self.worker_gb:g} GB" if self.worker_gb is not None else ""
+        return f"out of memory: Ray's memory monitor killed its worker{worker} ({self.node})"
+
+
+def out_of_memory(error: BaseException) -> OutOfMemory | None:
+    """The kill, if ``error`` is Ray's memory monitor's. Ray's message (a page) names
+    the process it chose and its memory, and the node's use and threshold."""
+    if not isinstance(error, ray.exceptions.OutOfMemoryError):
+        return None
+    text = str(error)
+    worker = re.search(r"actual memory used=([\d.]+)GB", text)
+    node = re.search(r"was ([\d.]+)GB used / ([\d.]+)GB limit", text)
+    threshold = re.search(r"threshold of \d+B \(([\d.]+%)", text)
+    said = f"the node at {node[1]} of {node[2]} GB" if node else "the node short of memory"
+    if threshold:
+        said += f", over its {threshold[1]} threshold"
+    return OutOfMemory(float(worker[1]) if worker else None, said)
 
 
 @contextmanager

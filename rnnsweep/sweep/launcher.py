@@ -42,7 +42,7 @@ from rnnsweep.contract import (
 )
 from rnnsweep.record import TrialRecord, config_hash, flatten
 from rnnsweep.sweep import interrupts, objective, stopping, worker
-from rnnsweep.sweep.cluster import LaunchError, ray_session
+from rnnsweep.sweep.cluster import LaunchError, out_of_memory, ray_session
 from rnnsweep.sweep.composer import Composer, job_config
 from rnnsweep.sweep.context import SweepContext
 from rnnsweep.sweep.interrupts import Interrupted
@@ -486,8 +486,15 @@ def _advance(job: Job, context: SweepContext, jobs: list[Job], nodes: list[Node]
         if job.attempt < job.retries and job.stop is None:
             return _RETRIED
         reason = f"{type(exc).__name__} after {job.attempt} retries: {first}"
+        killed = out_of_memory(exc)
+        if killed is not None:
+            reason = f"{killed.reason}, after {job.attempt} retries"
         job.info["finished"] = time.time()
-        _finish(job, context, jobs, nodes, _failed_return(job, reason, context.records))
+        ret = _failed_return(job, reason, context.records)
+        if killed is not None and killed.worker_gb is not None and \
+                isinstance(ret._return_value, TrialRecord):
+            ret._return_value.metrics["peak_rss_mb"] = killed.worker_gb * 1024
+        _finish(job, context, jobs, nodes, ret)
         return _OVER
     if item == worker.STARTED:
         job.state, job.info = TrialState.RUNNING, info
