@@ -15,8 +15,8 @@ calls, ``python -m rnnsweep.report``, ``rnnsweep.compare``, the launcher plugin)
 import types
 
 from rnnsweep import sweep as _sweep_package  # the subpackage: a docstring, free to import
+from rnnsweep.version import __version__ as __version__
 
-__version__ = "0.1.0"
 __all__ = ["ConfigError", "SweepFailed", "SweepResult", "load", "sweep", "versions"]
 
 

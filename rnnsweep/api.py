@@ -25,7 +25,7 @@ from hydra.core.global_hydra import GlobalHydra
 from rnnsweep import cli, logs, privacy
 from rnnsweep.sweep import interrupts
 from rnnsweep.sweep.interrupts import Interrupted
-from rnnsweep.versions import versions
+from rnnsweep.version import versions
 
 if TYPE_CHECKING:
     import pandas

@@ -10,18 +10,15 @@ import sys
 import threading
 from typing import NoReturn
 
-from omegaconf import DictConfig, OmegaConf
-
-from hydra_plugins.rnnsweep_launcher.rnnsweep_launcher import RnnsweepRayLauncherConf
 from rnnsweep import config, privacy, redaction
 from rnnsweep.config import command as cli_command
 from rnnsweep.config import sweeps
-from rnnsweep.config.bounds import check_local_cpus, check_local_gpus
-from rnnsweep.config.store import check_store
-from rnnsweep.config.validation import CheckedCommand, ConfigError, check_overrides
-from rnnsweep.search import checks as optuna_checks
+from rnnsweep.config.errors import ConfigError
+from rnnsweep.preflight.checks import check_command, uses_ray_launcher
+from rnnsweep.preflight.validation import CheckedCommand
 from rnnsweep.sweep import interrupts
-from rnnsweep.sweep.job import SweepTask, trial_names
+from rnnsweep.sweep.job import SweepTask
+from rnnsweep.sweep.naming import trial_names
 from rnnsweep.sweep.resources import (
     LOCAL_ONLY_RAY_ENV,
     InfeasibleRequest,
@@ -30,7 +27,7 @@ from rnnsweep.sweep.resources import (
     concurrent_trials,
     plan,
 )
-from rnnsweep.versions import versions
+from rnnsweep.version import versions
 
 
 class Refused(ValueError):
@@ -65,15 +62,7 @@ def execute(args: list[str]):
         return None
     multirun, overrides = command.multirun, command.overrides
     try:
-        checked = check_overrides(overrides, multirun, command, whole=False,
-                                  on_size=_show_size)
-        check_store(checked.base, overrides, multirun)
-        if multirun:  # hydra/sweeper=rnnsweep_optuna: its settings, metric and storage
-            optuna_checks.check(checked.base, overrides)
-        if not (multirun and _uses_ray_launcher(checked.base)):
-            for trial in checked.trials:  # runs here, not on a Ray node
-                check_local_cpus(trial)
-                check_local_gpus(trial)
+        checked = check_command(command, on_size=_show_size)
     except ConfigError as exc:
         _refuse(exc)
     address = cluster_address(checked.base)
@@ -82,7 +71,7 @@ def execute(args: list[str]):
     from rnnsweep.sweep.context import SweepContext
 
     with SweepContext.for_sweep(checked.base, overrides, multirun) as context:
-        if multirun and _uses_ray_launcher(checked.base):
+        if multirun and uses_ray_launcher(checked.base):
             start_ray(checked, address, context)
         context.open()
         # Hydra runs the command as parsed above, as @hydra.main would have.
@@ -149,11 +138,6 @@ def _show_size(count: int) -> None:
     if count >= SHOW_SIZE_FROM:
         print(f"rnnsweep: {count:,} trials; checking each before anything starts",
               file=sys.stderr, flush=True)
-
-
-def _uses_ray_launcher(base: DictConfig) -> bool:
-    target = OmegaConf.select(base, "hydra.launcher._target_", default="")
-    return target == RnnsweepRayLauncherConf._target_
 
 
 def _refuse(exc: Exception) -> NoReturn:

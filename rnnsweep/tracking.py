@@ -23,7 +23,7 @@ from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME, MLFLOW_USER
 
 from rnnsweep import contract
-from rnnsweep.config.store import resolve_uri
+from rnnsweep.store import resolve_uri
 from rnnsweep.contract import (  # noqa: F401  (REUSED_TAG_PREFIX: read by report.reading)
     CONFIG_HASH_TAG,
     FINGERPRINT_TAG,

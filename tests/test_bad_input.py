@@ -26,10 +26,11 @@ from conftest import BASIC_LAUNCHER, TOY, Store, new_store, run_cli
 import rnnsweep.config
 import rnnsweep.config.sweeps
 from rnnsweep import redaction
-from rnnsweep.config.bounds import check_local_cpus, weight_count
-from rnnsweep.config.store import check_store
-from rnnsweep.config.validation import ConfigError, check_overrides
+from rnnsweep.config.bounds import weight_count
+from rnnsweep.preflight.local import check_local_cpus
+from rnnsweep.preflight.validation import ConfigError, check_overrides
 from rnnsweep.record import TrialRecord
+from rnnsweep.store import check_store
 from rnnsweep.tracking import Tracker
 
 

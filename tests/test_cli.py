@@ -16,7 +16,7 @@ from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
 import rnnsweep.config
 import rnnsweep.config.sweeps
-from rnnsweep.config.validation import ConfigError, check_overrides
+from rnnsweep.preflight.validation import ConfigError, check_overrides
 from rnnsweep.record import TrialRecord
 from rnnsweep.tracking import Tracker
 

@@ -14,10 +14,10 @@ import pytest
 from conftest import cli_env, cli_paths, run_cli, toy
 from rich.console import Console
 
-from rnnsweep.config.validation import check_overrides
+from rnnsweep.preflight.validation import check_overrides
 from rnnsweep.record import FAILED, TrialRecord
 from rnnsweep.sweep.console import ConsoleSink, headline, number, shorten
-from rnnsweep.sweep.job import swept_keys, trial_name, trial_names
+from rnnsweep.sweep.naming import swept_keys, trial_name, trial_names
 from rnnsweep.sweep.sink import TrialInfo
 from rnnsweep.trial.run import run_trial
 

@@ -18,7 +18,7 @@ from conftest import BASIC_LAUNCHER, REPO, TOY, run_cli, toy
 from hydra_plugins.rnnsweep_launcher.rnnsweep_launcher import RnnsweepRayLauncherConf
 from rnnsweep.config import bounds
 from rnnsweep.config.command import parse
-from rnnsweep.config.validation import ConfigError, check_overrides
+from rnnsweep.preflight.validation import ConfigError, check_overrides
 from rnnsweep.sweep.resources import InfeasibleRequest, Node, check_feasible, plan
 
 HELP = REPO / "conf" / "hydra" / "help" / "rnnsweep.yaml"

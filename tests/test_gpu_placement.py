@@ -67,7 +67,7 @@ def test_compute_device_override_is_recorded_not_silent():
 def test_shared_gpu_on_a_cpu_machine_is_refused_as_shared_gpu():
     from rnnsweep import config
     from rnnsweep.config import sweeps
-    from rnnsweep.config.validation import ConfigError, check_overrides
+    from rnnsweep.preflight.validation import ConfigError, check_overrides
 
     config.register()  # as the CLI does before it checks a command line
     sweeps.register()

@@ -167,7 +167,7 @@ def test_a_resumed_trial_ends_with_the_weights_of_an_uninterrupted_one(tmp_path)
      "objective.metric=step_time_ms"),
 ])
 def test_bad_long_trial_settings_are_refused_in_one_line(overrides, named):
-    from rnnsweep.config.validation import check_overrides
+    from rnnsweep.preflight.validation import check_overrides
 
     with pytest.raises((ConfigError, Exception)) as caught:
         check_overrides(toy(*overrides), multirun=False)
@@ -177,7 +177,7 @@ def test_bad_long_trial_settings_are_refused_in_one_line(overrides, named):
 
 
 def test_an_unknown_schedule_is_refused():
-    from rnnsweep.config.validation import check_overrides
+    from rnnsweep.preflight.validation import check_overrides
 
     with pytest.raises(ConfigError) as caught:
         check_overrides(toy("task.schedule=linear"), multirun=False)

@@ -19,7 +19,7 @@ import pytest
 from conftest import cli_paths, run_cli, start_cli, wait_for
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
-from rnnsweep.config.validation import ConfigError, check_overrides
+from rnnsweep.preflight.validation import ConfigError, check_overrides
 from rnnsweep.search import checks, space
 
 optuna = pytest.importorskip("optuna")

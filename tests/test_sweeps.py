@@ -7,7 +7,7 @@ from omegaconf import OmegaConf
 
 from rnnsweep import config
 from rnnsweep.config import sweeps
-from rnnsweep.config.validation import check_overrides
+from rnnsweep.preflight.validation import check_overrides
 
 config.register()
 NAMES = sweeps.register()

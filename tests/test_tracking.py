@@ -74,7 +74,7 @@ def test_stores_that_lose_everything_or_are_no_file_are_refused(tmp_path):
     import pytest
 
     from rnnsweep.config.errors import ConfigError
-    from rnnsweep.config.store import check_uri
+    from rnnsweep.store import check_uri
 
     for uri, words in (("sqlite://", "in-memory"), ("sqlite:///:memory:", "in-memory"),
                        ("sqlite:////dev/null", "not a regular file"),
@@ -88,7 +88,7 @@ def test_a_reader_needs_an_mlflow_store_and_leaves_every_file_alone(mlflow_store
     import pytest
 
     from rnnsweep.config.errors import ConfigError
-    from rnnsweep.config.store import check_uri
+    from rnnsweep.store import check_uri
 
     empty = tmp_path / "empty.db"
     empty.write_bytes(b"")

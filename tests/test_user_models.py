@@ -15,7 +15,7 @@ import pytest
 from conftest import TOY, compose_cfg
 
 from rnnsweep.config.command import parse
-from rnnsweep.config.validation import ConfigError, check_overrides
+from rnnsweep.preflight.validation import ConfigError, check_overrides
 from rnnsweep.record import FAILED, OK, UNSUPPORTED, TrialRecord
 from rnnsweep.sweep import objective
 from rnnsweep.trial.run import run_trial

@@ -1,5 +1,7 @@
 """Hydra launcher plugin shim: ``hydra/launcher=rnnsweep_ray``. The work is in
-``rnnsweep.sweep.launcher``, imported lazily so that loading Hydra's plugins stays cheap."""
+``rnnsweep.sweep.launcher``, imported lazily so that loading Hydra's plugins stays cheap.
+An entry point too (a user's own ``@hydra.main`` app may name it): ``setup`` installs the
+environment defaults before the launcher imports MLflow or Ray."""
 
 import os
 from collections.abc import Sequence
@@ -11,6 +13,8 @@ from hydra.core.utils import JobReturn
 from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf
+
+from rnnsweep import privacy
 
 
 @dataclass
@@ -50,11 +54,12 @@ class RnnsweepRayLauncher(Launcher):
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction,
               config: DictConfig) -> None:
+        privacy.telemetry_off()
         self.config, self.hydra_context, self.task_function = config, hydra_context, task_function
 
     def launch(self, job_overrides: Sequence[Sequence[str]],
                initial_job_idx: int) -> Sequence[JobReturn]:
-        from rnnsweep.sweep.launcher import launch
+        from rnnsweep.sweep.launcher import launch  # Ray, MLflow: only once a sweep runs
 
         return launch(self, job_overrides, initial_job_idx)
 

@@ -91,20 +91,6 @@ def check_trial_count(count: int, base: DictConfig) -> None:
                           f"hydra.launcher.max_trials")
 
 
-def check_local_gpus(cfg: DictConfig) -> None:
-    """A trial that runs in this process (no Ray) gets no more GPUs than this machine has:
-    asked for and not there, it would run on CPU without a word."""
-    gpus = float(OmegaConf.select(cfg, "hardware.num_gpus") or 0)
-    if gpus <= 1:
-        return  # none, a fraction or one: check_trial has checked that CUDA is there
-    import torch
-
-    have = torch.cuda.device_count()
-    if gpus > have:
-        raise ConfigError(f"hardware.num_gpus={gpus:g}: this machine has {have} GPUs; "
-                          f"allowed: a number in [0, {have}]")
-
-
 def check_memory(cfg: DictConfig, available_bytes: int | None = None) -> None:
     """Refuses a trial whose weights, optimizer state and activations cannot fit in the
     memory it will have (this machine's, unless a Ray cluster is named)."""
@@ -122,16 +108,6 @@ def check_memory(cfg: DictConfig, available_bytes: int | None = None) -> None:
             f"{sizes}batch={cfg.batch}, seq_len={cfg.seq_len}: the trial needs about "
             f"{_size(needed)} (weights, optimizer state, activations) but this machine has "
             f"{_size(available)}")
-
-
-def check_local_cpus(cfg: DictConfig) -> None:
-    """A trial that runs in this process (no Ray) is held to this machine's CPUs, as Ray
-    holds a sweep's trials to its nodes'."""
-    cpus = OmegaConf.select(cfg, "hardware.num_cpus")
-    have = len(os.sched_getaffinity(0))
-    if cpus is not None and cpus > have:
-        raise ConfigError(f"hardware.num_cpus={cpus:g}: this machine has {have} CPUs; "
-                          f"allowed: null or a number in (0, {have}]")
 
 
 def trial_memory_bytes(cfg: DictConfig) -> int:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from rnnsweep.config import bounds
+from rnnsweep.config import bounds, objective
 from rnnsweep.config.errors import ConfigError
 from rnnsweep.config.schema import BUILTIN_TASKS
 
@@ -99,8 +99,6 @@ def check_sweep(base: DictConfig) -> None:
 
 
 def objective_metric(cfg: DictConfig) -> str:
-    from rnnsweep.sweep import objective  # the one place the default metric is decided
-
     return objective.settings(cfg)[0]
 
 

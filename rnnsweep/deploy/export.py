@@ -32,6 +32,7 @@ import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -46,7 +47,9 @@ from rnnsweep.deploy.streaming import (
     error_summary,
     open_exported,
 )
-from rnnsweep.trial.models import RecurrentNet
+
+if TYPE_CHECKING:  # a type only: trial.run imports deploy, never the reverse
+    from rnnsweep.trial.models import RecurrentNet
 
 FORMATS = ("torchscript", "torchscript_optimized", "onnx")
 FILENAMES = {

@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import pathlib
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 
 from rnnsweep.contract import STREAM_PARITY_TAG
 from rnnsweep.deploy.export import export_and_verify
 from rnnsweep.deploy.streaming import measure_streaming
-from rnnsweep.trial.models import RecurrentNet
+
+if TYPE_CHECKING:  # a type only: trial.run imports deploy, never the reverse
+    from rnnsweep.trial.models import RecurrentNet
 
 
 @dataclass

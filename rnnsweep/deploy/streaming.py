@@ -19,10 +19,13 @@ import time
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 
-from rnnsweep.trial.models import RecurrentNet
+if TYPE_CHECKING:  # a type only: trial.run imports deploy, never the reverse
+    from rnnsweep.trial.models import RecurrentNet
+
 
 # Name of the ONNX metadata entry and of the TorchScript extra file holding the ModelSpec.
 METADATA_KEY = "rnnsweep.json"

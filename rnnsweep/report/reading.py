@@ -10,8 +10,8 @@ from mlflow.tracking import MlflowClient
 
 from rnnsweep import redaction
 from rnnsweep.config.errors import ConfigError
-from rnnsweep.config.store import check_uri
 from rnnsweep.report.model import Trial
+from rnnsweep.store import check_uri
 from rnnsweep.tracking import REUSED_TAG_PREFIX, ROLE_TAG, Tracker, resolve_uri
 
 

@@ -37,7 +37,7 @@ from rich.text import Text
 
 from rnnsweep.contract import FAILED, KILLED, NOISE_REASON_TAG, NOISY_TAG, OK, TrialState, from_tag
 from rnnsweep.record import TrialRecord
-from rnnsweep.sweep.job import swept_keys
+from rnnsweep.sweep.naming import swept_keys
 from rnnsweep.sweep.sink import TrialInfo
 from rnnsweep.text import number, shorten
 

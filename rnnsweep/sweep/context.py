@@ -35,8 +35,10 @@ from rnnsweep.contract import (
 )
 from rnnsweep.record import TrialRecord
 from rnnsweep.sweep import interrupts
+from rnnsweep.sweep.console import ConsoleSink
 from rnnsweep.sweep.interrupts import Interrupted
 from rnnsweep.sweep.sink import SweepSink, TrialInfo
+from rnnsweep.sweep.summary import finish_sweep
 
 log = logging.getLogger(__name__)
 
@@ -246,8 +248,6 @@ class SweepContext:
         stopping = self._stop_ray_in_background()
         if _ran_to_end(error) and self.parent:
             try:
-                from rnnsweep.sweep.summary import finish_sweep
-
                 self.summary = finish_sweep(self)
             except Interrupted as exc:
                 error = exc
@@ -334,6 +334,4 @@ def _load_report() -> None:
 
 def _terminal() -> SweepSink:
     """The console: a live display on a terminal, one line per trial in a log."""
-    from rnnsweep.sweep.console import ConsoleSink
-
     return ConsoleSink()

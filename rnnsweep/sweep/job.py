@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Collection, Sequence
 from typing import TYPE_CHECKING
 
-from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from rnnsweep.contract import CONFIG_HASH_TAG, OUTCOME_TAG, REASON_TAG, TIMED_OUT
-from rnnsweep.record import NON_IDENTITY_PREFIXES, TrialRecord, config_hash, flatten
+from rnnsweep.record import TrialRecord, config_hash, flatten
+from rnnsweep.sweep import objective
+from rnnsweep.sweep.naming import trial_name
+from rnnsweep.trial import live
 
 if TYPE_CHECKING:
     from rnnsweep.sweep.context import SweepContext
@@ -30,15 +31,12 @@ class SweepTask:
         self.context = context
 
     def __call__(self, cfg: DictConfig) -> TrialRecord | float:
-        # Imported here, not at the top: a Ray worker unpickles this module before its
-        # first trial and never needs MLflow, and the Ray driver never needs torch.
         record = run_limited(cfg) if self.context is not None else _run(cfg)
         if self.context is not None:
+            # Imported here: the worker module imports Ray, which a single run never starts.
             from rnnsweep.sweep.worker import node_fingerprint
 
             self.context.record_here(trial_name(), record, node_fingerprint())
-            from rnnsweep.sweep import objective
-
             return objective.value(cfg, record)
         return record
 
@@ -68,8 +66,6 @@ def run_limited(cfg: DictConfig) -> TrialRecord:
     holds its trials: asked to stop at its limit, it ends TIMED_OUT with its partial
     metrics; one that does not stop (hung) is left on its thread, recorded from the
     values it reported, and ends with the process."""
-    from rnnsweep.trial import live
-
     limit = OmegaConf.select(cfg, "trial_timeout_s")
     if not limit:
         return _run(cfg)
@@ -105,50 +101,3 @@ def run_limited(cfg: DictConfig) -> TrialRecord:
     if "loss" in series:
         record.metrics["final_loss"] = series["loss"][-1]
     return record
-
-
-def trial_name(overrides: Sequence[str] | None = None,
-               swept: Collection[str] | None = None) -> str:
-    """A trial's name: its overrides of the keys ``swept`` across its sweep
-    (``batch=8,model=gru``), or ``trial`` when none is.
-
-    Without ``swept`` (a trial that cannot see its sweep's other trials, such as a job of
-    Hydra's basic launcher) every override the user gave is kept except where results go
-    (``tracking.*``, ``ray.*``). Called with no arguments inside a Hydra job, the job's
-    own overrides are used.
-    """
-    if overrides is None:
-        try:
-            overrides = HydraConfig.get().overrides.task
-        except ValueError:  # not inside a Hydra job (called from Python)
-            return "trial"
-    named = [o for o in overrides if _named(o, swept)]
-    return ",".join(named) or "trial"
-
-
-def trial_names(overrides_per_trial: Sequence[Sequence[str]]) -> list[str]:
-    """Every trial of a sweep named by the keys that vary across it, and only those."""
-    swept = swept_keys(overrides_per_trial)
-    return [trial_name(overrides, swept) for overrides in overrides_per_trial]
-
-
-def swept_keys(overrides_per_trial: Sequence[Sequence[str]]) -> set[str]:
-    """The keys whose value differs between trials, or that some trials leave at the
-    default; a key every trial sets alike is the sweep's setting, not a trial's name."""
-    values: dict[str, set[str]] = {}
-    for overrides in overrides_per_trial:
-        for override in overrides:
-            key, _, value = override.partition("=")
-            values.setdefault(key, set()).add(value)
-    every = [{o.partition("=")[0] for o in overrides} for overrides in overrides_per_trial]
-    return {key for key, seen in values.items()
-            if len(seen) > 1 or any(key not in keys for keys in every)}
-
-
-def _named(override: str, swept: Collection[str] | None) -> bool:
-    key = override.partition("=")[0]
-    if key.startswith("hydra.") or key in ("+sweep", "sweep"):
-        return False
-    if swept is not None:
-        return key in swept
-    return not key.startswith(NON_IDENTITY_PREFIXES)

@@ -46,7 +46,8 @@ from rnnsweep.sweep.cluster import LaunchError, out_of_memory, ray_session
 from rnnsweep.sweep.composer import Composer, job_config
 from rnnsweep.sweep.context import SweepContext
 from rnnsweep.sweep.interrupts import Interrupted
-from rnnsweep.sweep.job import SweepTask, trial_names
+from rnnsweep.sweep.job import SweepTask
+from rnnsweep.sweep.naming import trial_names
 from rnnsweep.sweep.resources import (
     InfeasibleRequest,
     Node,

@@ -14,8 +14,9 @@ import logging
 import math
 from typing import TYPE_CHECKING
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
+from rnnsweep.config.objective import DEFAULT_DIRECTION, settings
 from rnnsweep.contract import OBJECTIVE_BEST_RUN_TAG, OBJECTIVE_BEST_TRIAL_TAG, OBJECTIVE_TAG, OK
 from rnnsweep.record import TrialRecord
 
@@ -26,32 +27,6 @@ if TYPE_CHECKING:
     from rnnsweep.tracking import Tracker
 
 log = logging.getLogger(__name__)
-DEFAULT_DIRECTION = "minimize"
-
-
-def settings(cfg: DictConfig | None) -> tuple[str, str]:
-    if cfg is None:
-        cfg = OmegaConf.create()
-    metric = OmegaConf.select(cfg, "objective.metric") or default_metric(cfg)
-    direction = OmegaConf.select(cfg, "objective.direction", default=DEFAULT_DIRECTION)
-    return str(metric), str(direction)
-
-
-def default_metric(cfg: DictConfig) -> str:
-    """The workload's headline, lower is better: forward latency when the trial times
-    it, the best held-out loss when it only trains on a built-in task (models are chosen
-    by how they generalise, not by how well they fit), streaming latency when it deploys."""
-    if OmegaConf.select(cfg, "workload.bench", default=True):
-        return "latency_ms"
-    if OmegaConf.select(cfg, "workload.train", default=False):
-        # A user's batch source may have no held-out set (``validation``): its trials
-        # are scored by their final training loss unless objective.metric says otherwise.
-        task = OmegaConf.select(cfg, "task._target_", default=None)
-        builtin = task is None or str(task).startswith("rnnsweep.trial.data.")
-        return "best_val_loss" if builtin else "final_loss"
-    return "stream_latency_ms_p50"
-
-
 def worst(direction: str) -> float:
     return math.inf if direction == "minimize" else -math.inf
 

@@ -3,20 +3,34 @@
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
+
+from omegaconf import DictConfig
 
 from rnnsweep.contract import DIVERGED, STOPPED, SWEEP_LIMIT_TAG, TIMED_OUT, UNSUPPORTED
 from rnnsweep.sweep import objective
 
 if TYPE_CHECKING:
-    from rnnsweep.sweep.context import SweepContext
+    from rnnsweep.tracking import Tracker
 
 
-def finish_sweep(context: SweepContext) -> dict[str, float]:
+class EndedSweep(Protocol):
+    """What the summary reads of the sweep that ended (its context)."""
+
+    tracker: Tracker
+    parent: str
+    objective: DictConfig | None
+    started_at: float
+    limit_reason: str
+    n_cut: int
+
+
+def finish_sweep(context: EndedSweep) -> dict[str, float]:
     """Summarises the sweep's own children and the trials it reused from earlier sweeps
     (a resumed sweep that reran nothing still describes every trial it stands for)."""
-    # Imported here, not at module level: the sweep package never needs the report to
-    # load (the context loads it when a sweep opens, where it can).
+    # Imported here, not at module level: MLflow and matplotlib, which the sweep's modules
+    # never load on import (the context loads the report when a sweep opens, where it can).
+    from rnnsweep.report.build import write_report_safely
     from rnnsweep.report.reading import sweep_trials
 
     tracker, parent = context.tracker, context.parent
@@ -46,8 +60,6 @@ def finish_sweep(context: SweepContext) -> dict[str, float]:
         tracker.log(parent, tags={SWEEP_LIMIT_TAG: context.limit_reason})
     # The sweep's answer, whichever sweeper chose its trials (Optuna's included).
     objective.log_best(tracker, parent, context.objective, trials)
-    from rnnsweep.report.build import write_report_safely
-
     write_report_safely(tracker, parent, trials)  # never raises: a failed report is a warning
     reused = summary["trials_reused"]
     reused_note = f" ({reused} reused)" if reused else ""

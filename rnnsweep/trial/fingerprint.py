@@ -9,8 +9,8 @@ import os
 
 import torch
 
-import rnnsweep
 from rnnsweep.trial.environment import cpu_model
+from rnnsweep.version import __version__
 
 
 def environment() -> dict[str, str]:
@@ -22,7 +22,7 @@ def environment() -> dict[str, str]:
         "device": torch.cuda.get_device_name(0) if cuda else cpu_model(),
         "torch": str(torch.__version__),
         "cuda": str(torch.version.cuda),
-        "rnnsweep": rnnsweep.__version__,
+        "rnnsweep": __version__,
         "cpus": str(os.cpu_count()),
     }
 

@@ -24,10 +24,11 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from rnnsweep import config
-from rnnsweep.config import bounds, long_trials, targets
+from rnnsweep.config import bounds, long_trials
 from rnnsweep.config.command import Command, parse
 from rnnsweep.config.errors import ConfigError
 from rnnsweep.config.schema import BUILTIN_MODEL, BUILTIN_TASKS, TRAINING_KEYS
+from rnnsweep.preflight import targets
 from rnnsweep.sweep.composer import compose_trials
 from rnnsweep.text import first_line
 

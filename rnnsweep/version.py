@@ -3,9 +3,7 @@
 
 from __future__ import annotations
 
-from importlib import metadata
-
-from rnnsweep import __version__
+__version__ = "0.1.0"  # pyproject.toml's; rnnsweep.__version__ hands it on
 
 
 def versions() -> dict[str, str]:
@@ -28,6 +26,9 @@ def versions() -> dict[str, str]:
 
 
 def _version(dist: str) -> str:
+    # Imported here: 40 ms that `import rnnsweep`, which reads __version__, should not pay.
+    from importlib import metadata
+
     try:
         return metadata.version(dist)
     except metadata.PackageNotFoundError:

@@ -1,4 +1,5 @@
-"""The store and the output directories, checked before Ray starts.
+"""The store and the output directories, checked before Ray starts (``rnnsweep.preflight``),
+and the store a report or a comparison reads (``check_uri``, ``resolve_uri``).
 
 Every check reads and changes nothing: a SQLite file is opened read-only, a missing
 directory is reported, never created (an output directory's ancestor gets one empty
