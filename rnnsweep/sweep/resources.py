@@ -15,9 +15,6 @@ from rnnsweep.contract import RAY_GPU_COTENANTS_TAG, RAY_GPU_IDS_TAG, RAY_GPU_SH
 
 # Ray's local-only mode (read when ray is imported) keeps an embedded Ray on loopback.
 LOCAL_ONLY_RAY_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
-# Ray's usage statistics: on by default, its dashboard posts them to the vendor a minute
-# into every session. A Ray that rnnsweep starts sends nothing off the machine.
-USAGE_STATS_RAY_ENV = "RAY_USAGE_STATS_ENABLED"
 
 
 def cluster_address(config: DictConfig) -> str | None:
