@@ -287,9 +287,9 @@ def _check_server(shown: str, uri: str) -> None:
     import requests
 
     base = uri.rstrip("/")
-    settings = {"timeout": SERVER_TIMEOUT_S, "verify": _tls_verify()}
+    verify = _tls_verify()
     try:
-        requests.get(f"{base}/health", **settings)
+        requests.get(f"{base}/health", timeout=SERVER_TIMEOUT_S, verify=verify)
     except requests.RequestException as exc:
         parts = urlsplit(uri)
         where = f"{parts.hostname}:{parts.port}" if parts.port else f"{parts.hostname}"
@@ -303,7 +303,7 @@ def _check_server(shown: str, uri: str) -> None:
     try:  # it answers; checking a password can take the server a while (PBKDF2)
         answer = requests.get(f"{base}/api/2.0/mlflow/experiments/search",
                               params={"max_results": 1}, auth=_auth(),
-                              **{**settings, "timeout": (SERVER_TIMEOUT_S, AUTH_TIMEOUT_S)})
+                              timeout=(SERVER_TIMEOUT_S, AUTH_TIMEOUT_S), verify=verify)
     except requests.RequestException:
         return  # MLflow itself reports whatever this was
     if answer.status_code in (401, 403):
