@@ -13,6 +13,7 @@ import dataclasses
 import inspect
 import json
 import typing
+from collections.abc import Iterable
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
@@ -58,7 +59,7 @@ def check_keys(cfg: DictConfig) -> None:
     hints = typing.get_type_hints(schema.RnnsweepConfig)
     for key in cfg:
         if key not in groups:
-            raise ValueError(f"{key}: unknown key; allowed top-level keys: "
+            raise ValueError(f"{key!s}: unknown key; allowed top-level keys: "
                              f"{', '.join(sorted(groups))}")
         node = cfg[key]
         known = hints[key] if dataclasses.is_dataclass(hints[key]) else None
@@ -73,7 +74,7 @@ def _known_keys(node: DictConfig, known: type, where: str) -> None:
     allowed = {f.name for f in dataclasses.fields(known)}
     for key in node:
         if key not in allowed:
-            raise ValueError(f"{where}.{key}: unknown key; allowed keys in {where}: "
+            raise ValueError(f"{where}.{key!s}: unknown key; allowed keys in {where}: "
                              f"{', '.join(sorted(allowed))}")
 
 
@@ -111,7 +112,7 @@ def _check_constructor(cfg: DictConfig, group: str) -> None:
                              f"parameters: {', '.join(allowed) or 'none'}")
 
 
-def check(trials: list[DictConfig]) -> None:
+def check(trials: Iterable[DictConfig]) -> None:
     """Probes each distinct user model / file-backed task among ``trials`` once."""
     seen: set[str] = set()
     for cfg in trials:

@@ -29,7 +29,7 @@ from rnnsweep.config.command import Command, parse
 from rnnsweep.config.errors import ConfigError
 from rnnsweep.config.schema import BUILTIN_MODEL, BUILTIN_TASKS, TRAINING_KEYS
 from rnnsweep.preflight import targets
-from rnnsweep.sweep.composer import compose_trials
+from rnnsweep.sweep.composer import compose_trials, input_line
 from rnnsweep.text import first_line
 
 __all__ = ["CheckedCommand", "ConfigError", "check_overrides", "check_trial"]
@@ -67,10 +67,10 @@ def check_overrides(overrides: list[str], multirun: bool,
     # Hydra's own settings (hydra.*) are not trial config; the compose API cannot take all
     # of them, and Hydra checks them itself. The launcher's are kept: the CLI starts Ray
     # from them.
-    fixed = [o.input_line for o in parsed if not o.is_sweep_override()
+    fixed = [input_line(o) for o in parsed if not o.is_sweep_override()
              and not (o.key_or_group.startswith("hydra.")
                       and not o.key_or_group.startswith(_HYDRA_KEPT))]
-    sweeps = [o.input_line for o in parsed if o.is_sweep_override()]
+    sweeps = [input_line(o) for o in parsed if o.is_sweep_override()]
     if sweeps and not multirun:
         raise ConfigError(f"{sweeps[0]}: a list of values needs -m (multirun)")
     name = command.config_name
@@ -162,9 +162,10 @@ def _discrete(override: Override) -> Override:
     if not override.is_sweep_override() or override.is_discrete_sweep():
         return override
     sweep = override.value()
-    if not isinstance(sweep, IntervalSweep):
+    # Hydra's parser fills both ends; its type allows None.
+    if not isinstance(sweep, IntervalSweep) or sweep.start is None or sweep.end is None:
         return override
-    ends = [sweep.start, sweep.end]
+    ends: list[float] = [sweep.start, sweep.end]
     if "int" in sweep.tags:
         ends = [int(v) for v in ends]
     return _parser.parse_overrides([f"{override.get_key_element()}={ends[0]},{ends[1]}"])[0]
@@ -290,13 +291,15 @@ def _allowed_keys(parent: str, others: list[str], config_name: str) -> Iterable[
 
 def _schema_keys(parent: str) -> Iterable[str]:
     """The keys the schema declares under ``parent`` (a dotted path of dataclass fields)."""
-    node = config.RnnsweepConfig
+    node: object = config.RnnsweepConfig
     for part in filter(None, parent.split(".")):
+        if not dataclasses.is_dataclass(node):
+            return []
         # model and task are free-form (a user's own); the built-ins' schemas name theirs.
         node = _FREE_FORM.get(part) if node is config.RnnsweepConfig and part in _FREE_FORM \
             else typing.get_type_hints(node).get(part)
-        if not dataclasses.is_dataclass(node):
-            return []
+    if not dataclasses.is_dataclass(node):
+        return []
     return sorted(f.name for f in dataclasses.fields(node))
 
 

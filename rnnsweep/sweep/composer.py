@@ -122,10 +122,11 @@ def split(parsed: list[Override], loader) -> tuple[tuple[str, ...], list[Overrid
     """A job's overrides as the key of the composition it shares (every override that can
     change the defaults list) and the plain values applied on top of it."""
     values = [o for o in parsed if is_plain_value(o, loader)]
-    return tuple(_line(o) for o in parsed if o not in values), values
+    return tuple(input_line(o) for o in parsed if o not in values), values
 
 
-def _line(override: Override) -> str:
+def input_line(override: Override) -> str:
+    """The text an override was parsed from (Hydra's type allows none)."""
     if override.input_line is None:  # only an override built in code lacks one
         raise ValueError(f"override {override.key_or_group} was not parsed from a line")
     return override.input_line
