@@ -159,7 +159,7 @@ class ConsoleSink:
         self.title = title
         self.trials: dict[int, _Trial] = {}
         self.swept: set[str] = set()
-        self._progress: Progress | None = None
+        self._progress: _SweepProgress | None = None
         self._task: TaskID | None = None
         self._last = ""
         self._logged: dict[int, float] = {}  # trial -> when its step line was last logged
@@ -331,7 +331,7 @@ class ConsoleSink:
     def _refresh(self) -> None:
         if not self.on_tty:
             return
-        if self._progress is None:
+        if self._progress is None or self._task is None:
             self._progress = _SweepProgress(
                 SpinnerColumn(), TextColumn("[bold]rnnsweep"), BarColumn(bar_width=24),
                 MofNCompleteColumn(), TextColumn("{task.fields[states]}"), TimeElapsedColumn(),
