@@ -400,3 +400,11 @@ def test_many_trials_are_drawn_as_one_artist_not_a_bar_each(monkeypatch):
     plots.metric_bars([str(i) for i in range(len(few))], {"latency (ms)": few},
                       sweep="seed=range(40)", device="CPU")
     assert len(drawn[1].axes[0].patches) == len(few)  # named bars, each with its value
+
+
+def test_loading_without_a_parent_run_id_names_what_is_missing(mlflow_store):
+    import rnnsweep
+
+    # An empty id once read the latest sweep of experiment None: "no experiment None".
+    with pytest.raises(rnnsweep.ConfigError, match="no sweep named: give its parent run id"):
+        rnnsweep.load("", tracking_uri=mlflow_store.uri)

@@ -101,6 +101,9 @@ def locate_sweeps(uri: str, run_ids: list[str], experiment: str | None,
             raise ReportError(f"runs {', '.join(run_ids)} belong to different experiments: "
                               f"{', '.join(sorted(names))}")
         return Tracker(uri, names.pop(), create=False), run_ids
+    if not experiment:
+        raise ReportError("no sweep named: give its parent run id, or an experiment to read "
+                          "the latest sweeps of")
     found = client.get_experiment_by_name(experiment)
     if found is None:
         raise ReportError(f"no experiment {experiment!r} in {uri}")
