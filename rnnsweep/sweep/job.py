@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, cast
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -88,7 +88,11 @@ def run_limited(cfg: DictConfig) -> TrialRecord:
         return done["record"]
     rows = watched.drain()
     container = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
-    record = TrialRecord(params=flatten(container), outcome=TIMED_OUT, started_at=started,
+    if not isinstance(container, dict):  # a DictConfig always converts to a dict
+        raise TypeError(f"expected a mapping, got {type(container).__name__}")
+    # OmegaConf allows any primitive as a key; the schema's keys are all names.
+    params = flatten(cast(dict[str, Any], container))
+    record = TrialRecord(params=params, outcome=TIMED_OUT, started_at=started,
                          finished_at=time.time(),
                          reason=f"{reason}; it did not stop when asked, and was left")
     record.tags = {CONFIG_HASH_TAG: config_hash(record.params), OUTCOME_TAG: TIMED_OUT,
