@@ -168,7 +168,8 @@ def _top_level_paths(name: str) -> list[Path]:
             continue
         if len(file.parts) > 1 or first.endswith(".py"):
             tops.add(first)
-    return sorted(Path(dist.locate_file(top)).resolve() for top in tops)
+    # locate_file is typed as importlib's SimplePath, which need not be os.PathLike.
+    return sorted(Path(str(dist.locate_file(top))).resolve() for top in tops)
 
 
 def _package_dir(name: str) -> Path:
