@@ -9,6 +9,7 @@ closes it around the sweep.
 
 from __future__ import annotations
 
+import atexit
 import copy
 import logging
 import os
@@ -17,6 +18,7 @@ import shutil
 import socket
 import stat
 import sys
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -26,6 +28,7 @@ import ray
 from omegaconf import DictConfig
 
 from rnnsweep import privacy
+from rnnsweep.sweep import interrupts
 from rnnsweep.sweep.resources import LOCAL_ONLY_RAY_ENV, Node, cluster_address
 from rnnsweep.sweep.shipping import ShippingError, check_nodes, runtime_env_for
 
@@ -54,6 +57,7 @@ def connect(address: str | None, settings, config: DictConfig | None = None) -> 
                            dashboard_host=settings.dashboard_host, log_to_driver=False,
                            configure_logging=False,
                            runtime_env={"env_vars": worker_env} if worker_env else None)
+    _watch_raylet()
     url = getattr(context, "dashboard_url", None)
     if settings.dashboard and url:
         print(f"rnnsweep: {dashboard_notice(url)}", file=sys.stderr, flush=True)
@@ -227,7 +231,66 @@ def ray_session(config: DictConfig, settings) -> Iterator[list[Node]]:
     try:
         yield nodes()
     finally:
-        ray.shutdown()
+        shutdown().join()
+
+
+def shutdown() -> threading.Thread:
+    """Stops Ray in a thread (it mostly waits for Ray's processes to exit), keeping this
+    process's signal handlers, which Ray's shutdown resets; its raylet's exit is no loss."""
+    _watching.set()
+    return interrupts.keeping_handlers(ray.shutdown, "ray-shutdown")
+
+
+# Set while no raylet is watched: before the embedded Ray starts and once it is stopped.
+_watching = threading.Event()
+_watching.set()
+WATCH_S = 0.5
+
+
+def _watch_raylet() -> None:
+    """Watches the embedded Ray's raylet, this process's child. Without it a sweep does
+    not end when its raylet dies: the trials' streams just fall silent, and tens of
+    seconds later Ray's core worker ends this process (exit 1) as it reaches for the
+    raylet's object store, leaving the sweep's runs RUNNING and no summary. Seen dead,
+    the sweep ends at once as a signal ends it (interrupts.Lost), while the store and
+    the terminal still answer."""
+    pid = _child_named("raylet")
+    if pid is None:
+        log.warning("no raylet among this process's children: its loss goes unwatched")
+        return
+    _watching.clear()
+    atexit.register(_watching.set)  # before Ray's own atexit shutdown, which runs later
+
+    def watch() -> None:
+        while not _watching.wait(WATCH_S):
+            if not _alive(pid):
+                if not _watching.is_set() and ray.is_initialized():  # not a shutdown
+                    interrupts.lose(f"Ray's raylet (pid {pid}) died mid-sweep")
+                return
+
+    threading.Thread(target=watch, name="raylet-watch", daemon=True).start()
+
+
+def _child_named(name: str) -> int | None:
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            command, _, rest = (entry / "stat").read_text().partition(") ")
+        except OSError:
+            continue
+        if command.endswith(f"({name}") and int(rest.split()[1]) == os.getpid():
+            return int(entry.name)
+    return None
+
+
+def _alive(pid: int) -> bool:
+    """A dead child stays a zombie until Ray reaps it."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rpartition(") ")[2].split()[0]
+    except OSError:
+        return False
+    return state not in ("Z", "X")
 
 
 def nodes() -> list[Node]:

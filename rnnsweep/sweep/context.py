@@ -226,7 +226,11 @@ class SweepContext:
         return self
 
     def __exit__(self, kind, error, tb) -> None:
-        stopped = self.close(error)
+        try:
+            stopped = self.close(error)
+        except Interrupted as exc:
+            # A signal in the instant before the close held them: closed all the same.
+            stopped = self.close(exc) or exc
         if isinstance(stopped, Interrupted) and stopped is not error:
             # A signal that a library swallowed, or one that came during the closing
             # report, still ends the command as a signal does (one line, 128 + signum).
@@ -236,19 +240,32 @@ class SweepContext:
         """Ends the sweep: the summary and report when it ran to the end, then the final
         statuses of the parent and of any run left open, then Ray. Returns what ended
         it (``error``, or the signal behind it), and forgets that signal: a later sweep
-        in this process starts clean."""
+        in this process starts clean.
+
+        Signals are held from its first line to its last, so that whatever arrives, and
+        however often, the statuses it writes are final: the closing table and report
+        may be cut short by one (it raises there), anything else is noted, and the
+        command then ends as that signal ends it."""
         if self._closed:
             return None
-        self._closed = True
-        error = interrupts.as_interrupt(error)
+        with interrupts.deferred() as noted:
+            self._closed = True
+            error = self._close(interrupts.as_interrupt(error))
+        if noted and not isinstance(error, Interrupted):
+            error = Interrupted(noted[0])
+        return error
+
+    def _close(self, error: BaseException | None) -> BaseException | None:
         try:
-            self.sinks.ended()  # the terminal's closing table, before the summary line
+            with interrupts.raising():
+                self.sinks.ended()  # the terminal's closing table, before the summary line
         except Interrupted as exc:
             error = exc
         stopping = self._stop_ray_in_background()
-        if _ran_to_end(error) and self.parent:
+        if (_ran_to_end(error) or isinstance(error, interrupts.Lost)) and self.parent:
             try:
-                self.summary = finish_sweep(self)
+                with interrupts.raising():  # a signal may cut the report short
+                    self.summary = finish_sweep(self)
             except Interrupted as exc:
                 error = exc
             except Exception as exc:  # noqa: BLE001 - the parent is closed below anyway
@@ -276,8 +293,10 @@ class SweepContext:
             return
         if _ran_to_end(error):
             status, reason = None, ""
+        elif isinstance(error, interrupts.Lost):  # the sweep's Ray failed, not the user
+            status, reason = "FAILED", error.reason
         elif isinstance(error, Interrupted):
-            status, reason = "KILLED", f"interrupted ({error.name})"
+            status, reason = "KILLED", error.reason
         else:
             status, reason = "FAILED", _describe(error)
         if status and self.recording is not None:
@@ -304,9 +323,9 @@ class SweepContext:
 
         if not ray.is_initialized():
             return None
-        thread = threading.Thread(target=ray.shutdown, name="ray-shutdown", daemon=True)
-        thread.start()
-        return thread
+        from rnnsweep.sweep import cluster
+
+        return cluster.shutdown()  # and keeps the signal handlers Ray's shutdown resets
 
 
 def _ran_to_end(error: BaseException | None) -> bool:

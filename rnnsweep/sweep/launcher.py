@@ -217,7 +217,7 @@ def _run(launcher, context: SweepContext, composer: Composer, jobs: list[Job],
     try:
         _collect(context, to_run, nodes, launcher.settings.poll_s, submitter, watch)
     except Interrupted as exc:
-        _cancel(context, to_run, f"interrupted ({exc.name})")
+        _cancel(context, to_run, exc.reason)
         raise
     return [_result(job) for job in jobs]
 
