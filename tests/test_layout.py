@@ -14,6 +14,9 @@ README's layout table and the package docstrings state, each enforced here.
 - Everything else is the driver side: it never imports torch at module level, because a
   driver that imports torch pays seconds of start-up for nothing (and a refused command
   should not pay them either).
+- Hydra's and Ray's private APIs (an underscored module, name, attribute or keyword of
+  Hydra, Ray, OmegaConf or a Hydra plugin) are reached only from ``rnnsweep/adapters``,
+  where ``tests/test_adapters.py`` checks each against the installed version.
 """
 
 from __future__ import annotations
@@ -27,15 +30,17 @@ REPO = Path(__file__).resolve().parents[1]
 PACKAGE = REPO / "rnnsweep"
 TRIAL_SIDE = ("trial", "deploy")
 EDGES = ("ray", "mlflow", "hydra.core", "hydra.plugins", "hydra._internal", "hydra.experimental",
-         "hydra_plugins", "rnnsweep.sweep", "rnnsweep.report", "rnnsweep.tracking",
-         "rnnsweep.cli", "rnnsweep.compare", "rnnsweep.preflight", "rnnsweep.store",
-         "rnnsweep.journal", "rnnsweep.lease")
+         "hydra_plugins", "rnnsweep.adapters", "rnnsweep.sweep", "rnnsweep.report",
+         "rnnsweep.tracking", "rnnsweep.cli", "rnnsweep.compare", "rnnsweep.preflight",
+         "rnnsweep.store", "rnnsweep.journal", "rnnsweep.lease")
 CONFIG_NEVER = ("torch", "ray", "mlflow")
 HEAVY = ("torch", "ray", "mlflow", "hydra", "omegaconf", "matplotlib", "numpy", "pandas", "rich")
 # Lowest first. A name stands for the module or package and everything under it.
 LAYERS = (
     ("base", ("rnnsweep.contract", "rnnsweep.text", "rnnsweep.heap", "rnnsweep.logs",
               "rnnsweep.version", "rnnsweep.record")),
+    # Hydra's and Ray's private APIs, behind one door: they import nothing of rnnsweep.
+    ("the libraries' internals", ("rnnsweep.adapters",)),
     ("configuration", ("rnnsweep.config",)),
     ("the store's edge", ("rnnsweep.redaction", "rnnsweep.privacy", "rnnsweep.store",
                           "rnnsweep.lease", "rnnsweep.tracking", "rnnsweep.journal")),
@@ -185,6 +190,87 @@ def upward(graph: dict[str, dict[str, int]], layers=LAYERS) -> list[str]:
     return bad
 
 
+# Libraries whose private API only rnnsweep/adapters may reach into.
+LIBRARIES = ("hydra", "ray", "omegaconf", "hydra_plugins")
+ADAPTERS = PACKAGE / "adapters"
+
+
+def private(name: str) -> bool:
+    """``_name``, but neither a dunder nor a config key such as Hydra's ``_target_``."""
+    return name.startswith("_") and not name.endswith("_")
+
+
+def _root(node: ast.AST) -> str | None:
+    """The name an expression such as ``a.b().c[0].d`` starts from (``a``)."""
+    while isinstance(node, ast.Attribute | ast.Call | ast.Subscript):
+        node = node.func if isinstance(node, ast.Call) else node.value
+    return node.id if isinstance(node, ast.Name) else None
+
+
+def defined_private_names(trees: list[ast.Module]) -> set[str]:
+    """The underscored names rnnsweep defines itself (functions, classes, variables,
+    parameters, attributes it sets on ``self`` or ``cls``): an underscored attribute not
+    among them (nor in ``OURS_ELSEWHERE``) is someone else's."""
+    names: set[str] = set()
+    for tree in trees:
+        for node in ast.walk(tree):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+                names.add(node.name)
+            elif isinstance(node, ast.arg):
+                names.add(node.arg)
+            elif isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
+                names.add(node.id)
+            elif isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Store) and \
+                    _root(node) in ("self", "cls"):
+                names.add(node.attr)
+    return {name for name in names if private(name)} | set(OURS_ELSEWHERE)
+
+
+# rnnsweep's own underscored attributes that it sets on an object other than ``self``.
+OURS_ELSEWHERE = {
+    "_sweep_stopper": "the sweep's stopper, kept on rnnsweep's launcher (sweep/launcher.py)",
+}
+
+
+# Underscored attributes of other libraries than Hydra's and Ray's, with where they are read.
+OTHER_LIBRARIES = {
+    "_storage": "Optuna's study storage (rnnsweep/search)",
+    "_trial_id": "Optuna's trial id (rnnsweep/search)",
+}
+
+
+def private_accesses(tree: ast.Module, ours: set[str]) -> list[tuple[int, str]]:
+    """Each place ``tree`` reaches into a library's private API: an underscored module or
+    name imported from Hydra, Ray, OmegaConf or ``hydra_plugins``; an underscored
+    attribute or keyword reached through a name imported from them (``ray._raylet``,
+    ``ray.init(_temp_dir=...)``); any other underscored attribute that rnnsweep does not
+    define itself (``job_return._return_value``), but those of ``OTHER_LIBRARIES``."""
+    bound: set[str] = set()
+    found: list[tuple[int, str]] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                if any(is_under(alias.name, lib) for lib in LIBRARIES):
+                    bound.add(alias.asname or alias.name.split(".")[0])
+                    if any(private(p) for p in alias.name.split(".")):
+                        found.append((node.lineno, f"import {alias.name}"))
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level \
+                and any(is_under(node.module, lib) for lib in LIBRARIES):
+            for alias in node.names:
+                bound.add(alias.asname or alias.name)
+                if any(private(p) for p in [*node.module.split("."), alias.name]):
+                    found.append((node.lineno, f"from {node.module} import {alias.name}"))
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and private(node.attr) and \
+                (_root(node) in bound or node.attr not in ours) and \
+                node.attr not in OTHER_LIBRARIES:
+            found.append((node.lineno, ast.unparse(node)))
+        elif isinstance(node, ast.Call) and _root(node.func) in bound:
+            found += [(node.lineno, f"{ast.unparse(node.func)}({kw.arg}=...)")
+                      for kw in node.keywords if kw.arg and private(kw.arg)]
+    return sorted(set(found))
+
+
 def sources() -> dict[str, str]:
     return {module_name(p): p.read_text() for p in modules()}
 
@@ -244,3 +330,35 @@ def test_the_checks_can_fail():
     layers = (("low", ("pkg.low", "pkg.typed")), ("high", ("pkg.high",)))
     assert upward(graph, layers) == ["pkg.low:2 imports pkg.high (high, above low)"]
     assert layer("pkg.low.inner", layers) == 0 and layer("other", layers) is None
+
+
+def test_private_apis_only_through_the_adapters():
+    """Hydra's and Ray's internals behind one door: ``rnnsweep/adapters``."""
+    paths = modules()
+    trees = {path: ast.parse(path.read_text(), filename=str(path)) for path in paths}
+    ours = defined_private_names([t for p, t in trees.items() if not p.is_relative_to(ADAPTERS)])
+    bad = [f"{path.relative_to(REPO)}:{line}: {what}"
+           for path, tree in trees.items() if not path.is_relative_to(ADAPTERS)
+           for line, what in private_accesses(tree, ours)]
+    assert not bad, ("a library's private API outside rnnsweep/adapters (move it there, "
+                     "with a test in tests/test_adapters.py): " + "; ".join(bad))
+
+
+def test_the_private_api_check_can_fail():
+    source = ("import ray\nfrom hydra._internal.utils import _locate\n"
+              "from hydra.core.utils import JobReturn\nimport hydra_plugins.x._impl\n"
+              "def f(self, ret):\n"
+              "    ray._raylet.setproctitle('x')\n"
+              "    ray.init(_temp_dir='/t', num_cpus=1)\n"
+              "    JobReturn(_return_value=1)\n"
+              "    self._mine = ret._return_value\n"
+              "    return self._mine, ret.cfg._target_, ret.__class__, ret._sweep_stopper\n")
+    tree = ast.parse(source)
+    assert private_accesses(tree, defined_private_names([tree])) == [
+        (2, "from hydra._internal.utils import _locate"),
+        (4, "import hydra_plugins.x._impl"),
+        (6, "ray._raylet"),
+        (7, "ray.init(_temp_dir=...)"),
+        (8, "JobReturn(_return_value=...)"),
+        (9, "ret._return_value"),
+    ]

@@ -13,16 +13,10 @@ import os
 from dataclasses import dataclass
 
 from hydra import version
-from hydra._internal.utils import (
-    _run_hydra,
-    create_automatic_config_search_path,
-    detect_task_name,
-    get_args_parser,
-)
 from hydra.core.config_search_path import ConfigSearchPath, SearchPathQuery
-from hydra.main import _get_rerun_conf
 from hydra.types import TaskFunction
 
+from rnnsweep.adapters import hydra_private
 from rnnsweep.config.schema import conf_dir
 
 VERSION_BASE = "1.3"
@@ -67,7 +61,7 @@ class Command:
 
     def search_path(self) -> ConfigSearchPath:
         """The search path exactly as Hydra builds it for this command line."""
-        path = create_automatic_config_search_path(None, TASK_MODULE, self.config_path)
+        path = hydra_private.search_path(self.config_path, TASK_MODULE)
         if self.args.config_dir is not None:
             path.prepend(provider="command-line", path=f"file://{self.args.config_dir}",
                          anchor=SearchPathQuery(provider="schema"))
@@ -75,20 +69,19 @@ class Command:
 
     @property
     def task_name(self) -> str:
-        return detect_task_name(None, TASK_MODULE)
+        return hydra_private.task_name(TASK_MODULE)
 
 
 def parse(argv: list[str]) -> Command:
     """Parses ``argv`` as Hydra would; paths the user gives are taken from the working
     directory (Hydra would take a relative ``--config-path`` from rnnsweep's own
     package, which no user means)."""
-    parser = get_args_parser()
+    parser = hydra_private.args_parser({"--config-path": (
+        "Replaces rnnsweep's own conf/ as the primary config directory (absolute, "
+        "relative to the working directory, or pkg://)")})
     parser.prog = "rnnsweep"
-    parser.error = _refuse  # one line, not argparse's usage block
-    for action in parser._actions:
-        if "--config-path" in action.option_strings:
-            action.help = ("Replaces rnnsweep's own conf/ as the primary config directory "
-                           "(absolute, relative to the working directory, or pkg://)")
+    # One line, not argparse's usage block; argparse's only hook for it is this method.
+    parser.error = _refuse  # type: ignore[method-assign]
     # Intermixed: overrides may come before and after flags (``batch=1 -m seed=0,1``),
     # which plain parse_args, as in @hydra.main, refuses.
     args = parser.parse_intermixed_args(argv)
@@ -120,10 +113,11 @@ def run(command: Command, task_function: TaskFunction) -> None:
     """Hands the parsed command to Hydra, as ``@hydra.main`` would have."""
     version.setbase(VERSION_BASE)
     if command.args.experimental_rerun is not None:
-        task_function(_get_rerun_conf(command.args.experimental_rerun, command.overrides))
+        task_function(hydra_private.rerun_config(command.args.experimental_rerun,
+                                                 command.overrides))
         return
-    _run_hydra(args=command.args, args_parser=command.parser, task_function=task_function,
-               config_path=command.config_path, config_name=command.config_name)
+    hydra_private.run(command.args, command.parser, task_function, command.config_path,
+                      command.config_name)
 
 
 def _refuse(message: str):

@@ -9,17 +9,22 @@ trial later. Only that probe imports torch, and only when there is something to 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import inspect
 import json
+import logging
 import typing
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
+from hydra.utils import get_method
 from omegaconf import DictConfig, OmegaConf
 
 from rnnsweep.config import schema
 from rnnsweep.config.schema import BUILTIN_MODEL
+from rnnsweep.text import first_line
 
 _SYNTHETIC_TASKS = ("rnnsweep.trial.data.Regression", "rnnsweep.trial.data.Adding")
 
@@ -81,10 +86,8 @@ def _known_keys(node: DictConfig, known: type, where: str) -> None:
 def constructor_keys(target: str) -> list[str] | None:
     """The keyword parameters of the callable ``target`` names, or None when it takes
     any keyword (``**kwargs``) or cannot be read (imports it: the user's code)."""
-    from hydra._internal.utils import _locate
-
     try:
-        found = _locate(target)
+        found = imported(target)
         params = inspect.signature(found).parameters.values()
     except Exception:  # noqa: BLE001 - not importable, or no signature: nothing to list
         return None
@@ -128,14 +131,13 @@ def check(trials: Iterable[DictConfig]) -> None:
 
 def _probe(cfg: DictConfig) -> None:
     import torch
-    from hydra._internal.utils import _locate  # hydra.utils.get_object also logs the error
 
     from rnnsweep.trial.run import build_model, build_source, probe_model
 
     for group in ("model", "task"):
         target = cfg[group]._target_
         try:
-            _locate(target)
+            imported(target)
         except Exception as exc:  # noqa: BLE001 - any import failure is the user's to see
             raise ValueError(f"{group}._target_={target}: cannot import it: "
                              f"{_cause(exc)}") from None
@@ -160,5 +162,21 @@ def _cause(exc: BaseException) -> str:
     """The innermost error's first line (Hydra wraps a constructor's in its own)."""
     while exc.__cause__ is not None:
         exc = exc.__cause__
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}"
+    return f"{type(exc).__name__}: {first_line(str(exc))}"
+
+
+def imported(target: str) -> Callable[..., Any]:
+    """The callable ``target`` names (a class or a function), imported: the user's code
+    runs. Raises what the import raised, or ``ValueError`` for a name that is not callable."""
+    with _quiet(logging.getLogger("hydra.utils")):
+        return get_method(target)
+
+
+@contextlib.contextmanager
+def _quiet(logger: logging.Logger) -> Iterator[None]:
+    """Hydra's lookup logs its error before raising it; the caller says it once, in a line."""
+    before, logger.disabled = logger.disabled, True
+    try:
+        yield
+    finally:
+        logger.disabled = before

@@ -14,8 +14,6 @@ import typing
 from collections.abc import Callable, Iterable, Iterator
 
 from hydra import compose
-from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-from hydra._internal.hydra import Hydra
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import IntervalSweep, Override
@@ -24,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from rnnsweep import config
+from rnnsweep.adapters import hydra_private
 from rnnsweep.config import bounds, long_trials
 from rnnsweep.config.command import Command, parse
 from rnnsweep.config.errors import ConfigError
@@ -92,7 +91,7 @@ def check_overrides(overrides: list[str], multirun: bool,
             bounds.check_trial_count(count, base)
             if on_size is not None:
                 on_size(count)
-            trials = BasicSweeper.split_arguments(expanded, None)[0]
+            trials = hydra_private.split_sweep(expanded)
         composed = compose_trials(trials, lambda trial: _compose(trial, name),
                                   GlobalHydra.instance().config_loader())
         kept: list[DictConfig] = []
@@ -149,8 +148,7 @@ def _hydra(command: Command) -> Iterator[None]:
     """Hydra initialised on the command's own search path (``--config-dir`` included)."""
     GlobalHydra.instance().clear()
     try:
-        Hydra.create_main_hydra2(task_name=command.task_name,
-                                 config_search_path=command.search_path())
+        hydra_private.start(command.task_name, command.search_path())
         yield
     finally:
         GlobalHydra.instance().clear()

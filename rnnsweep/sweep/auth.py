@@ -15,6 +15,10 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from ray.exceptions import AuthenticationError
+
+from rnnsweep.adapters import ray_private
+
 AUTH_MODE_ENV = "RAY_AUTH_MODE"
 TOKEN_ENV, TOKEN_PATH_ENV = "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"
 
@@ -22,13 +26,9 @@ TOKEN_ENV, TOKEN_PATH_ENV = "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"
 def token_problem(address: str) -> str | None:
     """Why the cluster at ``address`` (host:port of its GCS) refuses this process, or
     None when it does not (any other failure is left to ``ray.init`` to report)."""
-    # Ray's _raylet stub declares no GcsClient, though the compiled module has it.
-    from ray._raylet import GcsClient  # type: ignore[attr-defined]
-    from ray.exceptions import AuthenticationError
-
     try:
         with _native_stderr_silenced():
-            GcsClient(address=address)
+            ray_private.connect_gcs(address)
     except AuthenticationError:
         mode = os.environ.get(AUTH_MODE_ENV, "unset")
         return (f"the cluster requires token authentication and this process's token is "

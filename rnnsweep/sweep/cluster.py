@@ -28,6 +28,7 @@ import ray
 from omegaconf import DictConfig
 
 from rnnsweep import privacy
+from rnnsweep.adapters import ray_private
 from rnnsweep.sweep import interrupts
 from rnnsweep.sweep.resources import LOCAL_ONLY_RAY_ENV, Node, cluster_address
 from rnnsweep.sweep.shipping import ShippingError, check_nodes, runtime_env_for
@@ -52,11 +53,12 @@ def connect(address: str | None, settings, config: DictConfig | None = None) -> 
     # "local": always a fresh instance, never a cluster someone started with `ray start`.
     temp_dir = private_temp_dir()
     with privacy.no_cloud_probes() as worker_env:
-        context = ray.init(address="local", _temp_dir=temp_dir, num_cpus=settings.num_cpus,
+        context = ray.init(address="local", num_cpus=settings.num_cpus,
                            num_gpus=settings.num_gpus, include_dashboard=settings.dashboard,
                            dashboard_host=settings.dashboard_host, log_to_driver=False,
                            configure_logging=False,
-                           runtime_env={"env_vars": worker_env} if worker_env else None)
+                           runtime_env={"env_vars": worker_env} if worker_env else None,
+                           **ray_private.temp_dir_option(temp_dir))
     _watch_raylet()
     url = getattr(context, "dashboard_url", None)
     if settings.dashboard and url:

@@ -21,10 +21,12 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from hydra._internal.config_loader_impl import ConfigLoaderImpl, get_overrides_dirname
+from hydra.core.config_loader import ConfigLoader
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Override, OverrideType
 from omegaconf import DictConfig, OmegaConf, open_dict
+
+from rnnsweep.adapters import hydra_private
 
 
 @dataclass(frozen=True)
@@ -38,7 +40,7 @@ class Patch:
 
 
 class Composer:
-    def __init__(self, config_loader, master: DictConfig) -> None:
+    def __init__(self, config_loader: ConfigLoader, master: DictConfig) -> None:
         self.loader, self.master = config_loader, master
         self.parser = OverridesParser.create()
         self._shared: dict[tuple[str, ...], DictConfig] = {}
@@ -54,7 +56,7 @@ class Composer:
         if hydra:
             return apply(self.base(patch.key), patch)
         config = copy.deepcopy(self._trial_base(patch.key))
-        ConfigLoaderImpl._apply_overrides_to_config(patch.values, config)
+        hydra_private.apply_overrides(patch.values, config)
         return config
 
     def patch(self, overrides: list[str]) -> Patch | None:
@@ -88,13 +90,13 @@ def apply(base: DictConfig, patch: Patch) -> DictConfig:
     Hydra's own override logic and the job's own fields as Hydra's composition sets them.
     Runs on the driver or, given the composition once, on a worker."""
     config = copy.deepcopy(base)
-    ConfigLoaderImpl._apply_overrides_to_config(patch.values, config)
+    hydra_private.apply_overrides(patch.values, config)
     task = [o for o in patch.parsed if not o.is_hydra_override()]
     with open_dict(config.hydra):
         config.hydra.overrides.task = [o.input_line for o in task]
         dirname = config.hydra.job.config.override_dirname
-        config.hydra.job.override_dirname = get_overrides_dirname(
-            overrides=task, kv_sep=dirname.kv_sep, item_sep=dirname.item_sep,
+        config.hydra.job.override_dirname = hydra_private.overrides_dirname(
+            task, kv_sep=dirname.kv_sep, item_sep=dirname.item_sep,
             exclude_keys=dirname.exclude_keys)
     return config
 
@@ -118,7 +120,7 @@ def job_config(config: DictConfig, idx: int, hardware: dict[str, Any] | None) ->
     return config
 
 
-def split(parsed: list[Override], loader) -> tuple[tuple[str, ...], list[Override]]:
+def split(parsed: list[Override], loader: ConfigLoader) -> tuple[tuple[str, ...], list[Override]]:
     """A job's overrides as the key of the composition it shares (every override that can
     change the defaults list) and the plain values applied on top of it."""
     values = [o for o in parsed if is_plain_value(o, loader)]
@@ -132,15 +134,20 @@ def input_line(override: Override) -> str:
     return override.input_line
 
 
-def is_plain_value(override: Override, loader) -> bool:
+def is_plain_value(override: Override, loader: ConfigLoader) -> bool:
     """A ``key=value`` that cannot change the defaults list."""
     return (override.type == OverrideType.CHANGE and override.package is None
             and not override.is_sweep_override() and not override.is_hydra_override()
-            and not loader.repository.group_exists(override.key_or_group.replace(".", "/")))
+            and not is_group(loader, override.key_or_group.replace(".", "/")))
+
+
+def is_group(loader: ConfigLoader, path: str) -> bool:
+    """Whether ``path`` names a config group in any of ``loader``'s sources."""
+    return any(source.is_group(path) for source in loader.get_sources())
 
 
 def compose_trials(trials: Sequence[Sequence[str]], compose: Callable[[list[str]], DictConfig],
-                   loader) -> Iterator[DictConfig]:
+                   loader: ConfigLoader) -> Iterator[DictConfig]:
     """``compose(overrides)`` of every trial (configs without the ``hydra`` node, as
     Hydra's compose API returns them), one at a time, sharing one composition between
     trials that differ only in values. A value that does not apply is composed the usual
@@ -153,7 +160,7 @@ def compose_trials(trials: Sequence[Sequence[str]], compose: Callable[[list[str]
             shared[key] = compose(list(key))
         config = copy.deepcopy(shared[key])
         try:
-            ConfigLoaderImpl._apply_overrides_to_config(values, config)
+            hydra_private.apply_overrides(values, config)
         except Exception:  # noqa: BLE001 - composed again below, for Hydra's own message
             config = compose(list(trial))
         yield config

@@ -29,6 +29,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from rnnsweep import contract, heap
+from rnnsweep.adapters import hydra_private
 from rnnsweep.contract import (
     CONFIG_HASH_TAG,
     FAILED,
@@ -492,9 +493,10 @@ def _advance(job: Job, context: SweepContext, jobs: list[Job], nodes: list[Node]
             reason = f"{killed.reason}, after {job.attempt} retries"
         job.info["finished"] = time.time()
         ret = _failed_return(job, reason, context.records)
+        value = hydra_private.job_value(ret)
         if killed is not None and killed.worker_gb is not None and \
-                isinstance(ret._return_value, TrialRecord):
-            ret._return_value.metrics["peak_rss_mb"] = killed.worker_gb * 1024
+                isinstance(value, TrialRecord):
+            value.metrics["peak_rss_mb"] = killed.worker_gb * 1024
         _finish(job, context, jobs, nodes, ret)
         return _OVER
     if item == worker.STARTED:
@@ -560,13 +562,13 @@ def _enforce(context: SweepContext, jobs: list[Job], nodes: list[Node], submitte
 def _finish(job: Job, context: SweepContext, jobs: list[Job], nodes: list[Node],
             ret: JobReturn) -> None:
     job.result = ret
-    record = ret._return_value
+    record = hydra_private.job_value(ret)
     if not isinstance(record, TrialRecord):
         job.state = TrialState.DONE if ret.status == JobStatus.COMPLETED else TrialState.FAILED
         if context.records and ret.status != JobStatus.COMPLETED:
             # The task itself raised: the trial failed, and its run says why.
             failed = _failed_return(job, f"{type(record).__name__}: {record}", True)
-            job.result, record = failed, failed._return_value
+            job.result, record = failed, hydra_private.job_value(failed)
         else:
             return
     job.state = TrialState.FAILED if record.outcome == FAILED else TrialState.DONE
@@ -598,8 +600,8 @@ def _failed_return(job: Job, reason: str, as_record: bool) -> JobReturn:
 def _ended_return(job: Job, outcome: str, reason: str, as_record: bool) -> JobReturn:
     """A trial that ended without handing back its record (its worker died or was
     killed): the driver's record of it, from the last values it sent."""
-    ret = JobReturn(overrides=job.overrides, cfg=job.config, status=JobStatus.FAILED,
-                    _return_value=LaunchError(reason))
+    ret = JobReturn(overrides=job.overrides, cfg=job.config, status=JobStatus.FAILED)
+    ret.return_value = LaunchError(reason)
     if as_record:
         # A dead worker is this trial's failure, recorded on its run; Hydra's sweeper
         # would abort the whole multirun on a FAILED job.
@@ -609,7 +611,7 @@ def _ended_return(job: Job, outcome: str, reason: str, as_record: bool) -> JobRe
         record.tags = {OUTCOME_TAG: outcome, REASON_TAG: reason[:4000]}
         if job.last.get("step") is not None:
             record.tags[contract.STOPPED_AT_STEP_TAG] = to_tag(int(job.last["step"]) + 1)
-        ret.status, ret._return_value = JobStatus.COMPLETED, record
+        ret.status, ret.return_value = JobStatus.COMPLETED, record
     return ret
 
 

@@ -6,7 +6,6 @@ its first trial, and MLflow costs seconds that the trial would wait for.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import socket
 import threading
@@ -22,6 +21,7 @@ from hydra.core.utils import JobReturn, run_job, setup_globals
 from omegaconf import DictConfig, OmegaConf
 from ray import ObjectRef
 
+from rnnsweep.adapters import ray_private
 from rnnsweep.sweep.composer import Patch, apply, job_config
 from rnnsweep.trial import live
 
@@ -191,9 +191,7 @@ def _title(title: str) -> None:
     """The worker's process title while this trial runs (``ps`` shows which trial a
     worker runs; Ray titles it after the task, and back to ``ray::IDLE`` after it).
     Ray's own title setter: a Ray without it leaves its title as it is."""
-    with contextlib.suppress(AttributeError):
-        # Ray's _raylet stub declares no setproctitle, though the compiled module has it.
-        ray._raylet.setproctitle(title)  # type: ignore[attr-defined]
+    ray_private.set_process_title(title)
 
 
 def _sweep(shared: SweepShared) -> _Sweep:
