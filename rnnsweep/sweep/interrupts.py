@@ -15,8 +15,12 @@ import sys
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from types import FrameType
+from typing import Any, overload
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+# What signal.signal takes: a function, SIG_DFL or SIG_IGN.
+_Handler = Callable[[int, FrameType | None], Any] | int
 # Not a signal anyone sends: the main thread is told through it (``_thread.interrupt_main``
 # runs its handler there, and does nothing where none is installed) that the sweep's Ray
 # was lost.
@@ -94,6 +98,10 @@ def forget() -> None:
     _lost.clear()
 
 
+@overload
+def as_interrupt(error: BaseException) -> BaseException: ...
+@overload
+def as_interrupt(error: None) -> BaseException | None: ...
 def as_interrupt(error: BaseException | None) -> BaseException | None:
     """``error``, or the interrupt behind it when a signal arrived."""
     if isinstance(error, Interrupted):
@@ -108,14 +116,21 @@ def install() -> None:
         signal.signal(signum, _raise)
 
 
-def _swap(handlers: dict[int, Callable | int]) -> dict[int, Callable | int]:
+def _swap(handlers: dict[int, _Handler]) -> dict[int, _Handler]:
     """Installs ``handlers`` all at once: a signal arriving meanwhile waits (blocked) and
     meets the new handler, never a mix of old and new. Returns the previous ones."""
     blocked = signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
     try:
-        return {s: signal.signal(s, handler) for s, handler in handlers.items()}
+        return {s: _settable(signal.signal(s, handler)) for s, handler in handlers.items()}
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+
+
+def _settable(handler: _Handler | None) -> _Handler:
+    """A previous handler as one that can be put back: Python reports one it did not
+    install (set in C) as None, which it cannot set again; the default action is the
+    nearest it can."""
+    return signal.SIG_DFL if handler is None else handler
 
 
 @contextmanager
@@ -186,6 +201,8 @@ def keeping_handlers(work: Callable[[], object], name: str) -> threading.Thread:
     done = threading.Event()
 
     def keep() -> None:
+        if libc is None:  # nothing was saved
+            return
         now = _SigAction()
         for signum, action in saved.items():
             libc.sigaction(signum, None, ctypes.byref(now))
