@@ -227,3 +227,38 @@ def test_chromium_renders_the_runs_table(served, tmp_path):
     assert image.shape[:2] == (WINDOW[1], WINDOW[0])
     rgb = image[..., :3].reshape(-1, 3)
     assert (np.ptp(rgb, axis=1) > 0.2).any()  # coloured run markers, not a blank page
+
+
+def test_report_md_reads_in_mlflow_artifact_viewer(served, tmp_path):
+    """report.md as a user sees it in MLflow's artifact viewer, rendered by Chromium: its
+    Markdown is rendered (headings, no raw table pipes), and each plot is named by its
+    path, never shown as the literal text of an image link that does not resolve."""
+    binary = chromium()
+    page = (f"{served.url}/#/experiments/{served.experiment_id}/runs/{served.parent}"
+            "/artifacts/report.md")
+    result = subprocess.run(
+        [binary, *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}", "--dump-dom",
+         page], capture_output=True, text=True, timeout=CHROMIUM_TIMEOUT_S)
+    assert result.returncode == 0, result.stderr[-3000:]
+    dom = result.stdout
+    # The viewer fetched report.md and rendered it: its title is a heading, not "# ...".
+    assert re.search(r"<h1[^>]*>\s*Sweep report:", dom), dom[-3000:]
+    assert "# Sweep report:" not in dom
+    text = re.sub(r"<[^>]+>", " ", dom)
+    assert "![" not in text  # no image syntax shown as text
+    assert not re.search(r"\]\((plots/[^)]*)\)", text)  # nor a link's raw target
+    assert served.report.plots
+    for path in served.report.plots:  # each plot named by its path, or shown
+        assert path in text or f'src="{path}"' in dom, path
+    # An image the viewer shows must load: a relative path resolves against the UI's own
+    # address, where no plot is served, and the user sees a broken image and its alt text.
+    for src in re.findall(r'<img[^>]*\ssrc="([^"]+)"', dom):
+        if src.startswith("data:"):
+            continue
+        address = urllib.parse.urljoin(f"{served.url}/", src)
+        try:
+            with urllib.request.urlopen(address, timeout=HTTP_TIMEOUT_S) as response:
+                body = response.read(8)
+        except OSError as exc:
+            pytest.fail(f"report.md shows an image that does not load: {src} ({exc})")
+        assert body.startswith(b"\x89PNG"), (src, body)
