@@ -10,7 +10,9 @@ README's layout table and the package docstrings state, each enforced here.
   anywhere in a module.
 - ``rnnsweep/trial`` and ``rnnsweep/deploy`` hold the trial logic: torch only. They never
   import Ray, MLflow, Hydra's launcher machinery or the sweep side, anywhere in a module,
-  so they can be tested and reused without any of them.
+  so they can be tested and reused without any of them. They meet in one direction:
+  ``rnnsweep/deploy`` imports nothing of ``rnnsweep/trial``, not even a type (it says what
+  it needs of a model in ``deploy/model.py``).
 - Everything else is the driver side: it never imports torch at module level, because a
   driver that imports torch pays seconds of start-up for nothing (and a refused command
   should not pay them either).
@@ -299,6 +301,9 @@ def test_import_rules(path):
     if side(path) == "trial":
         bad = sorted({n for n in every if any(is_under(n, e) for e in EDGES)})
         assert not bad, f"trial-side module imports an edge: {bad}"
+        if path.relative_to(PACKAGE).parts[0] == "deploy":
+            bad = sorted({n for n in every if is_under(n, "rnnsweep.trial")})
+            assert not bad, f"deploy imports the trial side (trial imports deploy): {bad}"
     else:
         bad = sorted({n for n in module_level_imports(tree) if is_under(n, "torch")})
         assert not bad, f"driver-side module imports torch at module level: {bad}"

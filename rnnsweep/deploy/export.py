@@ -1,4 +1,4 @@
-"""Export a RecurrentNet for serving and check each export against eager PyTorch.
+"""Export a recurrent model for serving and check each export against eager PyTorch.
 
 Formats (``FORMATS``):
 
@@ -32,12 +32,12 @@ import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from rnnsweep.contract import EXPORT_TAG_PREFIX, export_status_tag
+from rnnsweep.deploy.model import RecurrentModel
 from rnnsweep.deploy.streaming import (
     INSTALL_HINT,
     METADATA_KEY,
@@ -47,9 +47,6 @@ from rnnsweep.deploy.streaming import (
     error_summary,
     open_exported,
 )
-
-if TYPE_CHECKING:  # a type only: trial.run imports deploy, never the reverse
-    from rnnsweep.trial.models import RecurrentNet
 
 FORMATS = ("torchscript", "torchscript_optimized", "onnx")
 FILENAMES = {
@@ -63,7 +60,7 @@ ONNX_MODULES = ("onnx", "onnxscript", "onnxruntime")
 class StatefulRNN(nn.Module):
     """GRU/RNN with an export-friendly signature: ``(x, h0) -> (y, h_n)``."""
 
-    def __init__(self, model: RecurrentNet) -> None:
+    def __init__(self, model: RecurrentModel) -> None:
         super().__init__()
         self.model = model
 
@@ -75,7 +72,7 @@ class StatefulRNN(nn.Module):
 class StatefulLSTM(nn.Module):
     """LSTM with an export-friendly signature: ``(x, h0, c0) -> (y, h_n, c_n)``."""
 
-    def __init__(self, model: RecurrentNet) -> None:
+    def __init__(self, model: RecurrentModel) -> None:
         super().__init__()
         self.model = model
 
@@ -86,7 +83,7 @@ class StatefulLSTM(nn.Module):
         return y, h_n, c_n
 
 
-def stateful_module(model: RecurrentNet) -> nn.Module:
+def stateful_module(model: RecurrentModel) -> nn.Module:
     wrapper = StatefulLSTM(model) if model.cell == "lstm" else StatefulRNN(model)
     return wrapper.eval()
 
@@ -99,7 +96,7 @@ class ExportReport:
 
 
 def export_torchscript(
-    model: RecurrentNet, example: Tensors, path: pathlib.Path, *, optimize: bool = False
+    model: RecurrentModel, example: Tensors, path: pathlib.Path, *, optimize: bool = False
 ) -> pathlib.Path:
     """Trace ``model`` with ``example`` = (x, *state) and save it, optionally frozen+optimised."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -117,7 +114,7 @@ def export_torchscript(
     return path
 
 
-def export_onnx(model: RecurrentNet, example: Tensors, path: pathlib.Path) -> str:
+def export_onnx(model: RecurrentModel, example: Tensors, path: pathlib.Path) -> str:
     """Export to ONNX with dynamic batch and sequence axes; returns the exporter used."""
     import onnx
 
@@ -175,7 +172,7 @@ class ParityError(AssertionError):
 
 
 def export_and_verify(
-    model: RecurrentNet,
+    model: RecurrentModel,
     *,
     batch: int,
     seq_len: int,

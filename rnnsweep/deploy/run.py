@@ -8,16 +8,13 @@ from __future__ import annotations
 
 import pathlib
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 import torch
 
 from rnnsweep.contract import STREAM_PARITY_TAG
 from rnnsweep.deploy.export import export_and_verify
+from rnnsweep.deploy.model import RecurrentModel
 from rnnsweep.deploy.streaming import measure_streaming
-
-if TYPE_CHECKING:  # a type only: trial.run imports deploy, never the reverse
-    from rnnsweep.trial.models import RecurrentNet
 
 
 @dataclass
@@ -31,7 +28,7 @@ class DeploymentResult:
 
 
 def run_deployment(
-    model: RecurrentNet,
+    model: RecurrentModel,
     *,
     input_size: int,
     batch: int,

@@ -1,4 +1,4 @@
-"""Stateful streaming inference over a RecurrentNet, eager or exported.
+"""Stateful streaming inference over a recurrent model, eager or exported.
 
 A serving program opens a model once (``StreamingSession.from_model`` or ``open_exported``),
 feeds it chunks ``(batch, chunk_len, input_size)`` of a stream with ``step`` and calls
@@ -19,13 +19,10 @@ import time
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING
 
 import torch
 
-if TYPE_CHECKING:  # a type only: trial.run imports deploy, never the reverse
-    from rnnsweep.trial.models import RecurrentNet
-
+from rnnsweep.deploy.model import RecurrentModel
 
 # Name of the ONNX metadata entry and of the TorchScript extra file holding the ModelSpec.
 METADATA_KEY = "rnnsweep.json"
@@ -51,7 +48,7 @@ class ModelSpec:
     num_layers: int
 
     @classmethod
-    def of(cls, model: RecurrentNet) -> ModelSpec:
+    def of(cls, model: RecurrentModel) -> ModelSpec:
         return cls(model.cell, model.input_size, model.hidden_size, model.num_layers)
 
     @classmethod
@@ -86,13 +83,17 @@ class StreamingSession:
         self._state: Tensors | None = None
 
     @classmethod
-    def from_model(cls, model: RecurrentNet) -> StreamingSession:
+    def from_model(cls, model: RecurrentModel) -> StreamingSession:
         spec = ModelSpec.of(model)
         lstm = spec.cell == "lstm"
 
         def forward(x: torch.Tensor, *state: torch.Tensor) -> Tensors:
-            y, _, new_state = model(x, state if lstm else state[0])
-            return (y, *new_state) if lstm else (y, new_state)
+            if lstm:
+                h, c = state
+                y, _, (h_n, c_n) = model(x, (h, c))
+                return y, h_n, c_n
+            y, _, h_n = model(x, state[0])
+            return y, h_n
 
         return cls(forward, spec)
 
@@ -195,7 +196,7 @@ class StreamReport:
 
 
 def measure_streaming(
-    model: RecurrentNet,
+    model: RecurrentModel,
     x: torch.Tensor,
     *,
     chunk_len: int,
