@@ -18,6 +18,10 @@ LEVEL_ENV = "RNNSWEEP_LOG_LEVEL"
 # Libraries whose INFO lines would reach the terminal through the root logger, which
 # Hydra sets to INFO during a multirun ("generated new fontManager").
 _WARNINGS_ONLY = ("matplotlib",)
+# MLflow's SQL store logs every database error it re-raises, with the SQL and a traceback
+# (dozens of lines while a SQLite file is locked); the error reaches rnnsweep, which says
+# it once, in a line.
+_SILENT = ("mlflow.store.db.utils",)
 
 # (logger, start of a message that says nothing the user can act on). Warnings that do
 # matter from the same loggers still get through.
@@ -72,6 +76,8 @@ def setup() -> None:
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
     for name in _WARNINGS_ONLY:
         logging.getLogger(name).setLevel(logging.WARNING)
+    for name in _SILENT:
+        logging.getLogger(name).setLevel(logging.CRITICAL)
     for name, prefix in _CHATTER:
         chatty = logging.getLogger(name)
         if not any(isinstance(f, _DropChatter) for f in chatty.filters):

@@ -11,6 +11,7 @@ import getpass
 import os
 import tempfile
 import time
+import weakref
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
@@ -23,7 +24,6 @@ from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME, MLFLOW_USER
 
 from rnnsweep import contract
-from rnnsweep.store import resolve_uri
 from rnnsweep.contract import (  # noqa: F401  (REUSED_TAG_PREFIX: read by report.reading)
     CONFIG_HASH_TAG,
     FINGERPRINT_TAG,
@@ -40,6 +40,7 @@ from rnnsweep.contract import (  # noqa: F401  (REUSED_TAG_PREFIX: read by repor
 )
 from rnnsweep.record import TrialRecord
 from rnnsweep.redaction import connection_uri, redact
+from rnnsweep.store import resolve_uri
 
 # MLflow's per-request limits for log_batch: of each kind, and in all.
 MAX_METRICS, MAX_PARAMS, MAX_TAGS, MAX_ENTITIES = 1000, 100, 100, 1000
@@ -71,9 +72,27 @@ class Tracker:
                 raise MlflowException(f"no experiment {experiment!r} in {self.uri}")
             self.experiment_id = (found.experiment_id if found else self.client.create_experiment(
                 experiment, artifact_location=_artifact_root(self.uri, experiment)))
+        self.experiment = experiment
+        self._file = _identity(resolved)
+        # Held open while the tracker lives: a deleted file's inode then stays taken, so a
+        # new file at the same path is never mistaken for it by its inode number.
+        self._held = None if self._file is None else _hold(self._file[0])
+        if self._held is not None:
+            weakref.finalize(self, os.close, self._held)
+
+    def check_intact(self) -> None:
+        """Raises ``StoreLost`` if the store's SQLite file was deleted or replaced since
+        it was opened: SQLite goes on writing into the deleted file, and what it takes
+        there is lost without an error."""
+        if self._file is None:
+            return
+        gone = self._held is not None and os.fstat(self._held).st_nlink == 0
+        if gone or _identity(f"sqlite:///{self._file[0]}") != self._file:
+            raise StoreLost("its file was deleted or replaced during the sweep")
 
     def start_run(self, name: str, tags: dict[str, str] | None = None,
-                  parent_run_id: str | None = None, start_time: float | None = None) -> str:
+                  parent_run_id: str | None = None, start_time: float | None = None,
+                  experiment_id: str | None = None) -> str:
         """``start_time``: when the run's work began (epoch seconds), if not now."""
         name = redact(name)
         if len(name) > MAX_RUN_NAME:  # a long command line: PostgreSQL refuses the run
@@ -85,7 +104,7 @@ class Tracker:
         if parent_run_id:
             all_tags[MLFLOW_PARENT_RUN_ID] = parent_run_id  # the UI nests runs by this tag
         run = self.client.create_run(
-            self.experiment_id, tags=all_tags, run_name=name,
+            experiment_id or self.experiment_id, tags=all_tags, run_name=name,
             start_time=None if start_time is None else int(start_time * 1000))
         if run.info.artifact_uri:
             # Kept till the run's artifacts are written: MLflow would otherwise read the
@@ -226,6 +245,30 @@ class Tracker:
             token = page.token
             if not token:
                 return
+
+
+class StoreLost(MlflowException):
+    """The store's database file was deleted or replaced while the sweep wrote to it."""
+
+
+def _identity(uri: str) -> tuple[str, int, int] | None:
+    """A SQLite store's file as (path, device, inode); None for other stores."""
+    prefix = "sqlite:///"
+    if not uri.startswith(prefix):
+        return None
+    path = uri[len(prefix):].split("?", 1)[0]
+    try:
+        found = os.stat(path)
+    except OSError:
+        return (path, -1, -1)
+    return (path, found.st_dev, found.st_ino)
+
+
+def _hold(path: str) -> int | None:
+    try:
+        return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
 
 
 def _user() -> str:

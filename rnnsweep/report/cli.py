@@ -8,7 +8,7 @@ from pathlib import Path
 
 from mlflow.exceptions import MlflowException
 
-from rnnsweep import lease, privacy
+from rnnsweep import journal, lease, privacy
 from rnnsweep.report import tidy
 from rnnsweep.report.build import artifacts, build_report
 from rnnsweep.report.model import Report
@@ -23,6 +23,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.out is not None:
             check_out_dir(args.out)
         tracker, parent = locate(args.tracking_uri, args.run_id, args.experiment)
+        if not args.no_log:
+            # Records a sweep run here could not write to this store then (see journal).
+            for line in journal.replay(tracker):
+                print(line)
         # A sweep whose driver died is closed first, as the sweep commands close it: its
         # report then shows its trials KILLED ("driver lost"), never RUNNING.
         reaped = lease.reap_lost_sweeps(tracker)

@@ -100,6 +100,8 @@ class SweepContext:
         self.tracker = None
         self.parent: str | None = None
         self.recording = None
+        self.journal = None
+        self.kept_records = False  # some records are in the journal, not the store
         self.terminal: SweepSink | None = None
         self.sinks = Sinks([self])
         self.n_submitted = self.n_finished = self.n_failed = self.n_killed = 0
@@ -149,6 +151,7 @@ class SweepContext:
         if self.tracking is None:  # not an rnnsweep config: jobs are run, not recorded
             self.sinks.sinks.append(self.terminal)
             return
+        from rnnsweep import journal
         from rnnsweep.sweep.recording import RecordingSink
         from rnnsweep.tracking import Tracker
 
@@ -218,7 +221,7 @@ class SweepContext:
 
     @property
     def exit_status(self) -> int:
-        return 1 if self.n_failed or self.n_killed else 0
+        return 1 if self.n_failed or self.n_killed or self.kept_records else 0
 
     # --- closing -------------------------------------------------------------------------
 
@@ -262,7 +265,15 @@ class SweepContext:
         except Interrupted as exc:
             error = exc
         stopping = self._stop_ray_in_background()
-        if (_ran_to_end(error) or isinstance(error, interrupts.Lost)) and self.parent:
+        if self.journal is not None:
+            self.journal.retry()  # a store that failed mid-sweep may be back by now
+        if _ran_to_end(error) and self.parent and self.journal is not None and (
+                self.journal.pending or self.journal.lost):
+            # The store lacks some of the sweep's records: a summary read from it would
+            # disagree with the table above; these are the trials as this command saw them.
+            print(f"rnnsweep: {self.n_finished}/{self.n_submitted} trials finished, "
+                  f"{self.n_failed} failed (parent run {self.parent})", flush=True)
+        elif (_ran_to_end(error) or isinstance(error, interrupts.Lost)) and self.parent:
             try:
                 with interrupts.raising():  # a signal may cut the report short
                     self.summary = finish_sweep(self)
@@ -279,6 +290,7 @@ class SweepContext:
                 self._heartbeat.stop()
             if stopping is not None:
                 stopping.join()
+            self._close_journal()
             if self._watchdog is not None:
                 self._watchdog.stdin.close()  # Ray is down: the watchdog finds nothing
         interrupts.forget()
@@ -287,6 +299,20 @@ class SweepContext:
             # as that signal ends it.
             error = Interrupted(noted[0])
         return error
+
+    def _close_journal(self) -> None:
+        if self.journal is None or self.tracker is None:
+            return
+        cause, counts = self.journal.cause, self.journal.counts()
+        if self.journal.close():
+            self.kept_records = True
+            kept = [f"{counts[kind]} {label}" for kind, label in (
+                ("record", "trial record(s)"), ("fail", "cancelled trial(s)"),
+                ("end", "the sweep's end")) if counts.get(kind)]
+            what = "the sweep's records" if self.journal.lost else ", ".join(kept)
+            print(f"rnnsweep: the store {self.tracker.uri} failed ({cause}): {what} kept in "
+                  f"{self.journal.path}; the next rnnsweep command run here (or python -m "
+                  "rnnsweep.report) writes them", flush=True)
 
     def _close_runs(self, error: BaseException | None) -> None:
         if self.tracker is None:
@@ -308,11 +334,22 @@ class SweepContext:
                 "its record could not be written to the store", "FAILED")
         if self.parent is None:
             return
-        if status:
-            self.tracker.fail_run(self.parent, reason, status=status)
-        else:
-            self.tracker.client.set_terminated(self.parent,
-                                               "FAILED" if self.exit_status else "FINISHED")
+        final = status or ("FAILED" if self.exit_status else "FINISHED")
+        number = None if self.journal is None else self.journal.add(
+            {"kind": "end", "status": final, "reason": reason})
+        try:
+            self.tracker.check_intact()
+            if status:
+                self.tracker.fail_run(self.parent, reason, status=status)
+            else:
+                self.tracker.client.set_terminated(self.parent, final)
+        except Exception as exc:
+            if self.journal is None:
+                raise
+            self.journal.failed(exc)
+            return
+        if number is not None:
+            self.journal.done(number)
 
     def _stop_ray_in_background(self) -> threading.Thread | None:
         """Shutting Ray down mostly waits for its processes to exit; the report is

@@ -12,6 +12,7 @@ prints only the one line of a launch refused before any trial starts.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import random
 import sys
@@ -64,6 +65,8 @@ from rnnsweep.text import first_line
 
 if TYPE_CHECKING:
     from rnnsweep.tracking import Tracker
+
+log = logging.getLogger(__name__)
 
 # After a stop request (a stopper's, a time limit's), how long a trial has to end on its
 # own, with its record, beyond one live interval (when its worker asks): past that, its
@@ -198,7 +201,12 @@ def _run(launcher, context: SweepContext, composer: Composer, jobs: list[Job],
         if job.relays and job.digest and tracker is not None:
             # A trial whose earlier run (a sweep whose driver died) left a checkpoint on
             # its run goes on from there.
-            found = tracker.latest_checkpoint(job.digest)
+            try:
+                found = tracker.latest_checkpoint(job.digest)
+            except Exception as exc:  # noqa: BLE001 - it starts from step 0 instead
+                log.warning("no checkpoint could be read from the store (%s)",
+                            first_line(str(exc)))
+                found = None
             if found is not None:
                 job.saved = ray.put(found)
     order = to_run
@@ -308,7 +316,12 @@ def _reusable(config: DictConfig, tracker: Tracker, jobs: list[Job],
     config matches). A cluster whose nodes differ reruns everything."""
     if OmegaConf.select(config, "ray.rerun", default=False):
         return {}
-    finished = tracker.finished_configs()
+    try:
+        finished = tracker.finished_configs()
+    except Exception as exc:  # noqa: BLE001 - a store briefly unavailable: rerun, not fail
+        log.warning("earlier results could not be read from the store (%s): every trial "
+                    "runs", first_line(str(exc)))
+        return {}
     noisy = getattr(tracker, "noisy_finished", {})  # filled by finished_configs
     known = {digest for digest, _ in finished} | {digest for digest, _ in noisy}
     if not any(job.digest in known for job in jobs):

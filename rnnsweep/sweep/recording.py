@@ -24,9 +24,11 @@ from rnnsweep.contract import (
     SWEEP_TAG,
     to_tag,
 )
+from rnnsweep.journal import Journal, record_entry
 from rnnsweep.record import TrialRecord
 from rnnsweep.sweep.lanes import Lanes, Write
 from rnnsweep.sweep.sink import TrialInfo
+from rnnsweep.text import first_line
 from rnnsweep.tracking import Tracker
 from rnnsweep.trial.live import Row
 
@@ -70,15 +72,18 @@ class RecordingSink:
     thread: the driver never waits on the store while trials run. ``runs`` and ``open``
     are the writers' (a run is in them once made); ``flush`` waits for what is queued."""
 
-    def __init__(self, tracker: Tracker, parent: str | None, live_queue: int = 100_000) -> None:
-        self.tracker, self.parent = tracker, parent
+    def __init__(self, tracker: Tracker, parent: str | None, live_queue: int = 100_000,
+                 journal: Journal | None = None) -> None:
+        self.tracker, self.parent, self.journal = tracker, parent, journal
         self.runs: dict[int, str] = {}
         self.open: set[str] = set()
         self.waiting: dict[int, TrialInfo] = {}  # submitted, not started: no run yet
         self.live_state: dict[int, _Live] = {}
         self._started: set[int] = set()
+        self._made: dict[int, tuple[str, dict[str, str], float | None]] = {}  # how to make each run
         self._ended: set[int] = set()
         self._params: set[int] = set()  # trials whose params were logged with their run
+        self._params_of: dict[int, dict[str, str]] = {}
         self.lanes = Lanes(1 if tracker.uri.startswith("sqlite:") else SERVER_WRITERS,
                            live_queue)
 
@@ -98,10 +103,8 @@ class RecordingSink:
         # can find the trial's process while it runs.
         where = {f"{RAY_TAG_PREFIX}{key}": str(info[key]) for key in ("host", "pid", "node_id")
                  if key in info}
-        trial = self._trial(idx)
-        started = info.get("started")
-        self._write(idx, lambda: self._create(idx, trial, started,
-                                              {RETRIES_TAG: to_tag(attempt), **where}))
+        self._plan(idx, info.get("started"), {RETRIES_TAG: to_tag(attempt), **where})
+        self._write(idx, lambda: self._create(idx))
 
     def live(self, idx: int, rows: list[Row], total_steps: int | None = None) -> None:
         if idx not in self._started or idx in self._ended:
@@ -126,7 +129,8 @@ class RecordingSink:
         if idx in self._started and idx not in self._ended:
             self._write(idx, lambda: self.tracker.log_artifacts(
                 self.runs[idx], {contract.CHECKPOINT_ARTIFACT: data}),
-                lambda exc: log.warning("a checkpoint of trial %s was not written: %s", idx, exc))
+                lambda exc: log.warning("a checkpoint of trial %s was not written: %s", idx,
+                                        first_line(str(exc)) if exc else "dropped"))
 
     def reused(self, idx: int, run_id: str, info: TrialInfo | None = None) -> None:
         if self.parent:
@@ -143,11 +147,10 @@ class RecordingSink:
             record.tags[SWEEP_TAG] = self.parent
         self._ended.add(idx)
         state = self.live_state.pop(idx, None)
-        trial = None if idx in self._started else self._trial(idx)
+        if idx not in self._started:
+            self._plan(idx, record.started_at)
 
-        def write() -> None:
-            run_id = self.runs[idx] if trial is None else self._create(idx, trial,
-                                                                        record.started_at)
+        def write(run_id: str) -> None:
             if state is not None and state.dropped_points:
                 record.tags[LIVE_DROPPED_TAG] = (
                     f"{state.dropped_points} live values could not be written while the "
@@ -155,23 +158,46 @@ class RecordingSink:
             # The live values queued before it on this lane are written (or dropped) by now.
             self.tracker.write_record(run_id, record, with_params=idx not in self._params,
                                       logged=None if state is None else state.logged)
-            self.open.discard(run_id)
 
-        self._write(idx, write)
+        self._kept(idx, {"kind": "record", "record": record_entry(record)}, write)
 
     def cancelled(self, idx: int, reason: str, outcome: str = KILLED) -> None:
         self._ended.add(idx)
         self.live_state.pop(idx, None)
-        # One that never started: its run says it was killed in the queue.
-        trial = None if idx in self._started else self._trial(idx)
+        if idx not in self._started:  # it never started: its run says it was killed queued
+            self._plan(idx, None)
+        self._kept(idx, {"kind": "fail", "reason": reason, "status": "KILLED",
+                         "outcome": outcome},
+                   lambda run_id: self.tracker.fail_run(run_id, reason, status="KILLED",
+                                                        outcome=outcome))
 
-        def write() -> None:
-            run_id = self.runs.get(idx) if trial is None else self._create(idx, trial, None)
-            if run_id in self.open:
-                self.tracker.fail_run(run_id, reason, status="KILLED", outcome=outcome)
-                self.open.discard(run_id)
+    def _kept(self, idx: int, entry: dict, write: Callable[[str], object]) -> None:
+        """Queues a trial's end for its run, entered in the journal first (now, on the
+        driver's thread): what the store does not take, or what is still queued when the
+        sweep ends, stays there for the next command. The run is made now if its making
+        failed; a journaled run is no longer this sweep's to close."""
+        name, tags, started = self._made[idx]
+        number = None if self.journal is None else self.journal.add(
+            {**entry, "trial": idx, "name": name, "tags": tags, "started": started})
 
-        self._write(idx, write)
+        def run() -> None:
+            run_id = self.runs.get(idx)
+            try:
+                if run_id is None:
+                    run_id = self._create(idx)
+                self.tracker.check_intact()
+                write(run_id)
+            except Exception as exc:
+                if self.journal is None:
+                    raise
+                self.journal.failed(exc)
+                log.info("trial %s: its record stays in the journal: %s", idx, exc)
+            else:
+                if number is not None and self.journal is not None:
+                    self.journal.done(number)
+            self.open.discard(run_id)
+
+        self._write(idx, run)
 
     def flush(self, timeout: float | None = DRAIN_WAIT_S) -> bool:
         """Waits for every queued write (before reading back what the trials recorded)."""
@@ -200,20 +226,36 @@ class RecordingSink:
     def _write(self, idx: int, run: Callable[[], object],
                failed: Callable[[BaseException | None], object] | None = None) -> None:
         def warn(exc: BaseException | None) -> None:
-            log.warning("trial %s: a store write failed: %s", idx, exc)
+            if self.journal is not None and exc is not None:
+                # Said once for the sweep; the trial's record waits in the journal.
+                self.journal.failed(exc)
+                log.info("trial %s: a store write failed: %s", idx, exc)
+            else:
+                log.warning("trial %s: a store write failed: %s", idx,
+                            first_line(str(exc)) if exc else "dropped")
 
         self.lanes.submit(idx, Write(run, failed=failed or warn))
 
-    def _create(self, idx: int, trial: TrialInfo, started: float | None,
-                tags: dict[str, str] | None = None) -> str:
+    def _plan(self, idx: int, started: float | None, tags: dict[str, str] | None = None
+              ) -> None:
+        """What the trial's run is made with (on the driver's thread: it owns ``waiting``)."""
+        trial = self._trial(idx)
         all_tags = {**trial.tags, **(tags or {})}
         if self.parent:
             all_tags[SWEEP_TAG] = self.parent
-        run_id = self.tracker.start_run(trial.name, tags=all_tags, parent_run_id=self.parent,
+        self._made[idx] = (trial.name, all_tags, started)
+        self._params_of[idx] = trial.params
+
+    def _create(self, idx: int) -> str:
+        name, tags, started = self._made[idx]
+        run_id = self.tracker.start_run(name, tags=tags, parent_run_id=self.parent,
                                         start_time=started)
         self.runs[idx] = run_id
+        if self.journal is not None:  # its record, if journaled, goes onto this run
+            self.journal.note({"kind": "run", "trial": idx, "run_id": run_id})
         self.open.add(run_id)
-        if trial.params:
-            self.tracker.log(run_id, params=trial.params)
+        params = self._params_of.pop(idx, None)
+        if params:
+            self.tracker.log(run_id, params=params)
             self._params.add(idx)
         return run_id
