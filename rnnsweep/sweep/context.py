@@ -18,7 +18,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -39,6 +39,11 @@ from rnnsweep.sweep.console import ConsoleSink
 from rnnsweep.sweep.interrupts import Interrupted
 from rnnsweep.sweep.sink import SweepSink, TrialInfo
 from rnnsweep.sweep.summary import finish_sweep
+
+if TYPE_CHECKING:
+    from rnnsweep.journal import Journal
+    from rnnsweep.sweep.recording import RecordingSink
+    from rnnsweep.tracking import Tracker
 
 log = logging.getLogger(__name__)
 
@@ -97,10 +102,10 @@ class SweepContext:
         # workload that picks the default metric); None: the default of the default.
         self.objective = objective
         self._parent_tags, self._parent_params = tags or {}, params or {}
-        self.tracker = None
+        self.tracker: Tracker | None = None
         self.parent: str | None = None
-        self.recording = None
-        self.journal = None
+        self.recording: RecordingSink | None = None
+        self.journal: Journal | None = None
         self.kept_records = False  # some records are in the journal, not the store
         self.terminal: SweepSink | None = None
         self.sinks = Sinks([self])
@@ -129,8 +134,10 @@ class SweepContext:
             overrides = list(OmegaConf.select(config, "hydra.overrides.task", default=[]) or [])
         overrides = [str(o) for o in overrides]
         ready = next((o.split("=", 1)[1] for o in overrides if o.startswith("+sweep=")), "")
-        params = OmegaConf.select(config, "hydra.sweeper.params", default=None)
-        params = OmegaConf.to_container(params) if params else {}
+        found = OmegaConf.select(config, "hydra.sweeper.params", default=None)
+        # A DictConfig's container is a dict (OmegaConf types it as any container).
+        params = cast(dict[str, Any], OmegaConf.to_container(found)) \
+            if isinstance(found, DictConfig) and found else {}
         # A ready sweep is named after its file; an ad-hoc one after its overrides.
         name = ready or " ".join(overrides) or "sweep"
         tags = {ROLE_TAG: SWEEP_ROLE, SWEEP_NAME_TAG: ready,
@@ -155,24 +162,24 @@ class SweepContext:
         from rnnsweep.sweep.recording import RecordingSink
         from rnnsweep.tracking import Tracker
 
-        self.tracker = Tracker(self.tracking.uri, self.tracking.experiment)
+        tracker = self.tracker = Tracker(self.tracking.uri, self.tracking.experiment)
         # Records an earlier sweep's store could not take, before the reaper judges its runs.
-        for line in journal.replay(self.tracker):
+        for line in journal.replay(tracker):
             print(f"rnnsweep: {line}", flush=True)
-        lease.reap_lost_sweeps(self.tracker)
+        lease.reap_lost_sweeps(tracker)
         if self.multirun:
-            self.parent = self.tracker.start_run(
+            parent = self.parent = tracker.start_run(
                 self.name, tags={**self._parent_tags, **lease.lease_tags()})
-            self.tracker.log(self.parent, params=self._parent_params)
-            self._heartbeat = lease.Heartbeat(self.tracker, self.parent)
+            tracker.log(parent, params=self._parent_params)
+            self._heartbeat = lease.Heartbeat(tracker, parent)
             _load_report()
-            print(f"rnnsweep: sweep '{self.name}' -> MLflow parent run {self.parent} "
-                  f"(experiment '{self.tracking.experiment}' at {self.tracker.uri})", flush=True)
-        self.journal = journal.Journal(self.tracker, {
+            print(f"rnnsweep: sweep '{self.name}' -> MLflow parent run {parent} "
+                  f"(experiment '{self.tracking.experiment}' at {tracker.uri})", flush=True)
+        self.journal = journal.Journal(tracker, {
             "parent": self.parent, "name": self.name, "tags": self._parent_tags,
             "params": self._parent_params, "started": self.started_at})
         self.recording = RecordingSink(
-            self.tracker, self.parent,
+            tracker, self.parent,
             int(OmegaConf.select(self.tracking, "live_queue", default=100_000)), self.journal)
         self.sinks.sinks += [self.recording, self.terminal]
 
@@ -273,10 +280,11 @@ class SweepContext:
             # disagree with the table above; these are the trials as this command saw them.
             print(f"rnnsweep: {self.n_finished}/{self.n_submitted} trials finished, "
                   f"{self.n_failed} failed (parent run {self.parent})", flush=True)
-        elif (_ran_to_end(error) or isinstance(error, interrupts.Lost)) and self.parent:
+        elif ((_ran_to_end(error) or isinstance(error, interrupts.Lost)) and self.parent
+              and self.tracker is not None):
             try:
                 with interrupts.raising():  # a signal may cut the report short
-                    self.summary = finish_sweep(self)
+                    self.summary = finish_sweep(self, self.tracker, self.parent)
             except Interrupted as exc:
                 error = exc
             except Exception as exc:  # noqa: BLE001 - the parent is closed below anyway
@@ -291,7 +299,7 @@ class SweepContext:
             if stopping is not None:
                 stopping.join()
             self._close_journal()
-            if self._watchdog is not None:
+            if self._watchdog is not None and self._watchdog.stdin is not None:
                 self._watchdog.stdin.close()  # Ray is down: the watchdog finds nothing
         interrupts.forget()
         if noted and not isinstance(error, Interrupted):
@@ -348,7 +356,7 @@ class SweepContext:
                 raise
             self.journal.failed(exc)
             return
-        if number is not None:
+        if self.journal is not None and number is not None:
             self.journal.done(number)
 
     def _stop_ray_in_background(self) -> threading.Thread | None:

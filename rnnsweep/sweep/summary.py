@@ -17,23 +17,21 @@ if TYPE_CHECKING:
 class EndedSweep(Protocol):
     """What the summary reads of the sweep that ended (its context)."""
 
-    tracker: Tracker
-    parent: str
     objective: DictConfig | None
     started_at: float
     limit_reason: str
     n_cut: int
 
 
-def finish_sweep(context: EndedSweep) -> dict[str, float]:
-    """Summarises the sweep's own children and the trials it reused from earlier sweeps
-    (a resumed sweep that reran nothing still describes every trial it stands for)."""
+def finish_sweep(context: EndedSweep, tracker: Tracker, parent: str) -> dict[str, float]:
+    """Summarises the sweep's own children (of ``parent``, in ``tracker``) and the trials
+    it reused from earlier sweeps (a resumed sweep that reran nothing still describes every
+    trial it stands for)."""
     # Imported here, not at module level: MLflow and matplotlib, which the sweep's modules
     # never load on import (the context loads the report when a sweep opens, where it can).
     from rnnsweep.report.build import write_report_safely
     from rnnsweep.report.reading import sweep_trials
 
-    tracker, parent = context.tracker, context.parent
     # Read once, a page at a time, as compact trials (a sweep's shared strings held
     # once), for the summary, the best trial and the report alike: an MLflow run held
     # whole is about 20 kB of objects (see Tracker.children).
