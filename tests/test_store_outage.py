@@ -8,7 +8,9 @@ summary agree, and the next command run there writes them.
 from __future__ import annotations
 
 import json
+import shutil
 import sqlite3
+import subprocess
 
 import pytest
 from conftest import Store, cli_paths, run_cli, start_cli, toy, wait_for
@@ -116,3 +118,44 @@ def test_a_store_deleted_under_a_sweep_is_written_again_by_the_next_command(
     (lost_parent,) = {r.data.tags["mlflow.parentRunId"] for r in lost}
     assert parents[lost_parent].info.status == "FINISHED"
     assert not list((tmp_path / DIRECTORY).glob("*.jsonl"))
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 1.4 MB tmpfs of its own (root only): the store's disk, nearly full from the start."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1400k", "tmpfs", str(mount)],
+                          capture_output=True, text=True)
+    if made.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {made.stderr.strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], capture_output=True)
+
+
+@pytest.mark.slow
+def test_a_full_disk_under_the_store_loses_no_record(_migrated_store, small_disk, tmp_path):
+    store = Store(small_disk / "mlflow.db")
+    shutil.copyfile(_migrated_store, store.path)  # about 1.2 MB of the 1.4
+    out_dir = tmp_path / "work"
+    out_dir.mkdir()
+    result = run_cli([*toy(), *SWEEP, *cli_paths(store, out_dir)], out_dir)
+    out = result.stdout + result.stderr
+    assert result.returncode == 1, out
+    last = _last_line(result.stdout)
+    assert str(store.path) in last and ("full" in last or "No space" in last), out
+    assert "Traceback" not in out, out
+    assert result.stdout.count("| OK") == 3, out
+    assert "3/3 trials finished, 0 failed" in result.stdout, out
+
+    # Room again (the disk grown), and the report writes what was kept.
+    subprocess.run(["mount", "-o", "remount,size=64m", str(small_disk)], check=True)
+    report = run_cli(["--experiment", "rnnsweep", "--tracking-uri", store.uri], out_dir,
+                     module="rnnsweep.report")
+    assert report.returncode == 0, report.stdout + report.stderr
+    children = _children(store)
+    assert sorted(r.data.params["seed"] for r in children) == ["0", "1", "2"]
+    assert {r.info.status for r in children} == {"FINISHED"}
+    assert not list((out_dir / DIRECTORY).glob("*.jsonl"))
