@@ -34,16 +34,14 @@ import numpy as np
 from mlflow.exceptions import MlflowException
 
 from rnnsweep import privacy
+from rnnsweep.contract import TIMED_METRICS
 from rnnsweep.record import NON_IDENTITY_PREFIXES
 from rnnsweep.report.axes import label, sweep_axes, values
 from rnnsweep.report.model import Trial
 from rnnsweep.report.reading import ReportError, locate_sweeps, sweep_trials
-from rnnsweep.report.text import one_line, plain
+from rnnsweep.text import one_line, plain
 from rnnsweep.tracking import Tracker
 
-# Timed metrics compared, lower is better.
-TIMED_METRICS = ("latency_ms", "latency_ms_fused", "latency_ms_loop", "step_time_ms",
-                 "stream_latency_ms_p50")
 # Keys that describe where a trial ran, not what it computed.
 ENVIRONMENT_PREFIXES = (*NON_IDENTITY_PREFIXES, "hardware.")
 # The band a pair with a noisy trial must leave: 3.0 means more than 4x slower or faster.

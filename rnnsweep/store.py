@@ -27,6 +27,7 @@ from rnnsweep.redaction import (
     connection_uri,
     redact,
 )
+from rnnsweep.text import first_line
 
 SERVER_TIMEOUT_S = 5.0
 AUTH_TIMEOUT_S = 60.0
@@ -393,5 +394,4 @@ def _can_make_dir_in(directory: Path) -> bool:
 
 
 def _reason(exc: Exception) -> str:
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    return redact(text)[:200]
+    return redact(first_line(str(exc), type(exc).__name__))[:200]

@@ -10,9 +10,19 @@ from mlflow.tracking import MlflowClient
 
 from rnnsweep import redaction
 from rnnsweep.config.errors import ConfigError
+from rnnsweep.contract import (
+    CPU_MODEL_TAG,
+    DEVICE_TAG,
+    NUM_THREADS_TAG,
+    OUTCOME_TAG,
+    REASON_TAG,
+    REUSED_TAG_PREFIX,
+    ROLE_TAG,
+    SWEEP_ROLE,
+)
 from rnnsweep.report.model import Trial
 from rnnsweep.store import check_uri
-from rnnsweep.tracking import REUSED_TAG_PREFIX, ROLE_TAG, Tracker, resolve_uri
+from rnnsweep.tracking import Tracker, resolve_uri
 
 
 class ReportError(Exception):
@@ -38,8 +48,8 @@ def sweep_trials(tracker: Tracker, parent) -> list[Trial]:
 
 def to_trial(run) -> Trial:
     tags = run.data.tags
-    return Trial(run_id=run.info.run_id, outcome=tags.get("rnnsweep.outcome") or run.info.status,
-                 reason=tags.get("rnnsweep.reason", ""), params=_interned(run.data.params),
+    return Trial(run_id=run.info.run_id, outcome=tags.get(OUTCOME_TAG) or run.info.status,
+                 reason=tags.get(REASON_TAG, ""), params=_interned(run.data.params),
                  metrics=_keys_interned(run.data.metrics), device=device_name(tags),
                  tags=_interned(tags), experiment_id=run.info.experiment_id,
                  status=run.info.status)
@@ -57,10 +67,10 @@ def _keys_interned(metrics: dict[str, float]) -> dict[str, float]:
 
 
 def device_name(tags: dict[str, str]) -> str:
-    name = tags.get("rnnsweep.device", "")
+    name = tags.get(DEVICE_TAG, "")
     if name == "cpu":
-        threads = tags.get("rnnsweep.num_threads")
-        return f"CPU {tags.get('rnnsweep.cpu_model', '')}".strip() + (
+        threads = tags.get(NUM_THREADS_TAG)
+        return f"CPU {tags.get(CPU_MODEL_TAG, '')}".strip() + (
             f" ({threads} thread{'' if threads == '1' else 's'})" if threads else "")
     return name
 
@@ -107,7 +117,7 @@ def locate_sweeps(uri: str, run_ids: list[str], experiment: str | None,
     found = client.get_experiment_by_name(experiment)
     if found is None:
         raise ReportError(f"no experiment {experiment!r} in {uri}")
-    latest = client.search_runs([found.experiment_id], f"tags.`{ROLE_TAG}` = 'sweep'",
+    latest = client.search_runs([found.experiment_id], f"tags.`{ROLE_TAG}` = '{SWEEP_ROLE}'",
                                 order_by=["attributes.start_time DESC"], max_results=count)
     if len(latest) < count:
         raise ReportError(f"experiment {experiment!r} has {len(latest)} sweep parent runs, "

@@ -32,6 +32,7 @@ from rnnsweep.adapters import ray_private
 from rnnsweep.sweep import interrupts
 from rnnsweep.sweep.resources import LOCAL_ONLY_RAY_ENV, Node, cluster_address
 from rnnsweep.sweep.shipping import ShippingError, check_nodes, runtime_env_for
+from rnnsweep.text import first_line
 
 log = logging.getLogger(__name__)
 
@@ -157,18 +158,13 @@ def connect_cluster(address: str, config: DictConfig | None) -> None:
                  configure_logging=False)
     except Exception as exc:  # Ray raises several types for a bad address
         raise LaunchError(f"cannot connect to the Ray cluster at {address}: "
-                          f"{_first_line(exc)}") from None
+                          f"{first_line(str(exc), type(exc).__name__)}") from None
     if runtime_env:
         try:
             check_nodes(runtime_env)
         except ShippingError as exc:
             ray.shutdown()
             raise LaunchError(str(exc)) from None
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def prewarm(workers: int) -> None:

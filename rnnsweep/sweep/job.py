@@ -57,7 +57,10 @@ def _run(cfg: DictConfig) -> TrialRecord:
     return run_trial(cfg)
 
 
-# After a single run's time limit, how long its trial has to stop before it is left.
+# After a stop request (a stopper's, a time limit's), how long a trial has to end on its
+# own, with its record. A single run's trial past it is left on its thread; a sweep's
+# (which has one live interval more, for its worker to ask) has its worker killed, and the
+# launcher records it from what it sent.
 STOP_GRACE_S = 5.0
 
 

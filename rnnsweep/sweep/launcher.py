@@ -4,9 +4,11 @@ Compose, submit, gather. Unlike the upstream Ray launcher, each trial asks for t
 resources of its own composed ``hardware`` config, a finished identical trial measured
 in the same environment is reused, and one failed or killed trial never takes the others
 down. What happens to each trial is told to the sweep's sinks (the MLflow store, the
-terminal), which write the runs and the lines. The launcher itself only reads the store,
-through the context's tracker (resume's finished trials, a reused trial's value), and
-prints only the one line of a launch refused before any trial starts.
+terminal), which write the runs and the lines. The launcher itself writes nothing to the
+store: it reads it through the context's tracker (resume's finished trials, a reused
+trial's value, a relayed trial's last checkpoint). It prints two things itself: the one
+line of a launch refused before any trial starts, and a line for each trial whose earlier
+run had noisy timings and so runs again.
 """
 
 from __future__ import annotations
@@ -48,7 +50,7 @@ from rnnsweep.sweep.cluster import LaunchError, out_of_memory, ray_session
 from rnnsweep.sweep.composer import Composer, job_config
 from rnnsweep.sweep.context import SweepContext
 from rnnsweep.sweep.interrupts import Interrupted
-from rnnsweep.sweep.job import SweepTask
+from rnnsweep.sweep.job import STOP_GRACE_S, SweepTask
 from rnnsweep.sweep.naming import trial_names
 from rnnsweep.sweep.resources import (
     InfeasibleRequest,
@@ -68,10 +70,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# After a stop request (a stopper's, a time limit's), how long a trial has to end on its
-# own, with its record, beyond one live interval (when its worker asks): past that, its
-# worker is killed and the driver records it from what it sent.
-STOP_GRACE_S = 5.0
 
 
 @dataclass
