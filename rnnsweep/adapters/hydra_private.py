@@ -10,6 +10,9 @@ names), each where no public API does the same.
   Hydra's basic sweeper does.
 - The composer applies a job's value overrides to a shared composition with Hydra's own
   override logic, and names the job's override dirname as Hydra does.
+- rnnsweep's sweeper (the launcher shim's) is Hydra's basic sweeper less its composition
+  of every job before launching: it extends ``BasicSweeper``, which only
+  ``hydra._internal`` holds.
 - The launcher reads a job's return value without raising (and printing) the error of a
   failed job, as ``JobReturn.return_value`` does.
 
