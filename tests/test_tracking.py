@@ -116,3 +116,27 @@ def test_a_long_command_line_fits_mlflows_run_name_column(mlflow_store):
     assert len(run.info.run_name) == tracking.MAX_RUN_NAME
     assert run.info.run_name.startswith("batch=1,2 batch") and run.info.run_name.endswith("…")
     assert run.data.tags["mlflow.runName"] == run.info.run_name
+
+
+def test_every_run_says_who_launched_it(mlflow_store):
+    """MLflow's client leaves ``mlflow.user`` unset (its fluent API fills it): on a team's
+    server the runs would all read ``unknown``."""
+    import getpass
+
+    tracker = Tracker(mlflow_store.uri, "rnnsweep")
+    parent = tracker.start_run("sweep")
+    child = tracker.start_run("trial", parent_run_id=parent)
+    for run_id in (parent, child):
+        assert tracker.client.get_run(run_id).data.tags["mlflow.user"] == getpass.getuser()
+
+
+def test_a_deleted_store_file_is_noticed_before_a_write_would_vanish(mlflow_store):
+    tracker = Tracker(mlflow_store.uri, "rnnsweep")
+    tracker.check_intact()
+    mlflow_store.path.unlink()
+    try:
+        tracker.check_intact()
+    except tracking.StoreLost as exc:
+        assert "deleted" in str(exc)
+    else:
+        raise AssertionError("a deleted store file went unnoticed")
