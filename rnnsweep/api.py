@@ -23,6 +23,8 @@ from typing import TYPE_CHECKING, NamedTuple
 from hydra.core.global_hydra import GlobalHydra
 
 from rnnsweep import cli, logs, privacy
+from rnnsweep.config.errors import ConfigError
+from rnnsweep.errors import Refused, RnnsweepError
 from rnnsweep.sweep import interrupts
 from rnnsweep.sweep.interrupts import Interrupted
 from rnnsweep.version import versions
@@ -35,16 +37,12 @@ __all__ = ["ConfigError", "SweepFailed", "SweepResult", "load", "sweep", "versio
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"  # the config's default, from the working dir
 
 
-class ConfigError(ValueError):
-    """The command was refused before anything started (the CLI's exit status 2)."""
-
-
 class SweepResult(NamedTuple):
     parent_run_id: str
     trials: pandas.DataFrame  # one row per trial, as ``python -m rnnsweep.report --csv``
 
 
-class SweepFailed(RuntimeError):
+class SweepFailed(RnnsweepError, RuntimeError):
     """A trial failed or was killed (the CLI's exit status 1); ``result`` holds the
     sweep's records all the same."""
 
@@ -72,7 +70,7 @@ def sweep(overrides: list[str], *, config_dir: str | os.PathLike | None = None,
         interrupts.install()
         try:
             context = cli.execute(args)
-        except cli.Refused as exc:
+        except Refused as exc:
             raise ConfigError(str(exc)) from None
         except Interrupted as exc:
             if exc.signum == signal.SIGINT:
@@ -85,8 +83,10 @@ def sweep(overrides: list[str], *, config_dir: str | os.PathLike | None = None,
             raise ConfigError("no sweep ran (a flag that shows things, such as --help)")
         result = SweepResult(context.parent, _table(context.tracker, context.parent))
     if check and context.exit_status:
+        kept = " (some records wait in the journal: the store failed)" if (
+            context.kept_records) else ""
         raise SweepFailed(f"{context.n_failed} trial(s) failed and {context.n_killed} were "
-                          f"killed in sweep {context.parent}", result)
+                          f"killed in sweep {context.parent}{kept}", result)
     return result
 
 

@@ -14,6 +14,7 @@ from rnnsweep import config, privacy, redaction
 from rnnsweep.config import command as cli_command
 from rnnsweep.config import sweeps
 from rnnsweep.config.errors import ConfigError
+from rnnsweep.errors import Refused
 from rnnsweep.preflight.checks import check_command, uses_ray_launcher
 from rnnsweep.preflight.validation import CheckedCommand
 from rnnsweep.sweep import interrupts
@@ -28,11 +29,6 @@ from rnnsweep.sweep.resources import (
     plan,
 )
 from rnnsweep.version import versions
-
-
-class Refused(ValueError):
-    """The command is refused before anything starts: one line, exit status 2 (the
-    Python API raises it as it is)."""
 
 
 def run(args: list[str]) -> int:

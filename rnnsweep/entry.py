@@ -10,6 +10,7 @@ from __future__ import annotations
 import sys
 
 from rnnsweep import heap, logs, privacy
+from rnnsweep.errors import RnnsweepError
 from rnnsweep.sweep import interrupts
 from rnnsweep.sweep.interrupts import Interrupted
 
@@ -37,6 +38,6 @@ def _run(args: list[str]) -> int:
 
     try:
         return cli.run(args)
-    except cli.Refused as exc:
+    except RnnsweepError as exc:  # the exit status follows from the class
         print(f"rnnsweep: error: {exc}", file=sys.stderr)
-        return 2
+        return exc.exit_status

@@ -40,7 +40,7 @@ HEAVY = ("torch", "ray", "mlflow", "hydra", "omegaconf", "matplotlib", "numpy", 
 # Lowest first. A name stands for the module or package and everything under it.
 LAYERS = (
     ("base", ("rnnsweep.contract", "rnnsweep.text", "rnnsweep.heap", "rnnsweep.logs",
-              "rnnsweep.version", "rnnsweep.record")),
+              "rnnsweep.version", "rnnsweep.record", "rnnsweep.errors")),
     # Hydra's and Ray's private APIs, behind one door: they import nothing of rnnsweep.
     ("the libraries' internals", ("rnnsweep.adapters",)),
     ("configuration", ("rnnsweep.config",)),

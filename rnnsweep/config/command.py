@@ -18,6 +18,7 @@ from hydra.types import TaskFunction
 
 from rnnsweep.adapters import hydra_private
 from rnnsweep.config.schema import conf_dir
+from rnnsweep.errors import Refused
 
 VERSION_BASE = "1.3"
 # The module that holds the task function: Hydra names the job after it.
@@ -26,7 +27,7 @@ DEFAULT_CONFIG_NAME = "config"
 SHELL_COMPLETION_COMMANDS = ("install", "uninstall", "query")
 
 
-class CommandError(ValueError):
+class CommandError(Refused):
     """A one-line, user-facing error about the command line itself."""
 
 

@@ -1,5 +1,7 @@
 """The one error type of up-front checks: its message is the whole user-facing line."""
 
+from rnnsweep.errors import Refused
 
-class ConfigError(ValueError):
+
+class ConfigError(Refused):
     """A one-line, user-facing configuration error."""

@@ -20,12 +20,13 @@ from rnnsweep.contract import (
     ROLE_TAG,
     SWEEP_ROLE,
 )
+from rnnsweep.errors import Refused
 from rnnsweep.report.model import Trial
 from rnnsweep.store import check_uri
 from rnnsweep.tracking import Tracker, resolve_uri
 
 
-class ReportError(Exception):
+class ReportError(Refused):
     """A one-line, user-facing reason why no report can be built."""
 
 

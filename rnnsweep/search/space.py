@@ -26,10 +26,11 @@ from optuna.distributions import (
     IntDistribution,
 )
 
+from rnnsweep.errors import Refused
 from rnnsweep.text import first_line
 
 
-class SpaceError(ValueError):
+class SpaceError(Refused):
     """A sweep override the search space cannot hold; one line naming it."""
 
 

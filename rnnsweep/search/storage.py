@@ -10,6 +10,7 @@ import socket
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from rnnsweep.errors import Refused
 from rnnsweep.redaction import redact
 
 if TYPE_CHECKING:
@@ -24,7 +25,7 @@ DUPLICATE_ATTR = "rnnsweep.duplicate_of"  # the trial number whose outcome it wa
 LOST_ATTR = "rnnsweep.lost"  # why it was marked FAIL: its driver died
 
 
-class StorageError(ValueError):
+class StorageError(Refused):
     """A storage that cannot be opened; one line, its credentials hidden."""
 
 

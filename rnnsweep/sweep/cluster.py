@@ -29,6 +29,7 @@ from omegaconf import DictConfig
 
 from rnnsweep import privacy
 from rnnsweep.adapters import ray_private
+from rnnsweep.errors import Refused
 from rnnsweep.sweep import interrupts
 from rnnsweep.sweep.resources import LOCAL_ONLY_RAY_ENV, Node, cluster_address
 from rnnsweep.sweep.shipping import ShippingError, check_nodes, runtime_env_for
@@ -37,7 +38,7 @@ from rnnsweep.text import first_line
 log = logging.getLogger(__name__)
 
 
-class LaunchError(RuntimeError):
+class LaunchError(Refused):
     pass
 
 

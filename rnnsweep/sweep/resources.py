@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from omegaconf import DictConfig, OmegaConf
 
 from rnnsweep.contract import RAY_GPU_COTENANTS_TAG, RAY_GPU_IDS_TAG, RAY_GPU_SHARED_TAG, to_tag
+from rnnsweep.errors import Refused
 
 # Ray's local-only mode (read when ray is imported) keeps an embedded Ray on loopback.
 LOCAL_ONLY_RAY_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
@@ -23,7 +24,7 @@ def cluster_address(config: DictConfig) -> str | None:
     return OmegaConf.select(config, "ray.address") or os.environ.get("RAY_ADDRESS") or None
 
 
-class InfeasibleRequest(ValueError):
+class InfeasibleRequest(Refused):
     pass
 
 

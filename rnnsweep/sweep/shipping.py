@@ -25,6 +25,8 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from rnnsweep.errors import Refused
+
 # Set by Ray's job manager in a submitted job's driver: the job's own runtime_env.
 JOB_CONFIG_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"
 # Never worth uploading from a working directory: stores, outputs, environments, VCS.
@@ -42,7 +44,7 @@ LAUNCHER_SHIM = "hydra_plugins.rnnsweep_launcher"
 TRIAL_MODULES = (f"{LAUNCHER_SHIM}.rnnsweep_launcher", "rnnsweep.sweep.worker")
 
 
-class ShippingError(ValueError):
+class ShippingError(Refused):
     """A one-line, user-facing error about what should travel to the cluster."""
 
 
