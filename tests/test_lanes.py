@@ -72,3 +72,21 @@ def test_close_gives_up_after_its_timeout_and_drops_the_rest():
     gate.set()
     time.sleep(0.2)
     assert written == []
+
+
+def test_a_store_slower_than_the_trials_holds_the_driver_back_instead_of_queueing_all():
+    lanes = Lanes(workers=1, capacity=10, backlog=2)
+    gate = threading.Event()
+    lanes.submit(0, Write(lambda: gate.wait(5)))  # running
+    lanes.submit(1, Write(lambda: None))  # queued: the backlog is full
+    waited = threading.Event()
+
+    def third() -> None:
+        lanes.submit(2, Write(lambda: None))
+        waited.set()
+
+    threading.Thread(target=third, daemon=True).start()
+    assert not waited.wait(0.3)  # submit waits for room
+    gate.set()
+    assert waited.wait(5)
+    assert lanes.close(timeout=5)

@@ -9,8 +9,9 @@ the whole cost of a trial (0.43 s a trial into a PostgreSQL-backed server, issue
 
 Writes that carry values (``size``, a running trial's per-step values) are bounded: past
 ``capacity`` values queued, the oldest such write is dropped and told so, since its
-trial's final record fills in what it held. A slow store costs live values, never the
-driver's memory.
+trial's final record fills in what it held. Other writes (runs, records) are never
+dropped: past ``backlog`` of them queued, ``submit`` waits for room, so a store slower
+than the trials slows the sweep down rather than filling the driver's memory.
 """
 
 from __future__ import annotations
@@ -34,8 +35,10 @@ class Write:
 
 
 class Lanes:
-    def __init__(self, workers: int, capacity: int, name: str = "rnnsweep-writer") -> None:
-        self.capacity = capacity
+    def __init__(self, workers: int, capacity: int, backlog: int = 64,
+                 name: str = "rnnsweep-writer") -> None:
+        self.capacity, self.backlog = capacity, backlog
+        self._unsized = 0  # writes without values, queued or running
         # A key is in _lanes while it has writes queued or one running; in _ready while it
         # has writes queued and none running (one write of a key at a time).
         self._lanes: dict[Hashable, collections.deque[Write]] = {}
@@ -53,6 +56,9 @@ class Lanes:
     def submit(self, key: Hashable, write: Write) -> None:
         dropped: list[Write] = []
         with self._cond:
+            if not write.size:
+                self._cond.wait_for(lambda: self._unsized < self.backlog or self._closed)
+                self._unsized += 1
             if write.size:
                 while self._sized and self._values + write.size > self.capacity:
                     old_key, old = self._sized.popleft()
@@ -87,6 +93,7 @@ class Lanes:
         if not done:
             with self._cond:  # the workers stop after their current write
                 for lane in self._lanes.values():
+                    self._unsized -= sum(not w.size for w in lane)
                     lane.clear()
                 self._ready.clear()
                 self._sized.clear()
@@ -125,6 +132,8 @@ class Lanes:
                 _tell(write, exc)
             with self._cond:
                 self._busy.discard(key)
+                if not write.size:
+                    self._unsized -= 1
                 if self._lanes[key]:
                     self._ready.append(key)
                 else:

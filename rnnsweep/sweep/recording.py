@@ -40,6 +40,9 @@ DRAIN_WAIT_S = 60.0
 # Writer threads against a server or a database server: each write is a round trip, and
 # the server takes several at once. A SQLite file takes one writer at a time.
 SERVER_WRITERS = 4
+# Runs and records queued per writer before the driver waits for the store: a few seconds
+# of writing, kept off the trials' path, without a backlog that outgrows the sweep's end.
+RECORDS_QUEUED = 32
 
 
 @dataclass
@@ -84,8 +87,8 @@ class RecordingSink:
         self._ended: set[int] = set()
         self._params: set[int] = set()  # trials whose params were logged with their run
         self._params_of: dict[int, dict[str, str]] = {}
-        self.lanes = Lanes(1 if tracker.uri.startswith("sqlite:") else SERVER_WRITERS,
-                           live_queue)
+        writers = 1 if tracker.uri.startswith("sqlite:") else SERVER_WRITERS
+        self.lanes = Lanes(writers, live_queue, backlog=RECORDS_QUEUED * writers)
 
     def submitted(self, trials: Sequence[TrialInfo]) -> None:
         for trial in trials:
