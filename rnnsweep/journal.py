@@ -95,6 +95,10 @@ class Journal:
             log.warning("the store %s failed (%s): the sweep's records are kept in %s till "
                         "it takes them", self.tracker.uri, self.cause, self.path)
 
+    def pending_trials(self) -> set[int]:
+        with self._lock:
+            return {e["trial"] for e in self.pending.values() if "trial" in e}
+
     def counts(self) -> dict[str, int]:
         """Pending entries by kind (record, fail, end)."""
         with self._lock:

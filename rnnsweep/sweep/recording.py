@@ -83,7 +83,8 @@ class RecordingSink:
         self.waiting: dict[int, TrialInfo] = {}  # submitted, not started: no run yet
         self.live_state: dict[int, _Live] = {}
         self._started: set[int] = set()
-        self._made: dict[int, tuple[str, dict[str, str], float | None]] = {}  # how to make each run
+        # How each trial's run is made (name, tags, start), till its end is written.
+        self._made: dict[int, tuple[str, dict[str, str], float | None]] = {}
         self._ended: set[int] = set()
         self._params: set[int] = set()  # trials whose params were logged with their run
         self._params_of: dict[int, dict[str, str]] = {}
@@ -199,6 +200,7 @@ class RecordingSink:
                 if number is not None and self.journal is not None:
                     self.journal.done(number)
             self.open.discard(run_id)
+            self._made.pop(idx, None)  # held per trial only while its run may be made
 
         self._write(idx, run)
 
@@ -212,9 +214,12 @@ class RecordingSink:
                         DRAIN_WAIT_S)
 
     def close_open_runs(self, reason: str, status: str) -> int:
-        """Closes every run that never got its record; returns how many."""
+        """Closes every run that never got its record; returns how many. A run whose end
+        waits in the journal is left to it (the next command writes its record)."""
         closed = 0
-        for run_id in sorted(self.open):
+        kept = set() if self.journal is None else {
+            self.runs.get(trial) for trial in self.journal.pending_trials()}
+        for run_id in sorted(self.open - kept):
             try:
                 self.tracker.fail_run(run_id, reason, status=status)
                 closed += 1
