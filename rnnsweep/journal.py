@@ -20,6 +20,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import fcntl
+import itertools
 import json
 import logging
 import os
@@ -40,6 +41,7 @@ log = logging.getLogger(__name__)
 
 DIRECTORY = ".rnnsweep-journal"
 SUFFIX = ".jsonl"
+_SEQUENCE = itertools.count()  # several sweeps in one process (the API) get a file each
 
 
 class Journal:
@@ -52,7 +54,7 @@ class Journal:
         self.tracker = tracker
         self.directory = directory or Path.cwd() / DIRECTORY
         stamp = time.strftime("%Y%m%d-%H%M%S")
-        self.path = self.directory / f"{stamp}-{os.getpid()}{SUFFIX}"
+        self.path = self.directory / f"{stamp}-{os.getpid()}-{next(_SEQUENCE)}{SUFFIX}"
         self._header = {"kind": "sweep", "store": tracker.uri,
                         "experiment": tracker.experiment, **sweep}
         self._lock = threading.Lock()
@@ -63,6 +65,7 @@ class Journal:
         self._runs: dict[int, str] = {}  # trial -> its run, for a retry
         self.cause = ""  # the first reason a write failed
         self.lost = False  # the store's file went away under the sweep
+        self.broken = False  # the journal itself could not be written
 
     def add(self, entry: dict[str, Any]) -> int:
         with self._lock:
@@ -87,11 +90,14 @@ class Journal:
     def failed(self, error: BaseException | None) -> None:
         """A write of the store's failed: its entry stays pending. The first cause is
         said once now, and named again by the sweep's last line."""
-        if isinstance(error, StoreLost) and not self.lost:
-            self.lost = True
-            self.cause = ""  # what failed before was this, in other words
-        if not self.cause:
-            self.cause = text.first_line(str(error)) if error else "unknown"
+        with self._lock:  # writer threads fail at once
+            if isinstance(error, StoreLost) and not self.lost:
+                self.lost = True
+                self.cause = ""  # what failed before was this, in other words
+            first = not self.cause
+            if first:
+                self.cause = text.first_line(str(error)) if error else "unknown"
+        if first:
             log.warning("the store %s failed (%s): the sweep's records are kept in %s till "
                         "it takes them", self.tracker.uri, self.cause, self.path)
 
@@ -131,7 +137,7 @@ class Journal:
             self._closed = True
             self._file.close()
             self._file = None
-            if self.pending or self.lost:
+            if (self.pending or self.lost) and not self.broken:
                 return True
             self.path.unlink(missing_ok=True)
             with contextlib.suppress(OSError):  # the last journal here: no empty folder left
@@ -139,17 +145,39 @@ class Journal:
             return False
 
     def _append(self, entry: dict[str, Any]) -> None:
-        if self._closed:
+        if self._closed or self.broken:
             return
-        if self._file is None:
-            self.directory.mkdir(parents=True, exist_ok=True)
-            self._file = self.path.open("a", encoding="utf-8")
-            # Held while the sweep runs: another command here never replays a journal
-            # whose sweep is still writing it.
-            fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            self._file.write(json.dumps(self._header, separators=(",", ":")) + "\n")
-        self._file.write(json.dumps(entry, separators=(",", ":")) + "\n")
-        self._file.flush()
+        try:
+            if self._file is None:
+                self.directory.mkdir(parents=True, exist_ok=True)
+                opened = self.path.open("x", encoding="utf-8")
+                # Held while the sweep runs: another command here never replays a journal
+                # whose sweep is still writing it.
+                fcntl.flock(opened, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                _write_line(opened, self._header)
+                self._file = opened
+            _write_line(self._file, entry)
+        except OSError as exc:
+            # A journal that cannot be written (a read-only or full working directory)
+            # must not cost the record itself: the store write goes on without it.
+            self.broken = True
+            log.warning("the journal %s cannot be written (%s): records the store does not "
+                        "take would be lost", self.path, text.first_line(str(exc)))
+
+
+def _write_line(file: IO[str], entry: dict[str, Any]) -> None:
+    """One write of the whole line: a process killed mid-entry leaves at most that entry
+    torn, which the replay skips."""
+    file.write(json.dumps(entry, separators=(",", ":")) + "\n")
+    file.flush()
+
+
+def _entries(raw: str) -> list[dict[str, Any]]:
+    entries = []
+    for line in raw.splitlines():
+        with contextlib.suppress(ValueError):  # a line torn by a kill or a full disk
+            entries.append(json.loads(line))
+    return entries
 
 
 def record_entry(record: TrialRecord) -> dict[str, Any]:
@@ -175,23 +203,28 @@ def replay(tracker: Tracker, directory: Path | None = None) -> list[str]:
     lines = []
     for path in sorted(directory.glob(f"*{SUFFIX}")) if directory.is_dir() else ():
         try:
-            entries = [json.loads(line) for line in path.read_text().splitlines() if line]
-        except (OSError, ValueError) as exc:
-            lines.append(f"journal {path} could not be read: {text.first_line(str(exc))}")
+            # Never created here (another command may just have written and deleted it),
+            # read only under its lock, and deleted before the lock goes.
+            descriptor = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CLOEXEC)
+        except OSError:
             continue
-        if not entries or entries[0].get("store") != tracker.uri:
-            continue  # another store's
-        try:
-            with path.open("a", encoding="utf-8") as held:
+        with os.fdopen(descriptor, "r+", encoding="utf-8") as held:
+            try:
                 fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                continue  # its sweep is still running, or another command replays it
+            if os.fstat(held.fileno()).st_nlink == 0:
+                continue  # written and deleted meanwhile
+            entries = _entries(held.read())
+            if not entries or entries[0].get("store") != tracker.uri:
+                continue  # another store's
+            try:
                 written = _replay(tracker, held, entries)
-        except BlockingIOError:
-            continue  # its sweep is still running
-        except Exception as exc:  # noqa: BLE001 - kept for the next command
-            lines.append(f"the records kept in {path} could not be written to "
-                         f"{tracker.uri} yet ({text.first_line(str(exc))}); they stay there")
-            continue
-        path.unlink(missing_ok=True)
+            except Exception as exc:  # noqa: BLE001 - kept for the next command
+                lines.append(f"the records kept in {path} could not be written to "
+                             f"{tracker.uri} yet ({text.first_line(str(exc))}); they stay")
+                continue
+            path.unlink(missing_ok=True)
         with contextlib.suppress(OSError):
             directory.rmdir()
         lines.append(f"wrote {written} record(s) of an earlier sweep that its store could "
@@ -204,7 +237,8 @@ def _replay(tracker: Tracker, out: IO[str] | Journal, entries: list[dict[str, An
     lost = [i for i, e in enumerate(body) if e.get("kind") == "lost"]
     after_loss = body[lost[-1] + 1:] if lost else body
     done = {e["n"] for e in after_loss if e.get("kind") == "done"}
-    made = {} if lost else {e["trial"]: e["run_id"] for e in body if e.get("kind") == "run"}
+    made = {e["trial"]: e["run_id"] for e in after_loss if e.get("kind") == "run"}
+    parents = {e["old"]: e["run_id"] for e in after_loss if e.get("kind") == "parent"}
     todo = [e for e in body if e.get("kind") in ("record", "fail", "end") and e["n"] not in done]
     if not todo:
         return 0
@@ -212,7 +246,12 @@ def _replay(tracker: Tracker, out: IO[str] | Journal, entries: list[dict[str, An
     found = client.get_experiment_by_name(header["experiment"])
     experiment_id = (found.experiment_id if found
                      else client.create_experiment(header["experiment"]))
-    parents: dict[str, str] = {}
+
+    def note(entry: dict[str, Any]) -> None:  # a run this replay made, for the next one
+        if isinstance(out, Journal):
+            out.note(entry)
+        else:
+            _write_line(out, entry)
 
     def parent() -> str | None:
         old = header.get("parent")
@@ -224,6 +263,7 @@ def _replay(tracker: Tracker, out: IO[str] | Journal, entries: list[dict[str, An
                 parents[old] = tracker.start_run(
                     header.get("name", "sweep"), tags=header.get("tags", {}),
                     start_time=header.get("started"), experiment_id=experiment_id)
+                note({"kind": "parent", "old": old, "run_id": parents[old]})
                 tracker.log(parents[old], params=header.get("params", {}))
         return parents[old]
 
@@ -238,11 +278,14 @@ def _replay(tracker: Tracker, out: IO[str] | Journal, entries: list[dict[str, An
                                            start_time=entry.get("started"),
                                            experiment_id=experiment_id)
                 made[entry["trial"]] = run_id
+                note({"kind": "run", "trial": entry["trial"], "run_id": run_id})
             assert run_id is not None
             if kind == "record":
                 record = _record(entry["record"])
-                # Onto the run it was made for, only what that run lacks of its series.
-                tracker.write_record(run_id, record, with_params=not existed,
+                # Onto the run it was made for, only what that run lacks of its series;
+                # params again even there (the same values are accepted, and its making
+                # may have failed before they were logged).
+                tracker.write_record(run_id, record, with_params=True,
                                      logged=_in_store(tracker, run_id, record)
                                      if existed else None)
             else:
@@ -257,8 +300,7 @@ def _replay(tracker: Tracker, out: IO[str] | Journal, entries: list[dict[str, An
         if isinstance(out, Journal):
             out.done(entry["n"])
         else:
-            out.write(json.dumps({"kind": "done", "n": entry["n"]}) + "\n")
-            out.flush()
+            _write_line(out, {"kind": "done", "n": entry["n"]})
     return sum(e["kind"] in ("record", "fail") for e in todo)
 
 

@@ -90,3 +90,14 @@ def test_a_store_slower_than_the_trials_holds_the_driver_back_instead_of_queuein
     gate.set()
     assert waited.wait(5)
     assert lanes.close(timeout=5)
+
+
+def test_inline_writes_run_on_the_callers_thread_after_their_keys_queued_values():
+    lanes = Lanes(workers=1, capacity=100, inline=True)
+    gate = threading.Event()
+    order: list[str] = []
+    lanes.submit("a", Write(lambda: (gate.wait(5), order.append("live a")), size=1))
+    threading.Timer(0.2, gate.set).start()
+    lanes.submit("a", Write(lambda: order.append(f"record a on {threading.current_thread().name}")))
+    assert order == ["live a", f"record a on {threading.current_thread().name}"]
+    assert lanes.close(timeout=5)

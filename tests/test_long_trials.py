@@ -458,7 +458,9 @@ def test_a_single_run_has_its_trials_duration_and_time_limit(mlflow_store, tmp_p
 def test_a_locked_store_drops_live_values_but_loses_no_step(mlflow_store, tmp_path):
     import sqlite3
 
-    steps = 600
+    # Long enough that several live batches come while the store is held (on a quiet
+    # machine this model trains 600 steps in about two seconds).
+    steps = 5000
     proc = start_cli([*LONG, f"steps={steps}", "seed=5", "tracking.live_queue=40",
                       *cli_paths(mlflow_store, tmp_path)], tmp_path, merge_output=True)
     try:

@@ -16,6 +16,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from mlflow.exceptions import MlflowException
 from omegaconf import OmegaConf
 
 from rnnsweep import contract
@@ -24,6 +25,7 @@ from rnnsweep.redaction import redact
 from rnnsweep.search import checks, choices, duplicates, space, storage
 from rnnsweep.search.pruning import PrunerStopper
 from rnnsweep.sweep import objective
+from rnnsweep.text import first_line
 
 log = logging.getLogger(__name__)
 
@@ -182,7 +184,12 @@ class _Sweep:
     def _metric_of(self, run_id: str | None, metric: str) -> float:
         if run_id is None or self.context is None or self.context.tracker is None:
             return math.nan
-        found = self.context.tracker.client.get_run(run_id).data.metrics.get(metric)
+        try:
+            found = self.context.tracker.client.get_run(run_id).data.metrics.get(metric)
+        except MlflowException as exc:  # the store failed: the record waits in the journal
+            log.warning("%s of run %s could not be read: %s", metric, run_id,
+                        first_line(str(exc)))
+            return math.nan
         return float(found) if found is not None else math.nan
 
     def _record_on_parent(self) -> None:

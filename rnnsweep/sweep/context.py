@@ -272,8 +272,11 @@ class SweepContext:
         except Interrupted as exc:
             error = exc
         stopping = self._stop_ray_in_background()
-        if self.journal is not None:
-            self.journal.retry()  # a store that failed mid-sweep may be back by now
+        if self.journal is not None and self.recording is not None and (
+                not self.recording.timed_out):
+            # A store that failed mid-sweep may be back by now. Not while a write may
+            # still be running: it would be written twice.
+            self.journal.retry()
         if _ran_to_end(error) and self.parent and self.journal is not None and (
                 self.journal.pending or self.journal.lost):
             # The store lacks some of the sweep's records: a summary read from it would
@@ -318,9 +321,12 @@ class SweepContext:
                 ("record", "trial record(s)"), ("fail", "cancelled trial(s)"),
                 ("end", "the sweep's end")) if counts.get(kind)]
             what = "the sweep's records" if self.journal.lost else ", ".join(kept)
+            # A deleted store's sweep goes into the new one a sweep makes; the report only
+            # reads a store that exists.
+            who = ("the next sweep run here" if self.journal.lost else
+                   "the next rnnsweep command run here (or python -m rnnsweep.report)")
             print(f"rnnsweep: the store {self.tracker.uri} failed ({cause}): {what} kept in "
-                  f"{self.journal.path}; the next rnnsweep command run here (or python -m "
-                  "rnnsweep.report) writes them", flush=True)
+                  f"{self.journal.path}; {who} writes them", flush=True)
 
     def _close_runs(self, error: BaseException | None) -> None:
         if self.tracker is None:

@@ -36,8 +36,10 @@ class Write:
 
 class Lanes:
     def __init__(self, workers: int, capacity: int, backlog: int = 64,
-                 name: str = "rnnsweep-writer") -> None:
-        self.capacity, self.backlog = capacity, backlog
+                 name: str = "rnnsweep-writer", inline: bool = False) -> None:
+        """``inline``: writes without values run on the caller's thread (after what
+        their key has queued); only values go to the one writer thread."""
+        self.capacity, self.backlog, self.inline = capacity, backlog, inline
         self._unsized = 0  # writes without values, queued or running
         # A key is in _lanes while it has writes queued or one running; in _ready while it
         # has writes queued and none running (one write of a key at a time).
@@ -54,6 +56,16 @@ class Lanes:
             thread.start()
 
     def submit(self, key: Hashable, write: Write) -> None:
+        if self.inline and not write.size:
+            # On the caller's thread, after the key's queued values: one writer at a time
+            # is all a SQLite file takes, and a thread of its own only adds hand-offs.
+            self.drain(key)
+            try:
+                write.run()
+            except Exception as exc:  # noqa: BLE001 - as on a writer thread
+                log.debug("a store write failed: %s", exc)
+                _tell(write, exc)
+            return
         dropped: list[Write] = []
         with self._cond:
             if not write.size:
@@ -91,13 +103,20 @@ class Lanes:
             self._cond.notify_all()
         done = self.drain(timeout=timeout)
         if not done:
+            dropped: list[Write] = []
             with self._cond:  # the workers stop after their current write
-                for lane in self._lanes.values():
-                    self._unsized -= sum(not w.size for w in lane)
-                    lane.clear()
+                for key in list(self._lanes):
+                    dropped += self._lanes[key]
+                    self._lanes[key].clear()
+                    if key not in self._busy:
+                        del self._lanes[key]
+                self._unsized = sum(1 for key in self._busy)
                 self._ready.clear()
                 self._sized.clear()
+                self._values = 0
                 self._cond.notify_all()
+            for write in dropped:
+                _tell(write, TimeoutError(f"not written within {timeout:.0f} s of the end"))
         return done
 
     @property

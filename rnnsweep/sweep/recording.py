@@ -14,6 +14,8 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from mlflow.exceptions import MlflowException
+
 from rnnsweep import contract
 from rnnsweep.contract import (
     KILLED,
@@ -88,14 +90,18 @@ class RecordingSink:
         self._ended: set[int] = set()
         self._params: set[int] = set()  # trials whose params were logged with their run
         self._params_of: dict[int, dict[str, str]] = {}
-        writers = 1 if tracker.uri.startswith("sqlite:") else SERVER_WRITERS
-        self.lanes = Lanes(writers, live_queue, backlog=RECORDS_QUEUED * writers)
+        self.timed_out = False  # writes were still running when the sweep ended
+        local = tracker.uri.startswith("sqlite:")
+        writers = 1 if local else SERVER_WRITERS
+        self.lanes = Lanes(writers, live_queue, backlog=RECORDS_QUEUED * writers, inline=local)
 
     def submitted(self, trials: Sequence[TrialInfo]) -> None:
         for trial in trials:
             self.waiting[trial.idx] = trial
 
     def started(self, idx: int, info: dict | None = None) -> None:
+        if idx in self._ended:  # a start heard after its end (a lost worker's last word)
+            return
         info = info or {}
         attempt = int(info.get("attempt", 0))
         if idx in self._started:  # a retry of a trial whose worker died
@@ -209,7 +215,8 @@ class RecordingSink:
         return self.lanes.drain(timeout=timeout)
 
     def ended(self) -> None:
-        if not self.lanes.close(timeout=DRAIN_WAIT_S):
+        self.timed_out = not self.lanes.close(timeout=DRAIN_WAIT_S)
+        if self.timed_out:
             log.warning("the store took over %.0f s to write the sweep's last records",
                         DRAIN_WAIT_S)
 
@@ -234,7 +241,7 @@ class RecordingSink:
     def _write(self, idx: int, run: Callable[[], object],
                failed: Callable[[BaseException | None], object] | None = None) -> None:
         def warn(exc: BaseException | None) -> None:
-            if self.journal is not None and exc is not None:
+            if self.journal is not None and isinstance(exc, (MlflowException, OSError)):
                 # Said once for the sweep; the trial's record waits in the journal.
                 self.journal.failed(exc)
                 log.info("trial %s: a store write failed: %s", idx, exc)
