@@ -24,7 +24,7 @@ from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME, MLFLOW_USER
 
 from rnnsweep import contract
-from rnnsweep.contract import (  # noqa: F401  (REUSED_TAG_PREFIX: read by report.reading)
+from rnnsweep.contract import (
     CONFIG_HASH_TAG,
     FINGERPRINT_TAG,
     NOISY_TAG,
@@ -32,10 +32,8 @@ from rnnsweep.contract import (  # noqa: F401  (REUSED_TAG_PREFIX: read by repor
     OUTCOME_TAG,
     RAY_EXCLUSIVE_TAG,
     REASON_TAG,
-    REUSED_TAG_PREFIX,
     ROLE_TAG,
     SWEEP_ROLE,
-    SWEEP_TAG,
     from_tag,
 )
 from rnnsweep.record import TrialRecord
@@ -137,11 +135,14 @@ class Tracker:
             run_id, record.status,
             end_time=None if record.finished_at is None else int(record.finished_at * 1000))
 
-    def log_steps(self, run_id: str, rows: Iterable[tuple[int, dict[str, float]]]) -> None:
-        """A running trial's per-step values, as few requests as MLflow allows."""
+    def log_steps(self, run_id: str, rows: Iterable[tuple[int, dict[str, float]]],
+                  params: dict[str, str] | None = None) -> None:
+        """A running trial's per-step values (and ``params``, with its first), as few
+        requests as MLflow allows."""
         now = int(time.time() * 1000)
-        self.log(run_id, metrics=[Metric(name, value, now, step) for step, values in rows
-                                  for name, value in values.items()])
+        self.log(run_id, params=params,
+                 metrics=[Metric(name, value, now, step) for step, values in rows
+                          for name, value in values.items()])
 
     def log(self, run_id: str, params: dict[str, str] | None = None,
             tags: dict[str, str] | None = None, metrics: Iterable[Metric] = ()) -> None:

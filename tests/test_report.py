@@ -247,8 +247,8 @@ def test_cli_unknown_run_id_is_a_one_line_error_and_exit_2(sweeps):
 from recorded import record_sweep  # noqa: E402
 
 from rnnsweep import text  # noqa: E402
+from rnnsweep.contract import REUSED_TAG_PREFIX  # noqa: E402
 from rnnsweep.report import sections  # noqa: E402
-from rnnsweep.tracking import REUSED_TAG_PREFIX  # noqa: E402
 
 
 @pytest.fixture

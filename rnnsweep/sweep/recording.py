@@ -88,7 +88,7 @@ class RecordingSink:
         # How each trial's run is made (name, tags, start), till its end is written.
         self._made: dict[int, tuple[str, dict[str, str], float | None]] = {}
         self._ended: set[int] = set()
-        self._params: set[int] = set()  # trials whose params were logged with their run
+        self._params: set[int] = set()  # trials whose params are on their run already
         self._params_of: dict[int, dict[str, str]] = {}
         self.timed_out = False  # writes were still running when the sweep ended
         local = tracker.uri.startswith("sqlite:")
@@ -130,7 +130,7 @@ class RecordingSink:
                     state.last[name] = step
         if fresh:
             size = sum(len(values) for _, values in fresh)
-            self.lanes.submit(idx, Write(lambda: self.tracker.log_steps(self.runs[idx], fresh),
+            self.lanes.submit(idx, Write(lambda: self._log_steps(idx, fresh),
                                          failed=lambda _: _drop(state, fresh), size=size))
 
     def checkpoint(self, idx: int, data: bytes) -> None:
@@ -207,6 +207,7 @@ class RecordingSink:
                     self.journal.done(number)
             self.open.discard(run_id)
             self._made.pop(idx, None)  # held per trial only while its run may be made
+            self._params_of.pop(idx, None)
 
         self._write(idx, run)
 
@@ -269,8 +270,18 @@ class RecordingSink:
         if self.journal is not None:  # its record, if journaled, goes onto this run
             self.journal.note({"kind": "run", "trial": idx, "run_id": run_id})
         self.open.add(run_id)
-        params = self._params_of.pop(idx, None)
-        if params:
-            self.tracker.log(run_id, params=params)
-            self._params.add(idx)
         return run_id
+
+    def _log_steps(self, idx: int, rows: list[Row]) -> None:
+        # A trial's params travel with its first live values, or else with its record:
+        # a request fewer per trial than logging them when its run is made (over HTTP,
+        # each is a round trip), and a long trial still shows them within one interval.
+        params = self._params_of.pop(idx, None)
+        try:
+            self.tracker.log_steps(self.runs[idx], rows, params=params)
+        except Exception:
+            if params is not None:
+                self._params_of[idx] = params  # the record logs them instead
+            raise
+        if params:
+            self._params.add(idx)
