@@ -39,6 +39,7 @@ two cores. Where the rest goes was not measured.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import tempfile
@@ -61,14 +62,38 @@ class Sample:
     recorded: int
     nested: int  # children whose mlflow.parentRunId is the parent
     parent_status: str
+    server_cpu_s: float = 0.0  # CPU the tracking server and PostgreSQL spent meanwhile
+
+
+def tree_cpu_s(root: int) -> float:
+    """CPU seconds (user + system, with reaped children's) of ``root`` and every live
+    process below it, from /proc: the server's workers and PostgreSQL's backends."""
+    parents: dict[int, int] = {}
+    times: dict[int, int] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        pid = int(stat.parent.name)
+        parents[pid] = int(fields[1])
+        times[pid] = sum(int(f) for f in fields[11:15])  # utime stime cutime cstime
+    tree, frontier = {root}, [root]
+    while frontier:
+        parent = frontier.pop()
+        children = [pid for pid, ppid in parents.items() if ppid == parent]
+        tree.update(children)
+        frontier += children
+    return sum(times.get(pid, 0) for pid in tree) / os.sysconf("SC_CLK_TCK")
 
 
 def run_sweep(store: str, uri: str, experiment: str, trials: int, tmp: Path,
-              timeout: float) -> Sample:
+              timeout: float, servers: tuple[int, ...] = ()) -> Sample:
     args = ["-m", *toy("steps=1", "workload=train", f"seed=range({trials})"),
             f"tracking.uri={uri}", f"tracking.experiment={experiment}",
             f"hydra.sweep.dir={tmp}/multirun-{experiment}"]
     log_path = tmp / f"{experiment}.log"
+    cpu_before = sum(tree_cpu_s(pid) for pid in servers)
     with log_path.open("w") as log:
         started = time.perf_counter()
         proc = start_cli(args, tmp, merge_output=True, stdout=log)
@@ -81,8 +106,9 @@ def run_sweep(store: str, uri: str, experiment: str, trials: int, tmp: Path,
     if proc.returncode != 0:
         raise SystemExit(f"{store} N={trials} exited {proc.returncode}:\n"
                          f"{log_path.read_text()[-3000:]}")
+    server_cpu = sum(tree_cpu_s(pid) for pid in servers) - cpu_before
     recorded, nested, status = count_runs(uri, experiment)
-    return Sample(store, trials, wall, recorded, nested, status)
+    return Sample(store, trials, wall, recorded, nested, status, server_cpu)
 
 
 def count_runs(uri: str, experiment: str) -> tuple[int, int, str]:
@@ -130,11 +156,13 @@ def main() -> None:
                         experiment = f"bench-{store}-{n}-{repeat}"
                         uri = (f"sqlite:///{tmp}/{experiment}.db" if store == "sqlite"
                                else server.url)
-                        sample = run_sweep(store, uri, experiment, n, tmp, opts.timeout)
+                        sample = run_sweep(store, uri, experiment, n, tmp, opts.timeout,
+                                           (server.process.pid, postgres.process.pid))
                         samples.setdefault((store, n), []).append(sample)
                         print(f"repeat {repeat + 1}: {store:<6} N={n:<5} wall "
                               f"{sample.wall_s:7.1f} s  recorded {sample.recorded}/{n}  "
-                              f"nested {sample.nested}/{n}  parent {sample.parent_status}",
+                              f"nested {sample.nested}/{n}  parent {sample.parent_status}  "
+                              f"server+PostgreSQL CPU {sample.server_cpu_s:6.1f} s",
                               flush=True)
         finally:
             if server is not None:
@@ -156,6 +184,11 @@ def main() -> None:
             print(f"marginal cost per trial, {store:<6} N={small} -> {big}: "
                   f"{statistics.median(marginal):.3f} s (every repeat: "
                   f"{' '.join(f'{m:.3f}' for m in marginal)}; target <= 0.1 s)")
+        # What the server side costs a trial in CPU, on the machine the trials share here.
+        cpu = [(b.server_cpu_s - s.server_cpu_s) / (big - small) for s, b in
+               zip(samples[("server", small)], samples[("server", big)], strict=True)]
+        print(f"tracking server + PostgreSQL CPU per trial, N={small} -> {big}: "
+              f"{statistics.median(cpu) * 1000:.0f} ms")
 
 
 if __name__ == "__main__":
