@@ -12,7 +12,7 @@ store (a sweep, or ``python -m rnnsweep.report``), before it reads or reaps anyt
 
 A SQLite file deleted under a running sweep still takes writes (into the deleted file):
 the tracker notices that its file is gone, and the whole journal is written again into
-the store the next command opens.
+the new store the next sweep opens (the report reads only a store that exists).
 """
 
 from __future__ import annotations
