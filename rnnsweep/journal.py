@@ -289,6 +289,8 @@ def _replay(tracker: Tracker, out: IO[str] | Journal, entries: list[dict[str, An
                                      logged=_in_store(tracker, run_id, record)
                                      if existed else None)
             else:
+                if entry.get("params"):
+                    tracker.log(run_id, params=entry["params"])
                 tracker.fail_run(run_id, entry["reason"], status=entry["status"],
                                  outcome=entry.get("outcome"))
         else:

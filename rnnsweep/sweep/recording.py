@@ -159,6 +159,8 @@ class RecordingSink:
         state = self.live_state.pop(idx, None)
         if idx not in self._started:
             self._plan(idx, record.started_at)
+        if not record.params:  # a record the driver made for a trial that died
+            record.params = dict(self._params_of.get(idx) or {})
 
         def write(run_id: str) -> None:
             if state is not None and state.dropped_points:
@@ -176,10 +178,15 @@ class RecordingSink:
         self.live_state.pop(idx, None)
         if idx not in self._started:  # it never started: its run says it was killed queued
             self._plan(idx, None)
+        params = {} if idx in self._params else dict(self._params_of.get(idx) or {})
+
+        def write(run_id: str) -> None:
+            if params and idx not in self._params:  # none of its live values got there
+                self.tracker.log(run_id, params=params)
+            self.tracker.fail_run(run_id, reason, status="KILLED", outcome=outcome)
+
         self._kept(idx, {"kind": "fail", "reason": reason, "status": "KILLED",
-                         "outcome": outcome},
-                   lambda run_id: self.tracker.fail_run(run_id, reason, status="KILLED",
-                                                        outcome=outcome))
+                         "outcome": outcome, "params": params}, write)
 
     def _kept(self, idx: int, entry: dict, write: Callable[[str], object]) -> None:
         """Queues a trial's end for its run, entered in the journal first (now, on the
