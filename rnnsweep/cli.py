@@ -5,7 +5,9 @@ entry point's (:mod:`rnnsweep.entry`), installed before this module's imports.""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import sys
 import threading
 from typing import NoReturn
@@ -86,27 +88,44 @@ def start_ray(checked: CheckedCommand, address: str | None, context) -> None:
     # Ray's start-up mostly waits on the processes it spawns, leaving a core idle; MLflow's
     # import (seconds) fills it. The store itself is opened only once the command is
     # accepted: a refused command creates and records nothing.
-    store = threading.Thread(target=_import_tracking, name="import-mlflow")
+    store = threading.Thread(target=_import_tracking, name="import-mlflow", daemon=True)
     store.start()
     try:
-        ray_session.connect(address, checked.base.hydra.launcher, checked.base)
+        try:
+            ray_session.connect(address, checked.base.hydra.launcher, checked.base)
+        except SystemExit as exc:
+            # ray.init puts in a SIGTERM handler of its own (sys.exit(15)) while it starts:
+            # a SIGTERM then still ends the command as one does, in one line.
+            if exc.code == signal.SIGTERM:
+                raise interrupts.Interrupted(signal.SIGTERM) from None
+            raise
         context.own_ray(embedded=address is None)
-        interrupts.install()  # over Ray's C++ SIGTERM handler, which dumps native stacks
+        interrupts.install()  # over Ray's own SIGTERM handlers, Python's and C++'s
         nodes = ray_session.nodes()
         requests = {i: plan(t, nodes) for i, t in enumerate(checked.trials)}
         check_feasible(requests, nodes, dict(enumerate(trial_names(checked.overrides))))
     except (ray_session.LaunchError, InfeasibleRequest) as exc:
-        store.join()
+        store.join(IMPORT_WAIT_S)
         _refuse(exc)
-    store.join()
+    store.join(IMPORT_WAIT_S)
     if address is None:
         # A named cluster's workers are shared with others; only warm our own, and only
         # as many as will run trials at once (each warm-up costs seconds of CPU).
         ray_session.prewarm(concurrent_trials(list(requests.values()), nodes))
 
 
+# How long the driver waits for MLflow's head-start import. A signal that lands inside an
+# import on the main thread (Ray's start imports too) can leave a module lock that this
+# thread then waits on for ever; past this, the driver imports MLflow itself.
+IMPORT_WAIT_S = 60.0
+
+
 def _import_tracking() -> None:
-    import rnnsweep.tracking  # noqa: F401
+    # Only a head start: a signal that ends the command mid-import (the interpreter then
+    # refuses the import's own atexit hooks) must not print a traceback, and any real
+    # failure is met again, and reported, by the import that needs it.
+    with contextlib.suppress(Exception):
+        import rnnsweep.tracking  # noqa: F401
 
 
 def keep_ray_local(address: str | None) -> None:

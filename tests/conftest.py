@@ -10,7 +10,13 @@ the toy sizes and the CLI runner without paying for torch.
 from __future__ import annotations
 
 import os
-import shutil
+
+# Before any test module imports Ray, which reads it then: every Ray a test starts (the
+# embedded one, ray.cluster_utils' nodes) listens on loopback only, whatever module was
+# collected first.
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+
+import shutil  # noqa: E402
 import signal
 import subprocess
 import sys
