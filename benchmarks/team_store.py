@@ -17,23 +17,23 @@ requests) and sets its status in one more.
 
     python benchmarks/team_store.py [--sizes 64 1000] [--repeats 1] [--timeout 1800]
 
-Measured 2026-12-06 on this 2-core machine, shared with other work (load average 6 to 13),
-with ``python benchmarks/team_store.py --sizes 64 1000 --repeats 1`` (single runs):
+Measured 2026-12-06 on this 2-core machine (load average below 1 at the start), with
+``python benchmarks/team_store.py --sizes 64 1000 --repeats 1`` (single runs), after the
+driver's store writes moved to writer threads (four requests a trial: create the run, one
+``log-batch``, the ``PUT`` of ``config.yaml``, ``runs/update``):
 
     store        N    wall s   s/trial  all recorded
-    sqlite      64      92.7     1.449           yes
-    server      64      59.2     0.925           yes
-    sqlite    1000     177.1     0.177           yes
-    server    1000     457.8     0.458           yes
+    server      64      21.1     0.330           yes
+    sqlite      64      22.7     0.355           yes
+    server    1000     129.6     0.130           yes
+    sqlite    1000     106.7     0.107           yes
     marginal cost per trial, sqlite N=64 -> 1000: 0.090 s (target <= 0.1 s)
-    marginal cost per trial, server N=64 -> 1000: 0.426 s (target <= 0.1 s: missed)
+    marginal cost per trial, server N=64 -> 1000: 0.116 s (target <= 0.1 s: missed)
+    tracking server + PostgreSQL CPU per trial, N=64 -> 1000: 69 ms
 
-Every run was recorded and nested in both stores. Over HTTP a trial costs six requests
-(create the run; ``log-batch`` of its params at submission and of its record; ``runs/get``,
-which MLflow's client makes to find where the artifacts go; the ``PUT`` of
-``config.yaml``; ``runs/update`` to end it), about 175 ms at load 6 measured from the
-driver's side, and on this machine the server, PostgreSQL, the driver and the trials share
-two cores. Where the rest goes was not measured.
+Before that change (the driver wrote each trial itself, six requests in a row) the server
+cost 0.426 s a trial. Here the server, PostgreSQL, the driver and the trials share two
+cores, so the server's CPU is the trials' CPU.
 """
 
 from __future__ import annotations
