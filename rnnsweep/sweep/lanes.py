@@ -119,11 +119,6 @@ class Lanes:
                 _tell(write, TimeoutError(f"not written within {timeout:.0f} s of the end"))
         return done
 
-    @property
-    def pending(self) -> int:
-        with self._cond:
-            return sum(len(lane) for lane in self._lanes.values()) + len(self._busy)
-
     def _unqueue(self, key: Hashable, write: Write) -> None:
         lane = self._lanes[key]
         lane.remove(write)
