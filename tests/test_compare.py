@@ -28,18 +28,34 @@ def same_twice(store):
     return tuple(record_sweeps(store, SWEEP, ["first", "second"]))
 
 
+# Fresh pairs of sweeps recorded before the test gives up on "same within noise". This
+# machine's speed can change by 2x between two trials a second apart with nothing in
+# /proc/stat to show it (CI once read batch=16 at 0.26 ms, then 0.14 ms, both with tight
+# intervals): an honest compare calls that "faster". Three such swings in a row would not
+# be the machine.
+SAME_TRIES = 3
+
+
 @pytest.mark.slow  # timed toy trials, a quarter second each
 def test_the_same_sweep_twice_reads_same_within_noise(store, same_twice, capsys, tmp_path):
     a, b = same_twice
+    seen = []
+    for attempt in range(SAME_TRIES):
+        if attempt:
+            a, b = record_sweeps(store, SWEEP, [f"first, try {attempt + 1}",
+                                                f"second, try {attempt + 1}"])
+        pairs = compare.compare(store, a, b, threshold=0.10)
+        assert [(p.name, p.metric) for p in pairs] == [("batch=4", "latency_ms"),
+                                                       ("batch=16", "latency_ms")]
+        for pair in pairs:
+            assert pair.low <= pair.ratio <= pair.high, pair
+        seen.append(pairs)
+        if all(pair.verdict == compare.SAME for pair in pairs):
+            break
+    assert all(pair.verdict == compare.SAME for pair in seen[-1]), seen
     out = tmp_path / "ratio.png"
     assert compare.main([a, b, "--tracking-uri", store.uri, "--out", str(out)]) == 0
     printed = capsys.readouterr().out
-    pairs = compare.compare(store, a, b, threshold=0.10)
-    assert [(p.name, p.metric) for p in pairs] == [("batch=4", "latency_ms"),
-                                                   ("batch=16", "latency_ms")]
-    for pair in pairs:
-        assert pair.verdict == compare.SAME, pair
-        assert pair.low <= pair.ratio <= pair.high
     assert printed.count(compare.SAME) == 2
     assert out.read_bytes().startswith(b"\x89PNG")
     logged = {f.path for f in store.client.list_artifacts(b, "compare")}

@@ -1,5 +1,6 @@
-"""The sweep context's own bookkeeping, without Ray or a store: what one sweep in a
-process leaves for the next, and that every trial reaches every sink the same way."""
+"""The sweep context's own bookkeeping, without Ray: what one sweep in a process leaves
+for the next, that every trial reaches every sink the same way, and where a signal
+during the close lands."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import signal
 from pathlib import Path
 
 import pytest
+from omegaconf import OmegaConf
 
 from rnnsweep import heap
 from rnnsweep.record import FAILED, OK, TrialRecord
@@ -67,6 +69,36 @@ def test_a_swallowed_signal_still_ends_the_sweep_and_not_the_next_one():
     with SweepContext(None, multirun=True) as second:
         pass
     assert second.exit_status == 0
+
+
+def test_a_signal_during_the_closing_summary_waits_for_the_store_call_it_lands_in(
+        mlflow_store):
+    """A signal raised inside a store library's call can leave its connection checked out
+    mid-transaction, the SQLite file locked, and the parent's final status refused: CI
+    once found the parent RUNNING after two SIGTERMs in the close. The summary's write
+    completes, the rest of the close is cut short, and the parent ends KILLED."""
+    context = SweepContext(OmegaConf.create({"uri": mlflow_store.uri,
+                                             "experiment": "rnnsweep"}), multirun=True)
+    context.open()
+    tracker, parent = context.tracker, context.parent
+    written = []
+    real_log_summary = tracker.log_summary
+
+    def log_summary(run_id, values):
+        os.kill(os.getpid(), signal.SIGTERM)  # arrives while the store's call runs
+        signal.sigtimedwait([], 0.2)  # Python runs the handler at its next bytecode
+        real_log_summary(run_id, values)
+        written.append(run_id)
+
+    tracker.log_summary = log_summary
+    with pytest.raises(interrupts.Interrupted) as stopped, context:
+        pass
+    assert stopped.value.signum == signal.SIGTERM
+    assert written == [parent]
+    run = mlflow_store.client.get_run(parent)
+    assert run.info.status == "KILLED"
+    assert run.data.metrics["trials"] == 0  # the summary the signal did not cut
+    assert not mlflow_store.client.list_artifacts(parent)  # the report it did
 
 
 def test_a_trial_run_in_the_drivers_own_process_reaches_every_sink_and_the_counts():

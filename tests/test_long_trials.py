@@ -278,17 +278,20 @@ def test_live_metrics_reach_the_run_while_it_trains(mlflow_store, tmp_path):
 
 @pytest.mark.slow
 def test_a_killed_worker_resumes_from_its_checkpoint(mlflow_store, tmp_path):
-    steps = 400
-    common = [*LONG, f"steps={steps}", "seed=3", "checkpoint.every_steps=20",
+    # Long enough that the worker is still training when half its steps have reached the
+    # store: the live values trail the training by up to an interval (CI once found the
+    # worker gone at 60% of 400 steps).
+    steps, every = 1200, 40
+    common = [*LONG, f"steps={steps}", "seed=3", f"checkpoint.every_steps={every}",
               "checkpoint.keep=true", *cli_paths(mlflow_store, tmp_path)]
     proc = start_cli([*common, f"checkpoint.dir={tmp_path / 'killed'}"], tmp_path,
                      merge_output=True)
     try:
         run = wait_for(lambda: _only_child(mlflow_store), 120, "the trial's run")
-        wait_for(lambda: len(_steps(mlflow_store, run.info.run_id)) >= 0.6 * steps, 240,
-                 "60% of the steps")
+        wait_for(lambda: len(_steps(mlflow_store, run.info.run_id)) >= steps // 2, 240,
+                 "half the steps")
         workers = trial_pids(0, root=proc.pid)
-        assert len(workers) == 1
+        assert len(workers) == 1, "the trial ended before half its steps were recorded"
         (pid,) = workers
         os.kill(pid, signal.SIGKILL)
         out, _ = proc.communicate(timeout=300)
@@ -300,7 +303,9 @@ def test_a_killed_worker_resumes_from_its_checkpoint(mlflow_store, tmp_path):
     assert run.info.status == "FINISHED", run.data.tags.get("rnnsweep.reason")
     assert run.data.tags["rnnsweep.retries"] == "1"
     resumed = int(run.data.tags["rnnsweep.resumed_from_step"])
-    assert 0.4 * steps <= resumed < steps and resumed % 20 == 0
+    # The checkpoint at the kill is at most one interval behind the training, which is
+    # ahead of what the store had when the test killed it.
+    assert steps // 2 - every <= resumed < steps and resumed % every == 0
     assert _steps(mlflow_store, run.info.run_id) == list(range(steps))
     # The same trial, never interrupted (rerun: the store has it finished already).
     whole = run_cli([*common, f"checkpoint.dir={tmp_path / 'whole'}", "ray.rerun=true"],

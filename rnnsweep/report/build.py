@@ -15,6 +15,7 @@ for CSV/Parquet), ``build`` (this: the report assembled and logged) and ``cli``.
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 
 from rnnsweep.contract import SWEEP_NAME_TAG
 from rnnsweep.report import axes as axes_
@@ -29,9 +30,10 @@ __all__ = ["Finding", "Report", "ReportError", "Trial", "artifacts", "build_repo
            "sweep_axes", "write_report", "write_report_safely"]
 
 
-def build_report(tracker: Tracker, parent_run_id: str,
-                 trials: list[Trial] | None = None) -> Report:
-    """``trials``: the sweep's, where the caller has read them already (``sweep_trials``)."""
+def build_report(tracker: Tracker, parent_run_id: str, trials: list[Trial] | None = None,
+                 check: Callable[[], None] = lambda: None) -> Report:
+    """``trials``: the sweep's, where the caller has read them already (``sweep_trials``).
+    ``check`` is called between sections: a closing sweep's signal raises there."""
     parent = tracker.client.get_run(parent_run_id)
     if parent.info.experiment_id != tracker.experiment_id:
         raise ReportError(f"run {parent_run_id} belongs to experiment "
@@ -48,7 +50,9 @@ def build_report(tracker: Tracker, parent_run_id: str,
     report = Report(parent_run_id, sweep, "; ".join(devices) or "unknown device", axes, trials,
                     *render.table(trials, axes), experiment_id=parent.info.experiment_id)
     for section in sections.sections(tracker.client, report):
+        check()
         section(report)
+    check()
     if not report.plots:
         sections.fallback_section(report)
     sections.notes_section(report)
@@ -62,20 +66,23 @@ def artifacts(report: Report) -> dict[str, bytes]:
             **report.plots}
 
 
-def write_report(tracker: Tracker, parent_run_id: str,
-                 trials: list[Trial] | None = None) -> Report:
+def write_report(tracker: Tracker, parent_run_id: str, trials: list[Trial] | None = None,
+                 check: Callable[[], None] = lambda: None) -> Report:
     """Builds the report and logs it onto the parent run; raises on any problem."""
-    report = build_report(tracker, parent_run_id, trials)
+    report = build_report(tracker, parent_run_id, trials, check)
+    check()
     tracker.log_artifacts(parent_run_id, artifacts(report))
     return report
 
 
 def write_report_safely(tracker: Tracker, parent_run_id: str,
-                        trials: list[Trial] | None = None) -> Report | None:
+                        trials: list[Trial] | None = None,
+                        check: Callable[[], None] = lambda: None) -> Report | None:
     """For the end of a sweep: a report that cannot be built is a warning, never a failed
-    sweep (the trials are recorded; ``python -m rnnsweep.report`` can rebuild it later)."""
+    sweep (the trials are recorded; ``python -m rnnsweep.report`` can rebuild it later).
+    What ``check`` raises (a signal) is not caught."""
     try:
-        report = write_report(tracker, parent_run_id, trials)
+        report = write_report(tracker, parent_run_id, trials, check)
     except Exception as exc:  # noqa: BLE001 - any failure here is a warning by design
         print(f"rnnsweep: warning: no report for parent run {parent_run_id}: "
               f"{type(exc).__name__}: {one_line(str(exc))}", file=sys.stderr)

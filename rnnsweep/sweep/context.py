@@ -286,8 +286,9 @@ class SweepContext:
         elif ((_ran_to_end(error) or isinstance(error, interrupts.Lost)) and self.parent
               and self.tracker is not None):
             try:
-                with interrupts.raising():  # a signal may cut the report short
-                    self.summary = finish_sweep(self, self.tracker, self.parent)
+                # A signal cuts the summary and report short between their store calls.
+                with interrupts.held() as check:
+                    self.summary = finish_sweep(self, self.tracker, self.parent, check)
             except Interrupted as exc:
                 error = exc
             except Exception as exc:  # noqa: BLE001 - the parent is closed below anyway

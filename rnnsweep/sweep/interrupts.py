@@ -157,14 +157,21 @@ def raising() -> Iterator[None]:
 
 
 @contextmanager
-def held() -> Iterator[None]:
+def held() -> Iterator[Callable[[], None]]:
     """A signal arriving inside the block (a store write, which a library might wrap or
-    swallow mid-transaction) is raised as soon as the block is done."""
+    swallow mid-transaction) is raised as soon as the block is done, or earlier where the
+    block calls the function it yields: a long stretch (the closing report) is cut short
+    between its store calls, never inside one. Raised inside SQLAlchemy's session or pool
+    code, a signal can leave a connection checked out mid-transaction: the SQLite file's
+    lock held, and the parent's final status after it refused."""
     with deferred() as noted:
-        yield
-    if noted:
-        _received.append(Interrupted(noted[0]))
-        raise _received[-1]
+        def check() -> None:
+            if noted:
+                _received.append(Interrupted(noted[0]))
+                raise _received[-1]
+
+        yield check
+    check()
 
 
 class _SigAction(ctypes.Structure):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
 from omegaconf import DictConfig
@@ -23,10 +24,12 @@ class EndedSweep(Protocol):
     n_cut: int
 
 
-def finish_sweep(context: EndedSweep, tracker: Tracker, parent: str) -> dict[str, float]:
+def finish_sweep(context: EndedSweep, tracker: Tracker, parent: str,
+                 check: Callable[[], None] = lambda: None) -> dict[str, float]:
     """Summarises the sweep's own children (of ``parent``, in ``tracker``) and the trials
     it reused from earlier sweeps (a resumed sweep that reran nothing still describes every
-    trial it stands for)."""
+    trial it stands for). ``check`` is called between store calls: it raises to cut the
+    rest short."""
     # Imported here, not at module level: MLflow and matplotlib, which the sweep's modules
     # never load on import (the context loads the report when a sweep opens, where it can).
     from rnnsweep.report.build import write_report_safely
@@ -36,6 +39,7 @@ def finish_sweep(context: EndedSweep, tracker: Tracker, parent: str) -> dict[str
     # once), for the summary, the best trial and the report alike: an MLflow run held
     # whole is about 20 kB of objects (see Tracker.children).
     trials = sweep_trials(tracker, tracker.client.get_run(parent))
+    check()
     own = [t.status for t in trials if not t.reused]
     throughputs = [t.metrics["throughput_seq_per_s"] for t in trials
                    if "throughput_seq_per_s" in t.metrics]
@@ -56,9 +60,12 @@ def finish_sweep(context: EndedSweep, tracker: Tracker, parent: str) -> dict[str
     tracker.log_summary(parent, summary)
     if context.limit_reason:
         tracker.log(parent, tags={SWEEP_LIMIT_TAG: context.limit_reason})
+    check()
     # The sweep's answer, whichever sweeper chose its trials (Optuna's included).
     objective.log_best(tracker, parent, context.objective, trials)
-    write_report_safely(tracker, parent, trials)  # never raises: a failed report is a warning
+    check()
+    # Never raises but through check: a failed report is a warning.
+    write_report_safely(tracker, parent, trials, check)
     reused = summary["trials_reused"]
     reused_note = f" ({reused} reused)" if reused else ""
     print(f"rnnsweep: {summary['trials_finished'] + reused}/"
