@@ -13,6 +13,12 @@ store (a sweep, or ``python -m rnnsweep.report``), before it reads or reaps anyt
 A SQLite file deleted under a running sweep still takes writes (into the deleted file):
 the tracker notices that its file is gone, and the whole journal is written again into
 the new store the next sweep opens (the report reads only a store that exists).
+
+A store that failed is not asked again at once: each write would wait out the same
+outage (MLflow gives a locked SQLite file 20 s a write, and the driver writes SQLite
+itself, so the sweep stood still 20 s a record). For ``BACKOFF_S`` seconds after a
+failure, doubling with each failure up to ``BACKOFF_MAX_S``, writes go to the journal
+alone; the first write after that tries the store again, and one that lands ends it.
 """
 
 from __future__ import annotations
@@ -41,6 +47,12 @@ log = logging.getLogger(__name__)
 
 DIRECTORY = ".rnnsweep-journal"
 SUFFIX = ".jsonl"
+# How long after a failed write the store is left alone, at first and at most.
+BACKOFF_S, BACKOFF_MAX_S = 30.0, 300.0
+
+
+class StoreDown(ConnectionError):
+    """A write not tried: the store failed moments ago (see the module's docstring)."""
 _SEQUENCE = itertools.count()  # several sweeps in one process (the API) get a file each
 
 
@@ -66,6 +78,7 @@ class Journal:
         self.cause = ""  # the first reason a write failed
         self.lost = False  # the store's file went away under the sweep
         self.broken = False  # the journal itself could not be written
+        self._backoff, self._retry_at = BACKOFF_S, 0.0
 
     def add(self, entry: dict[str, Any]) -> int:
         with self._lock:
@@ -86,17 +99,35 @@ class Journal:
         with self._lock:
             self._append({"kind": "done", "n": number})
             self.pending.pop(number, None)
+        self.up()
+
+    def up(self) -> None:
+        """A write landed: the store is asked again from now on."""
+        with self._lock:
+            self._backoff, self._retry_at = BACKOFF_S, 0.0
+
+    def check_up(self) -> None:
+        """Raises :class:`StoreDown` while the store is left alone after a failure."""
+        if time.monotonic() < self._retry_at:
+            raise StoreDown(f"not tried: the store failed moments ago ({self.cause})")
 
     def failed(self, error: BaseException | None) -> None:
-        """A write of the store's failed: its entry stays pending. The first cause is
-        said once now, and named again by the sweep's last line."""
+        """A write of the store's failed: its entry stays pending, and the store is left
+        alone for a while. The first cause is said once now, and named again by the
+        sweep's last line."""
         with self._lock:  # writer threads fail at once
+            if isinstance(error, StoreDown):
+                return  # not tried: neither a cause nor a new failure
             if isinstance(error, StoreLost) and not self.lost:
                 self.lost = True
                 self.cause = ""  # what failed before was this, in other words
             first = not self.cause
             if first:
                 self.cause = text.first_line(str(error)) if error else "unknown"
+            now = time.monotonic()
+            if now >= self._retry_at:  # not the writes already under way as it failed
+                self._retry_at = now + self._backoff
+                self._backoff = min(2 * self._backoff, BACKOFF_MAX_S)
         if first:
             log.warning("the store %s failed (%s): the sweep's records are kept in %s till "
                         "it takes them", self.tracker.uri, self.cause, self.path)
@@ -112,7 +143,8 @@ class Journal:
         return {kind: kinds.count(kind) for kind in dict.fromkeys(kinds)}
 
     def retry(self) -> None:
-        """Writes the pending entries again (the store may be back by the sweep's end)."""
+        """Writes the pending entries again (the store may be back by the sweep's end),
+        whether or not the store is being left alone: this is the sweep's last try."""
         with self._lock:
             if self.lost or not self.pending:
                 return
@@ -122,6 +154,7 @@ class Journal:
         try:
             _replay(self.tracker, self, todo)
         except Exception as exc:  # noqa: BLE001 - they stay for the next command
+            self.failed(exc)
             log.info("the journal's records could not be written yet: %s", exc)
 
     def close(self) -> bool:

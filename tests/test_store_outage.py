@@ -11,11 +11,15 @@ import json
 import shutil
 import sqlite3
 import subprocess
+import time
 
 import pytest
 from conftest import Store, cli_paths, run_cli, start_cli, toy, wait_for
+from mlflow.exceptions import MlflowException
 
+from rnnsweep import journal
 from rnnsweep.journal import DIRECTORY
+from rnnsweep.tracking import Tracker
 
 SWEEP = ["-m", "seed=0,1,2", "steps=40", "workload=train", "hardware.num_cpus=1"]
 
@@ -159,3 +163,27 @@ def test_a_full_disk_under_the_store_loses_no_record(_migrated_store, small_disk
     assert sorted(r.data.params["seed"] for r in children) == ["0", "1", "2"]
     assert {r.info.status for r in children} == {"FINISHED"}
     assert not list((out_dir / DIRECTORY).glob("*.jsonl"))
+
+
+def test_a_store_that_failed_is_left_alone_a_while_then_asked_again(mlflow_store, tmp_path,
+                                                                     monkeypatch):
+    """Each write into a locked SQLite file waits MLflow's 20 s: asked again at once, a
+    locked store held the sweep 20 s a record (its writes are the driver's own)."""
+    monkeypatch.setattr(journal, "BACKOFF_S", 1.0)
+    kept = journal.Journal(Tracker(mlflow_store.uri, "rnnsweep"), {"parent": None},
+                           tmp_path / DIRECTORY)
+    kept.check_up()  # nothing failed yet
+    kept.failed(MlflowException("(sqlite3.OperationalError) database is locked"))
+    with pytest.raises(journal.StoreDown, match="database is locked"):
+        kept.check_up()
+    # A write under way as it failed fails too: the window stays one second.
+    kept.failed(MlflowException("(sqlite3.OperationalError) database is locked"))
+    time.sleep(1.05)
+    kept.check_up()  # a second later, the store is tried again...
+    kept.failed(MlflowException("still locked"))
+    time.sleep(1.05)
+    with pytest.raises(journal.StoreDown):  # ...and after a second failure, left longer
+        kept.check_up()
+    kept.up()  # a write landed
+    kept.check_up()
+    assert kept.cause == "(sqlite3.OperationalError) database is locked"

@@ -26,7 +26,7 @@ from rnnsweep.contract import (
     SWEEP_TAG,
     to_tag,
 )
-from rnnsweep.journal import Journal, record_entry
+from rnnsweep.journal import Journal, StoreDown, record_entry
 from rnnsweep.record import TrialRecord
 from rnnsweep.sweep.lanes import Lanes, Write
 from rnnsweep.sweep.sink import TrialInfo
@@ -130,7 +130,7 @@ class RecordingSink:
                     state.last[name] = step
         if fresh:
             size = sum(len(values) for _, values in fresh)
-            self.lanes.submit(idx, Write(lambda: self._log_steps(idx, fresh),
+            self.lanes.submit(idx, Write(self._guarded(lambda: self._log_steps(idx, fresh)),
                                          failed=lambda _: _drop(state, fresh), size=size))
 
     def checkpoint(self, idx: int, data: bytes) -> None:
@@ -200,6 +200,8 @@ class RecordingSink:
         def run() -> None:
             run_id = self.runs.get(idx)
             try:
+                if self.journal is not None:
+                    self.journal.check_up()
                 if run_id is None:
                     run_id = self._create(idx)
                 self.tracker.check_intact()
@@ -216,7 +218,7 @@ class RecordingSink:
             self._made.pop(idx, None)  # held per trial only while its run may be made
             self._params_of.pop(idx, None)
 
-        self._write(idx, run)
+        self._write(idx, run, guarded=False)
 
     def flush(self, timeout: float | None = DRAIN_WAIT_S) -> bool:
         """Waits for every queued write (before reading back what the trials recorded)."""
@@ -236,8 +238,13 @@ class RecordingSink:
             self.runs.get(trial) for trial in self.journal.pending_trials()}
         for run_id in sorted(self.open - kept):
             try:
+                if self.journal is not None:
+                    self.journal.check_up()
                 self.tracker.fail_run(run_id, reason, status=status)
                 closed += 1
+            except StoreDown as exc:
+                log.warning("%d runs left open: %s", len(self.open - kept) - closed, exc)
+                break  # the next command's reaper closes them
             except Exception as exc:  # noqa: BLE001 - the next command's reaper retries
                 log.warning("could not close run %s: %s", run_id, exc)
         self.open.clear()
@@ -247,17 +254,37 @@ class RecordingSink:
         return self.waiting.pop(idx, None) or TrialInfo(idx, f"trial {idx}")
 
     def _write(self, idx: int, run: Callable[[], object],
-               failed: Callable[[BaseException | None], object] | None = None) -> None:
+               failed: Callable[[BaseException | None], object] | None = None,
+               guarded: bool = True) -> None:
         def warn(exc: BaseException | None) -> None:
             if self.journal is not None and isinstance(exc, (MlflowException, OSError)):
                 # Said once for the sweep; the trial's record waits in the journal.
-                self.journal.failed(exc)
                 log.info("trial %s: a store write failed: %s", idx, exc)
             else:
                 log.warning("trial %s: a store write failed: %s", idx,
                             first_line(str(exc)) if exc else "dropped")
 
-        self.lanes.submit(idx, Write(run, failed=failed or warn))
+        self.lanes.submit(idx, Write(self._guarded(run) if guarded else run,
+                                     failed=failed or warn))
+
+    def _guarded(self, write: Callable[[], object]) -> Callable[[], object]:
+        """``write``, left untried while the store is left alone after a failure, and
+        telling the journal how the store answered (see ``rnnsweep.journal``)."""
+        journal = self.journal
+        if journal is None:
+            return write
+
+        def run() -> object:
+            journal.check_up()
+            try:
+                result = write()
+            except (MlflowException, OSError) as exc:
+                journal.failed(exc)
+                raise
+            journal.up()
+            return result
+
+        return run
 
     def _plan(self, idx: int, started: float | None, tags: dict[str, str] | None = None
               ) -> None:
