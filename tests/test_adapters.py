@@ -61,6 +61,11 @@ ACCESSES = [
            "ConfigLoaderImpl._apply_overrides_to_config", ("overrides", "cfg")),
     Access(HYDRA, "hydra._internal.config_loader_impl", "get_overrides_dirname",
            ("overrides", "kv_sep", "item_sep", "exclude_keys")),
+    Access(HYDRA, "hydra.core.utils", "_check_hydra_context", ("hydra_context",)),
+    Access(HYDRA, "hydra.core.utils", "_flush_loggers"),
+    Access(HYDRA, "hydra._internal.deprecation_warning", "deprecation_warning",
+           ("message", "stacklevel")),
+    Access(HYDRA, "omegaconf._utils", "get_omega_conf_dumper"),
     Access(RAY, "ray._raylet", "setproctitle"),
     Access(RAY, "ray._raylet", "GcsClient"),
 ]
@@ -219,3 +224,115 @@ def test_the_shims_sweeper_builds_after_hydras_plugin_scan():
 
 def test_temp_dir_option_is_ray_inits_keyword():
     assert ray_private.temp_dir_option("/somewhere") == {"_temp_dir": "/somewhere"}
+
+
+# Hydra's ``run_job`` that ``hydra_private.run_job`` follows step for step: its source's
+# digest, so that a Hydra release that changes the steps fails here, not in a sweep.
+RUN_JOB_SHA256 = "398b33286c017043"
+
+
+def test_the_run_job_followed_is_the_installed_hydras():
+    import hashlib
+
+    from hydra.core import utils
+
+    digest = hashlib.sha256(inspect.getsource(utils.run_job).encode()).hexdigest()[:16]
+    assert digest == RUN_JOB_SHA256, (
+        f"hydra {metadata.version('hydra-core')} changed hydra.core.utils.run_job: "
+        f"bring rnnsweep/adapters/hydra_private.run_job in line with it, then set "
+        f"RUN_JOB_SHA256 = {digest!r}")
+
+
+def _job(tmp_path, sweep_dir: str):
+    """A sweep's job 3 as a worker gets it, with its Hydra context."""
+    from hydra import compose, initialize_config_dir
+    from hydra._internal.callbacks import Callbacks
+    from hydra.core.utils import setup_globals
+    from hydra.types import HydraContext
+    from omegaconf import open_dict
+
+    setup_globals()
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(str(conf_dir()), version_base="1.3"):
+        config = compose("config", overrides=["hydra/launcher=basic", "batch=3"],
+                         return_hydra_config=True)
+    with open_dict(config):
+        config.hydra.sweep.dir = str(tmp_path / sweep_dir)
+        config.hydra.sweep.subdir = "3"
+        config.hydra.job.id = config.hydra.job.num = 3
+        config.hydra.overrides.task = ["batch=3"]
+    GlobalHydra.instance().clear()
+    return config, HydraContext(config_loader=None, callbacks=Callbacks(config))
+
+
+def test_run_job_does_what_hydras_does(tmp_path):
+    """The same job through Hydra's ``run_job`` and rnnsweep's: the same task config, the
+    same result, the same ``.hydra/`` files (as data) and job log, in its own directory."""
+    import yaml
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.core.utils import run_job
+
+    seen = {}
+
+    def task(cfg):
+        seen.setdefault("dirs", []).append(HydraConfig.get().runtime.output_dir)
+        return cfg.batch * 2
+
+    results = {}
+    for name, runner in (("by-hydra", run_job), ("by-adapter", hydra_private.run_job)):
+        config, context = _job(tmp_path, name)
+        results[name] = runner(task_function=task, config=config,
+                               job_dir_key="hydra.sweep.dir",
+                               job_subdir_key="hydra.sweep.subdir", hydra_context=context)
+    ours, theirs = results["by-adapter"], results["by-hydra"]
+    assert ours.status == theirs.status == JobStatus.COMPLETED
+    assert ours.return_value == theirs.return_value == 6
+    assert ours.overrides == theirs.overrides == ["batch=3"]
+    assert ours.working_dir == theirs.working_dir
+    assert ours.task_name == theirs.task_name
+    assert OmegaConf.to_container(ours.cfg) == OmegaConf.to_container(theirs.cfg)
+    assert "hydra" not in ours.cfg
+    # The job's own directory, seen from inside the task, as Hydra sets it.
+    assert seen["dirs"] == [str(tmp_path / "by-hydra" / "3"), str(tmp_path / "by-adapter" / "3")]
+
+    def files(name):
+        job = tmp_path / name / "3"
+        found = {f.name: yaml.safe_load(f.read_text().replace(name, "<sweep>"))
+                 for f in (job / ".hydra").iterdir()}
+        return found, sorted(f.name for f in job.glob("*.log"))
+
+    assert files("by-adapter") == files("by-hydra")
+    assert set(files("by-adapter")[0]) == {"config.yaml", "hydra.yaml", "overrides.yaml"}
+
+
+def test_a_failed_job_is_a_failed_return_as_in_hydra(tmp_path):
+    config, context = _job(tmp_path, "failing")
+
+    def task(cfg):
+        raise ValueError("the trial's own error")
+
+    ret = hydra_private.run_job(task_function=task, config=config,
+                                job_dir_key="hydra.sweep.dir",
+                                job_subdir_key="hydra.sweep.subdir", hydra_context=context)
+    assert ret.status == JobStatus.FAILED
+    assert isinstance(hydra_private.job_value(ret), ValueError)
+
+
+def test_fresh_copy_and_to_yaml_are_deepcopy_and_omegaconfs(tmp_path):
+    import copy
+
+    import yaml
+
+    config, _ = _job(tmp_path, "copies")
+    copied = hydra_private.fresh_copy(config)
+    assert copied is not config and copied.hydra is not config.hydra
+    assert OmegaConf.to_yaml(copied) == OmegaConf.to_yaml(copy.deepcopy(config))
+    assert OmegaConf.is_struct(copied) and copied._get_parent() is None
+    assert copied.hydra._get_parent() is copied
+    copied.batch = 99  # a copy: the original keeps its value
+    assert config.batch == 3
+    # The same data as OmegaConf's YAML, strings that read as numbers quoted alike.
+    assert yaml.safe_load(hydra_private.to_yaml(config)) == \
+        yaml.safe_load(OmegaConf.to_yaml(config))
+    quoted = OmegaConf.create({"a": "1", "b": "true", "c": "1.5", "d": "x", "e": 1})
+    assert hydra_private.to_yaml(quoted) == OmegaConf.to_yaml(quoted)

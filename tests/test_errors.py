@@ -16,6 +16,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "rnnsweep"
 NOT_COMMAND_ERRORS = {
     "rnnsweep.trial.run.Unsupported", "rnnsweep.deploy.export.ParityError",
     "rnnsweep.deploy.streaming.ExportedModelError", "rnnsweep.tracking.StoreLost",
+    "rnnsweep.journal.StoreDown",
 }
 
 

@@ -16,7 +16,6 @@ which was a quarter of its time in a thousand-trial sweep.
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -55,7 +54,7 @@ class Composer:
             return self.loader.load_sweep_config(self.master, list(overrides))
         if hydra:
             return apply(self.base(patch.key), patch)
-        config = copy.deepcopy(self._trial_base(patch.key))
+        config = hydra_private.fresh_copy(self._trial_base(patch.key))
         hydra_private.apply_overrides(patch.values, config)
         return config
 
@@ -78,7 +77,7 @@ class Composer:
 
     def _trial_base(self, key: tuple[str, ...]) -> DictConfig:
         if key not in self._trial_only:
-            trial = copy.deepcopy(self.base(key))
+            trial = hydra_private.fresh_copy(self.base(key))
             with open_dict(trial):
                 del trial["hydra"]
             self._trial_only[key] = trial
@@ -89,7 +88,12 @@ def apply(base: DictConfig, patch: Patch) -> DictConfig:
     """A job's config from its shared composition: a copy with its values applied by
     Hydra's own override logic and the job's own fields as Hydra's composition sets them.
     Runs on the driver or, given the composition once, on a worker."""
-    config = copy.deepcopy(base)
+    return patched(hydra_private.fresh_copy(base), patch)
+
+
+def patched(config: DictConfig, patch: Patch) -> DictConfig:
+    """:func:`apply` onto a copy of the composition the caller made (a worker unpickles
+    the copy it keeps pickled), changed in place."""
     hydra_private.apply_overrides(patch.values, config)
     task = [o for o in patch.parsed if not o.is_hydra_override()]
     with open_dict(config.hydra):
@@ -158,7 +162,7 @@ def compose_trials(trials: Sequence[Sequence[str]], compose: Callable[[list[str]
         key, values = split(parser.parse_overrides(list(trial)), loader)
         if key not in shared:
             shared[key] = compose(list(key))
-        config = copy.deepcopy(shared[key])
+        config = hydra_private.fresh_copy(shared[key])
         try:
             hydra_private.apply_overrides(values, config)
         except Exception:  # noqa: BLE001 - composed again below, for Hydra's own message
