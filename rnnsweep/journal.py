@@ -47,13 +47,13 @@ log = logging.getLogger(__name__)
 
 DIRECTORY = ".rnnsweep-journal"
 SUFFIX = ".jsonl"
+_SEQUENCE = itertools.count()  # several sweeps in one process (the API) get a file each
 # How long after a failed write the store is left alone, at first and at most.
 BACKOFF_S, BACKOFF_MAX_S = 30.0, 300.0
 
 
 class StoreDown(ConnectionError):
     """A write not tried: the store failed moments ago (see the module's docstring)."""
-_SEQUENCE = itertools.count()  # several sweeps in one process (the API) get a file each
 
 
 class Journal:

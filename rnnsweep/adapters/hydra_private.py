@@ -224,7 +224,7 @@ _Dumper.add_representer(str, get_omega_conf_dumper().str_representer)
 
 def to_yaml(config: Any) -> str:
     """``OmegaConf.to_yaml(config)``, written by libyaml: the same data (strings that read
-    as numbers or booleans quoted as OmegaConf quotes them), four times faster; long
+    as numbers or booleans quoted as OmegaConf quotes them), about four times faster; long
     strings may be folded elsewhere."""
     container = OmegaConf.to_container(config, resolve=False, enum_to_str=True) \
         if OmegaConf.is_config(config) else config

@@ -258,7 +258,7 @@ class RecordingSink:
                guarded: bool = True) -> None:
         def warn(exc: BaseException | None) -> None:
             if self.journal is not None and isinstance(exc, (MlflowException, OSError)):
-                # Said once for the sweep; the trial's record waits in the journal.
+                # The journal said it once for the sweep; the record waits there.
                 log.info("trial %s: a store write failed: %s", idx, exc)
             else:
                 log.warning("trial %s: a store write failed: %s", idx,
