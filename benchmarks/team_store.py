@@ -35,8 +35,9 @@ Before that change (the driver wrote each trial itself, six requests in a row) t
 cost 0.426 s a trial. Measured again 2026-12-06 (a later session), after each trial's
 worker stopped paying for OmegaConf's deepcopy and YAML (``hydra_private.run_job``), with
 ``--repeats 2``: SQLite 0.084 s (repeats 0.089, 0.080), server 0.106 s (0.115, 0.096),
-server + PostgreSQL CPU 69 ms a trial; every run recorded and nested. Here the server, PostgreSQL, the driver and the trials share two
-cores, so the server's CPU is the trials' CPU.
+server + PostgreSQL CPU 69 ms a trial; every run recorded and nested. Here the server,
+PostgreSQL, the driver and the trials share two cores, so the server's CPU is the
+trials' CPU.
 """
 
 from __future__ import annotations
