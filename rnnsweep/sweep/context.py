@@ -353,9 +353,9 @@ class SweepContext:
         number = None if self.journal is None else self.journal.add(
             {"kind": "end", "status": final, "reason": reason})
         try:
+            self.tracker.check_intact()
             if self.journal is not None:  # not after the last try failed: it waits there
                 self.journal.check_up()
-            self.tracker.check_intact()
             if status:
                 self.tracker.fail_run(self.parent, reason, status=status)
             else:

@@ -200,6 +200,9 @@ class RecordingSink:
         def run() -> None:
             run_id = self.runs.get(idx)
             try:
+                # Before the back-off: a store whose file went away is said to be lost
+                # (the journal then writes the whole sweep again), never merely down.
+                self.tracker.check_intact()
                 if self.journal is not None:
                     self.journal.check_up()
                 if run_id is None:
@@ -275,8 +278,9 @@ class RecordingSink:
             return write
 
         def run() -> object:
-            journal.check_up()
             try:
+                self.tracker.check_intact()  # see _kept: lost, not merely down
+                journal.check_up()
                 result = write()
             except (MlflowException, OSError) as exc:
                 journal.failed(exc)
