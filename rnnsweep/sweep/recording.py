@@ -207,7 +207,6 @@ class RecordingSink:
                     self.journal.check_up()
                 if run_id is None:
                     run_id = self._create(idx)
-                self.tracker.check_intact()
                 write(run_id)
             except Exception as exc:
                 if self.journal is None:
