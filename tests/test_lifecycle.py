@@ -15,7 +15,7 @@ from omegaconf import OmegaConf
 from rnnsweep import heap
 from rnnsweep.record import FAILED, OK, TrialRecord
 from rnnsweep.sweep import interrupts
-from rnnsweep.sweep.context import SweepContext
+from rnnsweep.sweep.context import Sinks, SweepContext
 
 
 class Heard:
@@ -69,6 +69,41 @@ def test_a_swallowed_signal_still_ends_the_sweep_and_not_the_next_one():
     with SweepContext(None, multirun=True) as second:
         pass
     assert second.exit_status == 0
+
+
+def test_a_signal_during_a_sink_write_that_then_fails_is_not_lost():
+    """A sink's write holds a signal till it is done; a write that then fails is logged
+    and the sweep goes on, but the signal it held still raises."""
+    class FailsAfterTheSignal:
+        def submitted(self, trials):
+            os.kill(os.getpid(), signal.SIGTERM)
+            signal.sigtimedwait([], 0.2)  # noted, not raised: the write is held
+            raise OSError("the write failed")
+
+    heard = Heard()
+    sinks = Sinks([FailsAfterTheSignal(), heard])
+    interrupts.install()
+    try:
+        with pytest.raises(interrupts.Interrupted) as stopped:
+            sinks.submitted([])
+    finally:
+        interrupts.forget()
+        for signum in interrupts.SIGNALS:
+            signal.signal(signum, signal.SIG_DFL if signum != signal.SIGINT
+                          else signal.default_int_handler)
+    assert stopped.value.signum == signal.SIGTERM
+    assert heard.events == []  # the sweep stops there, before the next sink's write
+
+
+def test_a_stop_caught_on_its_way_out_is_raised_at_the_next_check():
+    _swallowed_sigint()
+    try:
+        with pytest.raises(interrupts.Interrupted) as stopped:
+            interrupts.check()
+    finally:
+        interrupts.forget()
+    assert stopped.value.signum == signal.SIGINT
+    interrupts.check()  # forgotten: nothing to raise
 
 
 def test_a_signal_during_the_closing_summary_waits_for_the_store_call_it_lands_in(

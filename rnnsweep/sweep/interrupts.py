@@ -91,6 +91,15 @@ def received() -> Interrupted | None:
     return _received[0] if _received else None
 
 
+def check() -> None:
+    """Raises the stop this process received, if one did: where a library (or a user's
+    Hydra callback) caught the raise and went on, the sweep's loops still end on it,
+    at their next turn, rather than run its trials to the end."""
+    stop = received()
+    if stop is not None:
+        raise stop
+
+
 def forget() -> None:
     """Called once a sweep has ended on the signal: a later sweep in this process (a
     Python caller of Hydra's launcher API may run several) is not marked KILLED by it."""
@@ -165,13 +174,17 @@ def held() -> Iterator[Callable[[], None]]:
     code, a signal can leave a connection checked out mid-transaction: the SQLite file's
     lock held, and the parent's final status after it refused."""
     with deferred() as noted:
-        def check() -> None:
+        def check_noted() -> None:
             if noted:
                 _received.append(Interrupted(noted[0]))
                 raise _received[-1]
 
-        yield check
-    check()
+        try:
+            yield check_noted
+        finally:
+            # Also where the block raised: a caller that catches the block's error (a
+            # sink's failed write) would otherwise never hear of the signal.
+            check_noted()
 
 
 class _SigAction(ctypes.Structure):

@@ -10,7 +10,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from rnnsweep.contract import CONFIG_HASH_TAG, OUTCOME_TAG, REASON_TAG, TIMED_OUT
 from rnnsweep.record import TrialRecord, config_hash, flatten
-from rnnsweep.sweep import objective
+from rnnsweep.sweep import interrupts, objective
 from rnnsweep.sweep.naming import trial_name
 from rnnsweep.trial import live
 
@@ -31,6 +31,10 @@ class SweepTask:
         self.context = context
 
     def __call__(self, cfg: DictConfig) -> TrialRecord | float:
+        if self.context is not None:
+            # Hydra's basic launcher runs the trials one after another here: a stop that
+            # something caught on its way out (a user's Hydra callback) starts no more.
+            interrupts.check()
         record = run_limited(cfg) if self.context is not None else _run(cfg)
         if self.context is not None:
             # Imported here: the worker module imports Ray, which a single run never starts.

@@ -457,6 +457,7 @@ def _collect(context: SweepContext, jobs: list[Job], nodes: list[Node], poll_s: 
     pending = submitter.in_flight
     over = 0  # trials ended here (a sweep without records counts none elsewhere)
     while pending:
+        interrupts.check()  # a stop whose raise something caught on its way out
         try:
             ready, _ = ray.wait(list(pending), num_returns=1, timeout=poll_s)
             if ready:  # and whatever else is ready by now, in one call
