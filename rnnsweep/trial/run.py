@@ -44,6 +44,7 @@ from rnnsweep.record import TrialRecord, config_hash, flatten
 from rnnsweep.text import first_line
 from rnnsweep.trial import checkpoint, environment, flops, live, noise, timing, training
 from rnnsweep.trial.checkpoint import Checkpointer
+from rnnsweep.trial.config_file import config_yaml
 from rnnsweep.trial.data import Batch, Source
 from rnnsweep.trial.models import RecurrentNet, check_output, split_output, with_impl
 
@@ -64,7 +65,7 @@ def run_trial(cfg: DictConfig) -> TrialRecord:
     container = _plain(cfg)
     record = TrialRecord(params=flatten(container), started_at=time.time())
     record.tags[CONFIG_HASH_TAG] = config_hash(record.params)
-    record.artifacts["config.yaml"] = OmegaConf.to_yaml(container).encode()
+    record.artifacts["config.yaml"] = config_yaml(container).encode()
     try:
         _run(cfg, record, _threads(cfg))
     except Unsupported as exc:
