@@ -153,3 +153,28 @@ def test_each_job_sent_as_its_values_gets_its_own_sweep_directory():
                         .hydra.sweep.dir)
     GlobalHydra.instance().clear()
     assert dirs == ["out/b8", "out/b16"]
+
+
+def test_each_line_is_parsed_once_and_as_hydra_parses_it(loader_and_master, monkeypatch):
+    """A thousand seeds share every line but one: the lines they share are parsed (and
+    judged plain or not) once, and each parses as Hydra's parser parses it alone."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import OverrideParseException
+
+    from rnnsweep.sweep.composer import Lines
+
+    loader, _ = loader_and_master
+    lines = Lines(loader)
+    parsed_lines: list[str] = []
+    real = OverridesParser.parse_overrides
+    monkeypatch.setattr(OverridesParser, "parse_overrides",
+                        lambda self, o: parsed_lines.extend(o) or real(self, o))
+    for seed in range(3):
+        key, values, parsed = lines.split(["model=gru", "batch=8", f"seed={seed}"])
+        assert key == ("model=gru",)
+        assert [v.input_line for v in values] == ["batch=8", f"seed={seed}"]
+        assert parsed == real(OverridesParser.create(),
+                              ["model=gru", "batch=8", f"seed={seed}"])
+    assert parsed_lines.count("batch=8") == 1 and parsed_lines.count("model=gru") == 1
+    with pytest.raises(OverrideParseException):
+        lines.parse(["batch=[1,"])

@@ -38,10 +38,38 @@ class Patch:
     parsed: list[Override]
 
 
+class Lines:
+    """Override lines, each parsed and judged once: Hydra's grammar (ANTLR, in Python)
+    takes about a millisecond a line, and the trials of a sweep repeat nearly all of
+    theirs (a thousand seeds share every line but one). Hydra parses each line on its
+    own, so a line parses the same in any company."""
+
+    def __init__(self, loader: ConfigLoader) -> None:
+        self.loader = loader
+        self._parser = OverridesParser.create()
+        self._parsed: dict[str, Override] = {}
+        self._plain: dict[str, bool] = {}
+
+    def parse(self, lines: Sequence[str]) -> list[Override]:
+        new = [line for line in dict.fromkeys(lines) if line not in self._parsed]
+        self._parsed.update(zip(new, self._parser.parse_overrides(new), strict=True))
+        return [self._parsed[line] for line in lines]
+
+    def split(self, lines: Sequence[str]) -> tuple[tuple[str, ...], list[Override],
+                                                   list[Override]]:
+        """The composition the job shares (every line that can change the defaults list),
+        the plain values applied on top of it, and every line parsed."""
+        parsed = self.parse(lines)
+        plain = [self._plain.setdefault(line, is_plain_value(o, self.loader))
+                 for line, o in zip(lines, parsed, strict=True)]
+        key = tuple(line for line, p in zip(lines, plain, strict=True) if not p)
+        return key, [o for o, p in zip(parsed, plain, strict=True) if p], parsed
+
+
 class Composer:
     def __init__(self, config_loader: ConfigLoader, master: DictConfig) -> None:
         self.loader, self.master = config_loader, master
-        self.parser = OverridesParser.create()
+        self.lines = Lines(config_loader)
         self._shared: dict[tuple[str, ...], DictConfig] = {}
         self._trial_only: dict[tuple[str, ...], DictConfig] = {}
 
@@ -61,8 +89,7 @@ class Composer:
     def patch(self, overrides: list[str]) -> Patch | None:
         """The job as a shared composition and its values; None for a job that must be
         composed from scratch (no plain values: nothing to share)."""
-        parsed = self.parser.parse_overrides(overrides)
-        key, values = split(parsed, self.loader)
+        key, values, parsed = self.lines.split(overrides)
         return Patch(key, values, parsed) if values else None
 
     def base(self, key: tuple[str, ...]) -> DictConfig:
@@ -124,13 +151,6 @@ def job_config(config: DictConfig, idx: int, hardware: dict[str, Any] | None) ->
     return config
 
 
-def split(parsed: list[Override], loader: ConfigLoader) -> tuple[tuple[str, ...], list[Override]]:
-    """A job's overrides as the key of the composition it shares (every override that can
-    change the defaults list) and the plain values applied on top of it."""
-    values = [o for o in parsed if is_plain_value(o, loader)]
-    return tuple(input_line(o) for o in parsed if o not in values), values
-
-
 def input_line(override: Override) -> str:
     """The text an override was parsed from (Hydra's type allows none)."""
     if override.input_line is None:  # only an override built in code lacks one
@@ -156,10 +176,10 @@ def compose_trials(trials: Sequence[Sequence[str]], compose: Callable[[list[str]
     Hydra's compose API returns them), one at a time, sharing one composition between
     trials that differ only in values. A value that does not apply is composed the usual
     way, so that its error is the one ``compose`` gives."""
-    parser = OverridesParser.create()
+    lines = Lines(loader)
     shared: dict[tuple[str, ...], DictConfig] = {}
     for trial in trials:
-        key, values = split(parser.parse_overrides(list(trial)), loader)
+        key, values, _ = lines.split(trial)
         if key not in shared:
             shared[key] = compose(list(key))
         config = hydra_private.fresh_copy(shared[key])
