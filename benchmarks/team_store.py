@@ -37,7 +37,12 @@ worker stopped paying for OmegaConf's deepcopy and YAML (``hydra_private.run_job
 ``--repeats 2``: SQLite 0.084 s (repeats 0.089, 0.080), server 0.106 s (0.115, 0.096),
 server + PostgreSQL CPU 69 ms a trial; every run recorded and nested. Here the server,
 PostgreSQL, the driver and the trials share two cores, so the server's CPU is the
-trials' CPU.
+trials' CPU. Measured again 2026-12-06 (the next session), after the trial's
+``config.yaml`` moved to libyaml and the driver parsed each override line once, with
+``--repeats 2``: SQLite 0.057 s (0.054, 0.059), server 0.097 s (0.083, 0.112), server +
+PostgreSQL CPU 69 ms a trial. A pair right after it, the old code (b13f659) then the new,
+one repeat each: SQLite 0.101 s then 0.068 s, server 0.086 s then 0.105 s. The server's
+figure moves with the machine's drift more than with either change.
 """
 
 from __future__ import annotations
