@@ -243,7 +243,7 @@ def test_the_run_job_followed_is_the_installed_hydras():
         f"RUN_JOB_SHA256 = {digest!r}")
 
 
-def _job(tmp_path, sweep_dir: str):
+def _job(tmp_path, sweep_dir: str, subdir: str = "3"):
     """A sweep's job 3 as a worker gets it, with its Hydra context."""
     from hydra import compose, initialize_config_dir
     from hydra._internal.callbacks import Callbacks
@@ -258,16 +258,23 @@ def _job(tmp_path, sweep_dir: str):
                          return_hydra_config=True)
     with open_dict(config):
         config.hydra.sweep.dir = str(tmp_path / sweep_dir)
-        config.hydra.sweep.subdir = "3"
+        config.hydra.sweep.subdir = subdir
         config.hydra.job.id = config.hydra.job.num = 3
         config.hydra.overrides.task = ["batch=3"]
     GlobalHydra.instance().clear()
     return config, HydraContext(config_loader=None, callbacks=Callbacks(config))
 
 
-def test_run_job_does_what_hydras_does(tmp_path):
+# The job's directory as a number, an interpolation of the job's own config, and through
+# the ``hydra:`` resolver, which reads the HydraConfig set for the job.
+SUBDIRS = {"3": "3", "interpolation": "${hydra.job.num}", "resolver": "b${hydra:job.num}"}
+
+
+@pytest.mark.parametrize("subdir", sorted(SUBDIRS))
+def test_run_job_does_what_hydras_does(tmp_path, subdir):
     """The same job through Hydra's ``run_job`` and rnnsweep's: the same task config, the
-    same result, the same ``.hydra/`` files (as data) and job log, in its own directory."""
+    same result, the same ``.hydra/`` files (as data) and job log, in its own directory,
+    and the same Hydra config on the job's return."""
     import yaml
     from hydra.core.hydra_config import HydraConfig
     from hydra.core.utils import run_job
@@ -280,7 +287,7 @@ def test_run_job_does_what_hydras_does(tmp_path):
 
     results = {}
     for name, runner in (("by-hydra", run_job), ("by-adapter", hydra_private.run_job)):
-        config, context = _job(tmp_path, name)
+        config, context = _job(tmp_path, name, SUBDIRS[subdir])
         results[name] = runner(task_function=task, config=config,
                                job_dir_key="hydra.sweep.dir",
                                job_subdir_key="hydra.sweep.subdir", hydra_context=context)
@@ -292,11 +299,15 @@ def test_run_job_does_what_hydras_does(tmp_path):
     assert ours.task_name == theirs.task_name
     assert OmegaConf.to_container(ours.cfg) == OmegaConf.to_container(theirs.cfg)
     assert "hydra" not in ours.cfg
+    assert (OmegaConf.to_yaml(ours.hydra_cfg).replace("by-adapter", "<sweep>")
+            == OmegaConf.to_yaml(theirs.hydra_cfg).replace("by-hydra", "<sweep>"))
     # The job's own directory, seen from inside the task, as Hydra sets it.
-    assert seen["dirs"] == [str(tmp_path / "by-hydra" / "3"), str(tmp_path / "by-adapter" / "3")]
+    job_dir = "b3" if subdir == "resolver" else "3"
+    assert seen["dirs"] == [str(tmp_path / "by-hydra" / job_dir),
+                            str(tmp_path / "by-adapter" / job_dir)]
 
     def files(name):
-        job = tmp_path / name / "3"
+        job = tmp_path / name / job_dir
         found = {f.name: yaml.safe_load(f.read_text().replace(name, "<sweep>"))
                  for f in (job / ".hydra").iterdir()}
         return found, sorted(f.name for f in job.glob("*.log"))

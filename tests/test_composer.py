@@ -161,6 +161,7 @@ def test_each_line_is_parsed_once_and_as_hydra_parses_it(loader_and_master, monk
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import OverrideParseException
 
+    from rnnsweep.sweep import composer
     from rnnsweep.sweep.composer import Lines
 
     loader, _ = loader_and_master
@@ -169,6 +170,10 @@ def test_each_line_is_parsed_once_and_as_hydra_parses_it(loader_and_master, monk
     real = OverridesParser.parse_overrides
     monkeypatch.setattr(OverridesParser, "parse_overrides",
                         lambda self, o: parsed_lines.extend(o) or real(self, o))
+    judged: list[str] = []
+    real_plain = composer.is_plain_value
+    monkeypatch.setattr(composer, "is_plain_value",
+                        lambda o, loader: judged.append(o.input_line) or real_plain(o, loader))
     for seed in range(3):
         key, values, parsed = lines.split(["model=gru", "batch=8", f"seed={seed}"])
         assert key == ("model=gru",)
@@ -176,5 +181,6 @@ def test_each_line_is_parsed_once_and_as_hydra_parses_it(loader_and_master, monk
         assert parsed == real(OverridesParser.create(),
                               ["model=gru", "batch=8", f"seed={seed}"])
     assert parsed_lines.count("batch=8") == 1 and parsed_lines.count("model=gru") == 1
+    assert sorted(judged) == ["batch=8", "model=gru", "seed=0", "seed=1", "seed=2"]
     with pytest.raises(OverrideParseException):
         lines.parse(["batch=[1,"])

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import inspect
 import json
 import logging
@@ -60,8 +61,7 @@ def check_keys(cfg: DictConfig) -> None:
     its constructor through ``instantiate``, which builds any nested ``_target_`` it
     finds: a command line could run code. A user's own model or task is checked against
     its constructor when it is probed (:func:`check`)."""
-    groups = {f.name: f.type for f in dataclasses.fields(schema.RnnsweepConfig)}
-    hints = typing.get_type_hints(schema.RnnsweepConfig)
+    groups, hints = _top_level()
     for key in cfg:
         if key not in groups:
             raise ValueError(f"{key!s}: unknown key; allowed top-level keys: "
@@ -73,6 +73,14 @@ def check_keys(cfg: DictConfig) -> None:
         if known is None or not isinstance(node, DictConfig):
             continue
         _known_keys(node, known, key)
+
+
+@functools.cache
+def _top_level() -> tuple[dict[str, Any], dict[str, Any]]:
+    """The schema's top-level keys and their types, read once (``get_type_hints``
+    evaluates every annotation each call: a millisecond a trial)."""
+    return ({f.name: f.type for f in dataclasses.fields(schema.RnnsweepConfig)},
+            typing.get_type_hints(schema.RnnsweepConfig))
 
 
 def _known_keys(node: DictConfig, known: type, where: str) -> None:

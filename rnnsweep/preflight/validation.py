@@ -137,9 +137,12 @@ def _checked(composed: Iterable[DictConfig], kept: list[DictConfig], whole: bool
             kept.append(trial)
             yield trial
             continue
-        resources = OmegaConf.masked_copy(trial, [k for k in ("hardware", "workload")
-                                                  if k in trial])
-        kept.append(alike.setdefault(OmegaConf.to_yaml(resources), resources))
+        groups = [k for k in ("hardware", "workload") if k in trial]
+        # Keyed by the groups' raw values: a copy is made only for a new one.
+        key = repr([OmegaConf.to_container(trial[k], resolve=False) for k in groups])
+        if key not in alike:
+            alike[key] = OmegaConf.masked_copy(trial, groups)
+        kept.append(alike[key])
         yield trial
 
 

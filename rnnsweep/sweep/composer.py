@@ -16,6 +16,7 @@ which was a quarter of its time in a thousand-trial sweep.
 
 from __future__ import annotations
 
+import pickle
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -61,8 +62,10 @@ class Lines:
         """The composition the job shares (every line that can change the defaults list),
         the plain values applied on top of it, and every line parsed."""
         parsed = self.parse(lines)
-        plain = [self._plain.setdefault(line, is_plain_value(o, self.loader))
-                 for line, o in zip(lines, parsed, strict=True)]
+        for line, override in zip(lines, parsed, strict=True):
+            if line not in self._plain:
+                self._plain[line] = is_plain_value(override, self.loader)
+        plain = [self._plain[line] for line in lines]
         key = tuple(line for line, p in zip(lines, plain, strict=True) if not p)
         return key, [o for o, p in zip(parsed, plain, strict=True) if p], parsed
 
@@ -72,7 +75,8 @@ class Composer:
         self.loader, self.master = config_loader, master
         self.lines = Lines(config_loader)
         self._shared: dict[tuple[str, ...], DictConfig] = {}
-        self._trial_only: dict[tuple[str, ...], DictConfig] = {}
+        # Pickled: each job unpickles a copy of its own (half a pickle round trip).
+        self._trial_only: dict[tuple[str, ...], bytes] = {}
 
     def compose(self, overrides: list[str], hydra: bool = True) -> DictConfig:
         """The job's config. ``hydra=False``: without its ``hydra`` node where it shares
@@ -83,7 +87,7 @@ class Composer:
             return self.loader.load_sweep_config(self.master, list(overrides))
         if hydra:
             return apply(self.base(patch.key), patch)
-        config = hydra_private.fresh_copy(self._trial_base(patch.key))
+        config = pickle.loads(self._trial_base(patch.key))
         hydra_private.apply_overrides(patch.values, config)
         return config
 
@@ -103,12 +107,12 @@ class Composer:
             self._shared[key] = config
         return self._shared[key]
 
-    def _trial_base(self, key: tuple[str, ...]) -> DictConfig:
+    def _trial_base(self, key: tuple[str, ...]) -> bytes:
         if key not in self._trial_only:
             trial = hydra_private.fresh_copy(self.base(key))
             with open_dict(trial):
                 del trial["hydra"]
-            self._trial_only[key] = trial
+            self._trial_only[key] = _pickled(trial)
         return self._trial_only[key]
 
 
@@ -152,6 +156,12 @@ def job_config(config: DictConfig, idx: int, hardware: dict[str, Any] | None) ->
     return config
 
 
+def _pickled(config: DictConfig) -> bytes:
+    """A root config as bytes that ``pickle.loads`` makes a fresh copy of (see
+    ``hydra_private.fresh_copy``)."""
+    return pickle.dumps(config, protocol=pickle.HIGHEST_PROTOCOL)
+
+
 def input_line(override: Override) -> str:
     """The text an override was parsed from (Hydra's type allows none)."""
     if override.input_line is None:  # only an override built in code lacks one
@@ -178,12 +188,12 @@ def compose_trials(trials: Sequence[Sequence[str]], compose: Callable[[list[str]
     trials that differ only in values. A value that does not apply is composed the usual
     way, so that its error is the one ``compose`` gives."""
     lines = Lines(loader)
-    shared: dict[tuple[str, ...], DictConfig] = {}
+    shared: dict[tuple[str, ...], bytes] = {}  # pickled, as Composer keeps them
     for trial in trials:
         key, values, _ = lines.split(trial)
         if key not in shared:
-            shared[key] = compose(list(key))
-        config = hydra_private.fresh_copy(shared[key])
+            shared[key] = _pickled(compose(list(key)))
+        config = pickle.loads(shared[key])
         try:
             hydra_private.apply_overrides(values, config)
         except Exception:  # noqa: BLE001 - composed again below, for Hydra's own message
