@@ -218,8 +218,9 @@ def _reads_hydra_config(config: DictConfig, *keys: str | None) -> bool:
     for key in filter(None, keys):
         parent, _, leaf = key.rpartition(".")
         node = OmegaConf.select(config, parent) if parent else config
-        raw = OmegaConf.to_container(node, resolve=False).get(leaf) \
-            if isinstance(node, DictConfig) else None
+        values = (OmegaConf.to_container(node, resolve=False)
+                  if isinstance(node, DictConfig) else None)
+        raw = values.get(leaf) if isinstance(values, dict) else None
         if raw is None or "hydra:" in str(raw):
             return True  # not found as a plain key: do as Hydra does
     return False
