@@ -43,6 +43,14 @@ trials' CPU. Measured again 2026-12-06 (the next session), after the trial's
 PostgreSQL CPU 69 ms a trial. A pair right after it, the old code (b13f659) then the new,
 one repeat each: SQLite 0.101 s then 0.068 s, server 0.086 s then 0.105 s. The server's
 figure moves with the machine's drift more than with either change.
+
+Measured again 2026-12-06 (the session after), after each trial's Hydra job stopped
+copying its ``hydra`` node twice over and the checks before the first trial stopped
+judging every override line for every trial: three rounds, each the previous code
+(f5a8779) then this, ``--repeats 1`` each, one after the other. Marginal cost per trial,
+previous then this: SQLite 0.068/0.061, 0.078/0.064, 0.070/0.060 (medians 0.070, 0.061);
+server 0.105/0.092, 0.114/0.099, 0.089/0.087 (medians 0.105, 0.092); server + PostgreSQL
+CPU 63 to 79 ms a trial. Every run recorded and nested all its trials.
 """
 
 from __future__ import annotations
