@@ -230,7 +230,13 @@ def fresh_copy(config: DictConfig) -> DictConfig:
     """A deep copy of a root config (no parent) through pickle: the same config as
     ``copy.deepcopy`` makes, in a third of the time (OmegaConf copies node by node in
     Python)."""
-    return pickle.loads(pickle.dumps(config, protocol=pickle.HIGHEST_PROTOCOL))
+    return pickle.loads(pickled(config))
+
+
+def pickled(config: DictConfig) -> bytes:
+    """A root config as bytes, kept where many copies of it are made: each
+    ``pickle.loads`` of them is a fresh copy, half the cost of ``fresh_copy``."""
+    return pickle.dumps(config, protocol=pickle.HIGHEST_PROTOCOL)
 
 
 class _Dumper(getattr(yaml, "CDumper", yaml.Dumper)):  # type: ignore[misc]

@@ -112,7 +112,7 @@ class Composer:
             trial = hydra_private.fresh_copy(self.base(key))
             with open_dict(trial):
                 del trial["hydra"]
-            self._trial_only[key] = _pickled(trial)
+            self._trial_only[key] = hydra_private.pickled(trial)
         return self._trial_only[key]
 
 
@@ -156,12 +156,6 @@ def job_config(config: DictConfig, idx: int, hardware: dict[str, Any] | None) ->
     return config
 
 
-def _pickled(config: DictConfig) -> bytes:
-    """A root config as bytes that ``pickle.loads`` makes a fresh copy of (see
-    ``hydra_private.fresh_copy``)."""
-    return pickle.dumps(config, protocol=pickle.HIGHEST_PROTOCOL)
-
-
 def input_line(override: Override) -> str:
     """The text an override was parsed from (Hydra's type allows none)."""
     if override.input_line is None:  # only an override built in code lacks one
@@ -192,7 +186,7 @@ def compose_trials(trials: Sequence[Sequence[str]], compose: Callable[[list[str]
     for trial in trials:
         key, values, _ = lines.split(trial)
         if key not in shared:
-            shared[key] = _pickled(compose(list(key)))
+            shared[key] = hydra_private.pickled(compose(list(key)))
         config = pickle.loads(shared[key])
         try:
             hydra_private.apply_overrides(values, config)

@@ -213,7 +213,7 @@ def _sweep(shared: SweepShared) -> _Sweep:
 def _composed(sweep: _Sweep, job: PatchedJob) -> DictConfig:
     (ref,) = job.base
     if ref.hex() not in sweep.bases:
-        sweep.bases[ref.hex()] = pickle.dumps(ray.get(ref), protocol=pickle.HIGHEST_PROTOCOL)
+        sweep.bases[ref.hex()] = hydra_private.pickled(ray.get(ref))
     config = patched(pickle.loads(sweep.bases[ref.hex()]), job.patch)
     return job_config(config, job.idx, job.hardware)
 
